@@ -1,0 +1,600 @@
+/* main.c: the widen command line: parses arguments, calls the library, turns statuses into
+ * messages and exit codes (SPEC §2). */
+#include <getopt.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "widen/widen.h"
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static int fail(widen_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int fail(widen_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("widen: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return (int)status;
+}
+
+static int fail_err(const widen_error *err)
+{
+    return fail(err->status, "%s", err->message);
+}
+
+static const char usage_main[] =
+    "usage: widen COMMAND [options]\n"
+    "\n"
+    "Model surgery on checkpoint files: change a layer's input channels in place of a full\n"
+    "load-and-save, streamed in bounded memory and verified bit for bit.\n"
+    "\n"
+    "commands:\n"
+    "  inspect FILE [--json] [--hash]        list every tensor: name, dtype, shape, bytes\n"
+    "  apply INPUT -o OUTPUT [options]       widen, remap or cast tensors into a new file\n"
+    "  verify INPUT OUTPUT [--manifest FILE] [--json]\n"
+    "                                        prove OUTPUT is INPUT with the recorded transform\n"
+    "  hash FILE [--json]                    XXH3-128 of the file and of each tensor\n"
+    "\n"
+    "  widen --version | --help | COMMAND --help\n"
+    "\n"
+    "exit status: 0 ok, 1 verification found a difference, 2 usage error,\n"
+    "             3 invalid or unsupported input, 4 I/O error, 130 interrupted\n";
+
+static const char usage_apply[] =
+    "usage: widen apply INPUT -o OUTPUT [selection] [transform] [output options]\n"
+    "\n"
+    "selection:\n"
+    "  -t, --tensor NAME     tensor to transform (repeatable); without -t, the unique floating-point\n"
+    "                        tensor of rank >= 3 whose size along --axis is --from\n"
+    "  --from C              channel count auto-detection looks for (default 3)\n"
+    "  --axis A              channel axis (default 1; negative counts from the end)\n"
+    "\n"
+    "transform (one of --to and --map, and/or --cast):\n"
+    "  --to N                widen to N channels; old channels land at --at P.. (default 0)\n"
+    "  --at P                position of the first old channel\n"
+    "  --init MODE           new channels: zeros (default) or const:V\n"
+    "  --map LIST            one entry per output channel: K (copy input channel K), zero, const:V\n"
+    "                        e.g. --map 2,1,0 (BGR<->RGB), --map 0,1,2 (drop alpha)\n"
+    "  --cast f32|f16|bf16   cast every F32/F16/BF16 tensor (round to nearest even)\n"
+    "\n"
+    "output options:\n"
+    "  -o, --output FILE     the output (required); never the input\n"
+    "  --format safetensors  output format (default: from OUTPUT's extension, else the input's)\n"
+    "  --manifest FILE       write a JSON manifest: version, transform, XXH3-128 of every tensor\n"
+    "  --threads N           worker threads (default: online CPUs)\n"
+    "  --progress, --no-progress\n"
+    "                        progress bar on stderr (default: when stderr is a terminal)\n"
+    "  --no-fsync            skip the fsync before the output is renamed into place\n"
+    "  --force               replace an existing OUTPUT\n";
+
+static const char usage_inspect[] =
+    "usage: widen inspect FILE [--json] [--hash]\n"
+    "\n"
+    "Lists every tensor: name, dtype, shape, byte size, and its XXH3-128 with --hash.\n"
+    "  --json    print one JSON document\n"
+    "  --hash    hash every tensor (reads the whole file)\n";
+
+static const char usage_verify[] =
+    "usage: widen verify INPUT OUTPUT [--manifest FILE] [--json]\n"
+    "\n"
+    "Proves OUTPUT is INPUT with the transform applied: untouched tensors byte-identical (or equal\n"
+    "after the recorded cast), every transformed channel equal to its source bit for bit, every\n"
+    "filled channel exactly the fill. The transform comes from --manifest, else from the 'widen'\n"
+    "key apply writes into OUTPUT's metadata. With --manifest the recorded hashes are checked too.\n"
+    "Exit 0 when it holds, 1 when something differs.\n";
+
+static const char usage_hash[] =
+    "usage: widen hash FILE [--json]\n"
+    "\n"
+    "Prints the XXH3-128 of the whole file (as xxhsum -H2) and of each tensor's bytes.\n";
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Progress                                                                                         */
+
+typedef struct progress_state {
+    int show;
+    double start, last;
+} progress_state;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void human(double bytes, char *out, size_t size)
+{
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024 && u < 4) {
+        bytes /= 1024;
+        u++;
+    }
+    snprintf(out, size, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
+}
+
+static int on_progress(void *user, uint64_t done, uint64_t total)
+{
+    progress_state *p = user;
+    if (p->show) {
+        double t = now();
+        if (t - p->last >= 0.1 || done == total) {
+            char d[32], all[32], rate[32];
+            double secs = t - p->start, speed = secs > 0 ? done / secs : 0;
+            human((double)done, d, sizeof d);
+            human((double)total, all, sizeof all);
+            human(speed, rate, sizeof rate);
+            double eta = speed > 0 ? (double)(total - done) / speed : 0;
+            fprintf(stderr, "\r\033[K%5.1f%%  %s / %s  %s/s  ETA %.0fs", total ? 100.0 * done / total : 100.0, d,
+                    all, rate, eta);
+            p->last = t;
+        }
+    }
+    return interrupted;
+}
+
+static void progress_end(progress_state *p)
+{
+    if (p->show) fputs("\r\033[K", stderr);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* inspect and hash                                                                                 */
+
+static void shape_text(const widen_tensor_info *t, char *out, size_t size)
+{
+    size_t used = (size_t)snprintf(out, size, "[");
+    for (int d = 0; d < t->rank && used < size; d++)
+        used += (size_t)snprintf(out + used, size - used, "%s%llu", d ? ", " : "", (unsigned long long)t->shape[d]);
+    if (used < size) snprintf(out + used, size - used, "]");
+}
+
+static json_t *shape_json(const widen_tensor_info *t)
+{
+    json_t *a = json_array();
+    for (int d = 0; d < t->rank; d++) json_array_append_new(a, json_integer((json_int_t)t->shape[d]));
+    return a;
+}
+
+static int print_json(json_t *root)
+{
+    char *text = json_dumps(root, JSON_INDENT(2));
+    json_decref(root);
+    if (!text) return fail(WIDEN_EIO, "out of memory");
+    puts(text);
+    free(text);
+    return 0;
+}
+
+static int hash_all(widen_checkpoint *c, widen_hash128 *file, widen_hash128 **tensors)
+{
+    widen_error err;
+    *tensors = calloc(widen_tensor_count(c) + 1, sizeof **tensors);
+    if (!*tensors) return fail(WIDEN_EIO, "out of memory");
+    progress_state ps = {.show = isatty(2), .start = now()};
+    widen_status st = widen_hash_checkpoint(c, file, *tensors, on_progress, &ps, &err);
+    progress_end(&ps);
+    if (st) {
+        free(*tensors);
+        *tensors = NULL;
+        return fail_err(&err);
+    }
+    return 0;
+}
+
+static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
+{
+    int json = 0, want_hash = is_hash;
+    static const struct option opts[] = {
+        {"json", no_argument, 0, 'j'}, {"hash", no_argument, 0, 'H'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'j') json = 1;
+        else if (o == 'H' && !is_hash) want_hash = 1;
+        else if (o == 'h') return fputs(is_hash ? usage_hash : usage_inspect, stdout), 0;
+        else return fail(WIDEN_EUSAGE, "%s: unknown option (see widen %s --help)", is_hash ? "hash" : "inspect",
+                         is_hash ? "hash" : "inspect");
+    }
+    if (argc - optind != 1)
+        return fail(WIDEN_EUSAGE, "%s takes one FILE (see widen %s --help)", is_hash ? "hash" : "inspect",
+                    is_hash ? "hash" : "inspect");
+    const char *path = argv[optind];
+    widen_error err;
+    widen_checkpoint *c;
+    if (widen_open(path, &c, &err)) return fail_err(&err);
+    widen_hash128 file_hash = {0}, *hashes = NULL;
+    int rc = 0;
+    if (want_hash && (rc = hash_all(c, &file_hash, &hashes))) goto done;
+    size_t n = widen_tensor_count(c);
+    char hex[33], shape[512];
+    if (json) {
+        json_t *root = json_object(), *tensors = json_array(), *meta = json_object();
+        json_object_set_new(root, "file", json_string(path));
+        json_object_set_new(root, "format", json_string(widen_checkpoint_format(c)));
+        json_object_set_new(root, "size", json_integer((json_int_t)widen_checkpoint_size(c)));
+        if (want_hash) {
+            widen_hash128_hex(file_hash, hex);
+            json_object_set_new(root, "xxh3_128", json_string(hex));
+        }
+        for (size_t i = 0; i < widen_metadata_count(c); i++) {
+            const char *k, *v;
+            widen_metadata_at(c, i, &k, &v);
+            json_object_set_new(meta, k, json_string(v));
+        }
+        if (!is_hash) json_object_set_new(root, "metadata", meta);
+        else json_decref(meta);
+        for (size_t i = 0; i < n; i++) {
+            const widen_tensor_info *t = widen_tensor_at(c, i);
+            json_t *obj = json_object();
+            json_object_set_new(obj, "name", json_string(t->name));
+            if (!is_hash) {
+                json_object_set_new(obj, "dtype", json_string(widen_dtype_name(t->dtype)));
+                json_object_set_new(obj, "shape", shape_json(t));
+                json_object_set_new(obj, "bytes", json_integer((json_int_t)t->nbytes));
+                json_object_set_new(obj, "offset", json_integer((json_int_t)t->offset));
+            }
+            if (want_hash) {
+                widen_hash128_hex(hashes[i], hex);
+                json_object_set_new(obj, "xxh3_128", json_string(hex));
+            }
+            json_array_append_new(tensors, obj);
+        }
+        json_object_set_new(root, "tensors", tensors);
+        rc = print_json(root);
+    } else if (is_hash) {
+        widen_hash128_hex(file_hash, hex);
+        printf("%s  %s\n", hex, path);
+        for (size_t i = 0; i < n; i++) {
+            widen_hash128_hex(hashes[i], hex);
+            printf("%s  %s\n", hex, widen_tensor_at(c, i)->name);
+        }
+    } else {
+        printf("%s: %s, %zu tensors, %llu bytes\n", path, widen_checkpoint_format(c), n,
+               (unsigned long long)widen_checkpoint_size(c));
+        for (size_t i = 0; i < widen_metadata_count(c); i++) {
+            const char *k, *v;
+            widen_metadata_at(c, i, &k, &v);
+            printf("  metadata %s = %s\n", k, v);
+        }
+        int wn = 4, ws = 5;
+        for (size_t i = 0; i < n; i++) {
+            const widen_tensor_info *t = widen_tensor_at(c, i);
+            shape_text(t, shape, sizeof shape);
+            if ((int)strlen(t->name) > wn) wn = (int)strlen(t->name);
+            if ((int)strlen(shape) > ws) ws = (int)strlen(shape);
+        }
+        printf("%-*s  %-11s  %-*s  %14s%s\n", wn, "NAME", "DTYPE", ws, "SHAPE", "BYTES", want_hash ? "  XXH3-128" : "");
+        for (size_t i = 0; i < n; i++) {
+            const widen_tensor_info *t = widen_tensor_at(c, i);
+            shape_text(t, shape, sizeof shape);
+            if (want_hash) widen_hash128_hex(hashes[i], hex);
+            printf("%-*s  %-11s  %-*s  %14llu%s%s\n", wn, t->name, widen_dtype_name(t->dtype), ws, shape,
+                   (unsigned long long)t->nbytes, want_hash ? "  " : "", want_hash ? hex : "");
+        }
+        if (want_hash) {
+            widen_hash128_hex(file_hash, hex);
+            printf("file XXH3-128 %s\n", hex);
+        }
+    }
+done:
+    free(hashes);
+    widen_close(c);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* apply                                                                                            */
+
+static int parse_uint(const char *text, const char *flag, unsigned long long max, unsigned long long *out)
+{
+    char *end;
+    if (*text < '0' || *text > '9') return fail(WIDEN_EUSAGE, "%s: '%s' is not a non-negative integer", flag, text);
+    unsigned long long v = strtoull(text, &end, 10);
+    if (*end || v > max) return fail(WIDEN_EUSAGE, "%s: '%s' is not an integer from 0 to %llu", flag, text, max);
+    *out = v;
+    return 0;
+}
+
+static const char *ends_with_any(const char *path, const char *const *suffixes)
+{
+    size_t pl = strlen(path);
+    for (; *suffixes; suffixes++) {
+        size_t sl = strlen(*suffixes);
+        if (pl >= sl && strcmp(path + pl - sl, *suffixes) == 0) return *suffixes;
+    }
+    return NULL;
+}
+
+enum { OPT_FROM = 256, OPT_AXIS, OPT_TO, OPT_AT, OPT_INIT, OPT_MAP, OPT_CAST, OPT_FORMAT, OPT_MANIFEST, OPT_THREADS,
+       OPT_PROGRESS, OPT_NO_PROGRESS, OPT_NO_FSYNC, OPT_FORCE };
+
+typedef struct apply_args {
+    const char *input, *output, *init, *map, *cast, *format, *manifest;
+    const char **tensors;
+    size_t ntensors;
+    unsigned long long from, to, at, threads;
+    long axis;
+    int have_to, have_at, progress, fsync, force;
+} apply_args;
+
+static int parse_apply(int argc, char **argv, apply_args *a)
+{
+    static const struct option opts[] = {
+        {"output", required_argument, 0, 'o'},   {"tensor", required_argument, 0, 't'},
+        {"from", required_argument, 0, OPT_FROM}, {"axis", required_argument, 0, OPT_AXIS},
+        {"to", required_argument, 0, OPT_TO},     {"at", required_argument, 0, OPT_AT},
+        {"init", required_argument, 0, OPT_INIT}, {"map", required_argument, 0, OPT_MAP},
+        {"cast", required_argument, 0, OPT_CAST}, {"format", required_argument, 0, OPT_FORMAT},
+        {"manifest", required_argument, 0, OPT_MANIFEST}, {"threads", required_argument, 0, OPT_THREADS},
+        {"progress", no_argument, 0, OPT_PROGRESS}, {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
+        {"no-fsync", no_argument, 0, OPT_NO_FSYNC}, {"force", no_argument, 0, OPT_FORCE},
+        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+    a->from = 3;
+    a->axis = 1;
+    a->progress = -1;
+    a->fsync = 1;
+    a->tensors = calloc((size_t)argc + 1, sizeof *a->tensors);
+    if (!a->tensors) return fail(WIDEN_EIO, "out of memory");
+    int o, rc = 0;
+    while ((o = getopt_long(argc, argv, "o:t:h", opts, NULL)) != -1 && !rc) {
+        switch (o) {
+        case 'o': a->output = optarg; break;
+        case 't': a->tensors[a->ntensors++] = optarg; break;
+        case OPT_FROM: rc = parse_uint(optarg, "--from", UINT32_MAX, &a->from); break;
+        case OPT_AXIS: {
+            char *end;
+            a->axis = strtol(optarg, &end, 10);
+            if (!*optarg || *end || a->axis < -WIDEN_MAX_RANK || a->axis >= WIDEN_MAX_RANK)
+                rc = fail(WIDEN_EUSAGE, "--axis: '%s' is not an axis", optarg);
+            break;
+        }
+        case OPT_TO: a->have_to = 1; rc = parse_uint(optarg, "--to", UINT32_MAX, &a->to); break;
+        case OPT_AT: a->have_at = 1; rc = parse_uint(optarg, "--at", UINT32_MAX, &a->at); break;
+        case OPT_INIT: a->init = optarg; break;
+        case OPT_MAP: a->map = optarg; break;
+        case OPT_CAST: a->cast = optarg; break;
+        case OPT_FORMAT: a->format = optarg; break;
+        case OPT_MANIFEST: a->manifest = optarg; break;
+        case OPT_THREADS: rc = parse_uint(optarg, "--threads", 1024, &a->threads); break;
+        case OPT_PROGRESS: a->progress = 1; break;
+        case OPT_NO_PROGRESS: a->progress = 0; break;
+        case OPT_NO_FSYNC: a->fsync = 0; break;
+        case OPT_FORCE: a->force = 1; break;
+        case 'h': fputs(usage_apply, stdout); return -1;
+        default: return fail(WIDEN_EUSAGE, "apply: bad option (see widen apply --help)");
+        }
+    }
+    if (rc) return rc;
+    if (argc - optind != 1) return fail(WIDEN_EUSAGE, "apply takes one INPUT (see widen apply --help)");
+    a->input = argv[optind];
+    if (!a->output) return fail(WIDEN_EUSAGE, "apply needs -o OUTPUT");
+    if (a->have_to && a->map) return fail(WIDEN_EUSAGE, "--to and --map are exclusive: a map gives every channel");
+    if ((a->init || a->have_at) && !a->have_to) return fail(WIDEN_EUSAGE, "--init and --at go with --to");
+    if (!a->have_to && !a->map && !a->cast) return fail(WIDEN_EUSAGE, "nothing to do: give --to, --map or --cast");
+    if (a->ntensors && !a->have_to && !a->map) return fail(WIDEN_EUSAGE, "-t selects tensors for --to or --map");
+    return 0;
+}
+
+static int resolve_format(const apply_args *a)
+{
+    static const char *const pt[] = {".pt", ".pth", ".bin", NULL};
+    const char *format = a->format;
+    if (!format) format = ends_with_any(a->output, pt) ? "pt" : "safetensors";
+    if (strcmp(format, "safetensors") == 0) return 0;
+    if (strcmp(format, "pt") == 0)
+        return fail(WIDEN_EUSAGE, "%s: writing PyTorch checkpoints (--format pt) is not in this version; use "
+                    "--format safetensors or a .safetensors OUTPUT", a->output);
+    return fail(WIDEN_EUSAGE, "--format: '%s' is not safetensors or pt", format);
+}
+
+/* Adds the map of every selected tensor to the transform. */
+static int build_maps(const apply_args *a, widen_checkpoint *c, widen_transform *tr)
+{
+    widen_error err;
+    size_t count = a->ntensors;
+    const char **names = a->tensors, *detected;
+    size_t found[16];
+    if (count == 0) {
+        size_t n = widen_find_candidates(c, (int)a->axis, a->from, found, 16);
+        if (n != 1) {
+            char list[768] = "";
+            size_t used = 0;
+            for (size_t i = 0; i < n && i < 16 && used < sizeof list; i++)
+                used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "",
+                                         widen_tensor_at(c, found[i])->name);
+            if (n == 0)
+                return fail(WIDEN_EUSAGE, "%s: no floating-point tensor of rank >= 3 has %llu channels on axis %ld; "
+                            "name one with -t", a->input, a->from, a->axis);
+            return fail(WIDEN_EUSAGE, "%s: %zu tensors have %llu channels on axis %ld (%s%s); name them with -t",
+                        a->input, n, a->from, a->axis, list, n > 16 ? ", ..." : "");
+        }
+        detected = widen_tensor_at(c, found[0])->name;
+        names = &detected;
+        count = 1;
+    }
+    widen_map_entry *given = NULL, fill = {.kind = WIDEN_MAP_ZERO};
+    size_t given_n = 0;
+    if (a->map && widen_parse_map(a->map, &given, &given_n, &err)) return fail_err(&err);
+    if (a->init && widen_parse_init(a->init, &fill, &err)) return fail_err(&err);
+    int rc = 0;
+    for (size_t i = 0; i < count && !rc; i++) {
+        long k = widen_tensor_find(c, names[i]);
+        if (k < 0) {
+            rc = fail(WIDEN_EUSAGE, "%s: no tensor named '%s'", a->input, names[i]);
+            break;
+        }
+        const widen_tensor_info *t = widen_tensor_at(c, (size_t)k);
+        int axis = (int)(a->axis < 0 ? a->axis + t->rank : a->axis);
+        if (axis < 0 || axis >= t->rank) {
+            rc = fail(WIDEN_EUSAGE, "%s: tensor '%s' has rank %d: no axis %ld", a->input, t->name, t->rank, a->axis);
+            break;
+        }
+        if (a->have_to) {
+            widen_map_entry *m = calloc(a->to ? a->to : 1, sizeof *m);
+            if (!m) {
+                rc = fail(WIDEN_EIO, "out of memory");
+                break;
+            }
+            uint64_t ch = t->shape[axis];
+            if (ch > UINT32_MAX || widen_widen_map((uint32_t)ch, (uint32_t)a->to, (uint32_t)a->at, fill, m, &err))
+                rc = ch > UINT32_MAX ? fail(WIDEN_EUSAGE, "tensor '%s' has too many channels", t->name)
+                                     : fail(WIDEN_EUSAGE, "%s: tensor '%s': %s", a->input, t->name, err.message);
+            else if (widen_transform_add_map(tr, t->name, (int)a->axis, m, a->to, &err))
+                rc = fail_err(&err);
+            free(m);
+        } else if (widen_transform_add_map(tr, t->name, (int)a->axis, given, given_n, &err)) {
+            rc = fail_err(&err);
+        }
+    }
+    free(given);
+    return rc;
+}
+
+static int cmd_apply(int argc, char **argv)
+{
+    apply_args a = {0};
+    int rc = parse_apply(argc, argv, &a);
+    if (rc) {
+        free(a.tensors);
+        return rc < 0 ? 0 : rc;
+    }
+    widen_error err;
+    widen_transform *tr = widen_transform_new();
+    widen_checkpoint *c = NULL;
+    if (!tr) rc = fail(WIDEN_EIO, "out of memory");
+    if (!rc) rc = resolve_format(&a);
+    if (!rc && widen_isa_init(&err)) rc = fail_err(&err);
+    if (!rc && a.cast) {
+        widen_dtype to;
+        const char *names[] = {"f32", "f16", "bf16"};
+        const widen_dtype dts[] = {WIDEN_F32, WIDEN_F16, WIDEN_BF16};
+        int ok = 0;
+        for (int i = 0; i < 3; i++)
+            if (strcasecmp(a.cast, names[i]) == 0) to = dts[i], ok = 1;
+        if (!ok) rc = fail(WIDEN_EUSAGE, "--cast: '%s' is not f32, f16 or bf16", a.cast);
+        else if (widen_transform_set_cast(tr, to, &err)) rc = fail_err(&err);
+    }
+    if (!rc && (a.have_to || a.map)) {
+        if (widen_open(a.input, &c, &err)) rc = fail_err(&err);
+        else rc = build_maps(&a, c, tr);
+        widen_close(c);
+    }
+    if (!rc) {
+        widen_apply_options o;
+        widen_apply_options_init(&o);
+        progress_state ps = {.show = a.progress < 0 ? isatty(2) : a.progress, .start = now()};
+        o.threads = (unsigned)a.threads;
+        o.fsync = a.fsync;
+        o.overwrite = a.force;
+        o.manifest_path = a.manifest;
+        o.progress = on_progress;
+        o.progress_user = &ps;
+        widen_status st = widen_apply(a.input, a.output, tr, &o, &err);
+        progress_end(&ps);
+        if (st) rc = fail_err(&err);
+    }
+    widen_transform_free(tr);
+    free(a.tensors);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* verify                                                                                           */
+
+static int cmd_verify(int argc, char **argv)
+{
+    static const struct option opts[] = {{"manifest", required_argument, 0, 'm'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *manifest = NULL;
+    int json = 0, o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'm') manifest = optarg;
+        else if (o == 'j') json = 1;
+        else if (o == 'h') return fputs(usage_verify, stdout), 0;
+        else return fail(WIDEN_EUSAGE, "verify: bad option (see widen verify --help)");
+    }
+    if (argc - optind != 2) return fail(WIDEN_EUSAGE, "verify takes INPUT and OUTPUT (see widen verify --help)");
+    const char *in = argv[optind], *out = argv[optind + 1];
+    widen_verify_report r;
+    widen_error err;
+    widen_status st = widen_verify(in, out, manifest, &r, &err);
+    if (st != WIDEN_OK && st != WIDEN_DIFFERENT) return fail_err(&err);
+    if (json) {
+        json_t *root = json_object();
+        json_object_set_new(root, "input", json_string(in));
+        json_object_set_new(root, "output", json_string(out));
+        json_object_set_new(root, "ok", json_boolean(st == WIDEN_OK));
+        json_object_set_new(root, "tensors", json_integer((json_int_t)r.tensors));
+        json_object_set_new(root, "transformed", json_integer((json_int_t)r.transformed));
+        json_object_set_new(root, "differences", json_integer((json_int_t)r.differences));
+        json_object_set_new(root, "first_difference", st == WIDEN_OK ? json_null() : json_string(r.first));
+        print_json(root);
+    } else if (st == WIDEN_OK) {
+        printf("verified: %s is %s with the recorded transform: %zu tensors (%zu transformed, %zu identical)%s\n", out,
+               in, r.tensors, r.transformed, r.tensors - r.transformed, manifest ? ", manifest hashes match" : "");
+    }
+    if (st == WIDEN_DIFFERENT) {
+        if (r.differences > 1)
+            return fail(WIDEN_DIFFERENT, "%s (and %zu more differences)", r.first, r.differences - 1);
+        return fail(WIDEN_DIFFERENT, "%s", r.first);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static int version(void)
+{
+    widen_error err;
+    if (widen_isa_init(&err)) return fail_err(&err);
+    printf("widen %s\n", WIDEN_VERSION_STRING);
+    printf("isa: %s\n", widen_isa_name(widen_isa_active()));
+    printf("usable:");
+    for (int i = 0; i < WIDEN_ISA_COUNT; i++)
+        if (widen_isa_usable((widen_isa)i)) printf(" %s", widen_isa_name((widen_isa)i));
+    printf("\ncpu: %s\n", *widen_cpu_features() ? widen_cpu_features() : "(no SIMD features widen uses)");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (argc < 2) {
+        fputs(usage_main, stderr);
+        return WIDEN_EUSAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0)
+        return fputs(usage_main, stdout), 0;
+    if (strcmp(cmd, "--version") == 0) return version();
+    int rc;
+    if (strcmp(cmd, "inspect") == 0) rc = cmd_inspect_or_hash(argc - 1, argv + 1, 0);
+    else if (strcmp(cmd, "hash") == 0) rc = cmd_inspect_or_hash(argc - 1, argv + 1, 1);
+    else if (strcmp(cmd, "apply") == 0) rc = cmd_apply(argc - 1, argv + 1);
+    else if (strcmp(cmd, "verify") == 0) rc = cmd_verify(argc - 1, argv + 1);
+    else rc = fail(WIDEN_EUSAGE, "unknown command '%s' (see widen --help)", cmd);
+    if (fflush(stdout) != 0) return fail(WIDEN_EIO, "cannot write to standard output");
+    return rc;
+}

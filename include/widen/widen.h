@@ -1,0 +1,256 @@
+/* widen.h: the public C API of widen, model surgery on checkpoint files.
+ *
+ * This header is the manual. Every function states its contract here.
+ *
+ * Conventions
+ * - Every fallible function returns a widen_status and, when it is not WIDEN_OK, fills the caller's
+ *   widen_error with the same status and a one-line message that names the file and, where it applies,
+ *   the tensor. The library never prints and never exits.
+ * - Status values equal the exit codes of the `widen` command line (SPEC §2).
+ * - There is no global mutable state apart from the kernel table, which is chosen once per process
+ *   (see widen_isa_init) and never changes afterwards.
+ */
+#ifndef WIDEN_WIDEN_H
+#define WIDEN_WIDEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WIDEN_VERSION_STRING "0.1.0"
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Status and errors                                                                                */
+
+typedef enum widen_status {
+    WIDEN_OK = 0,
+    WIDEN_DIFFERENT = 1,       /* verification found a difference */
+    WIDEN_EUSAGE = 2,          /* bad arguments: unknown or ambiguous tensor, impossible map, ... */
+    WIDEN_EFORMAT = 3,         /* invalid or unsupported input file */
+    WIDEN_EIO = 4,             /* read, write, disk full, out of memory */
+    WIDEN_EINTERRUPTED = 130   /* the progress callback asked to stop */
+} widen_status;
+
+typedef struct widen_error {
+    widen_status status;
+    char message[1024]; /* one line, no trailing newline, no "widen: error:" prefix */
+} widen_error;
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Element types (the safetensors names)                                                           */
+
+typedef enum widen_dtype {
+    WIDEN_BOOL, WIDEN_U8, WIDEN_I8, WIDEN_F8_E5M2, WIDEN_F8_E4M3, WIDEN_F8_E8M0, WIDEN_F8_E4M3FNUZ,
+    WIDEN_F8_E5M2FNUZ, WIDEN_I16, WIDEN_U16, WIDEN_F16, WIDEN_BF16, WIDEN_I32, WIDEN_U32, WIDEN_F32,
+    WIDEN_C64, WIDEN_F64, WIDEN_I64, WIDEN_U64, WIDEN_F4, WIDEN_F6_E2M3, WIDEN_F6_E3M2,
+    WIDEN_DTYPE_COUNT
+} widen_dtype;
+
+/* "F32", "BF16", ... ; NULL for an out-of-range value. */
+const char *widen_dtype_name(widen_dtype dtype);
+/* Parses a safetensors dtype name (case-sensitive). Returns 0 on success, -1 if unknown. */
+int widen_dtype_from_name(const char *name, widen_dtype *dtype);
+/* Bits per element: 4, 6, 8, 16, 32, 64 or 128. */
+unsigned widen_dtype_bits(widen_dtype dtype);
+/* 1 for F32, F16 and BF16: the dtypes widen computes on (const fills, casts). */
+int widen_dtype_is_computable(widen_dtype dtype);
+/* 1 for every floating-point dtype (F8*, F16, BF16, F32, F64, F4, F6*). */
+int widen_dtype_is_float(widen_dtype dtype);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Kernels and dispatch                                                                             */
+
+typedef enum widen_isa {
+    WIDEN_ISA_SCALAR, WIDEN_ISA_AVX2, WIDEN_ISA_AVX512, WIDEN_ISA_NEON, WIDEN_ISA_COUNT
+} widen_isa;
+
+/* "scalar", "avx2", "avx512", "neon". */
+const char *widen_isa_name(widen_isa isa);
+/* 1 if this build has kernels for `isa` and this CPU (and OS) can run them. */
+int widen_isa_usable(widen_isa isa);
+/* Space-separated list of the relevant features this CPU offers, e.g. "avx2 f16c fma avx512f". */
+const char *widen_cpu_features(void);
+
+/* Chooses the kernel table once per process: WIDEN_ISA from the environment if set (scalar, avx2,
+ * avx512, neon), else the best usable ISA. Returns WIDEN_EUSAGE if WIDEN_ISA names an unknown ISA or
+ * one this CPU or build cannot run. Safe to call many times and from many threads; every entry point
+ * that runs kernels calls it. */
+widen_status widen_isa_init(widen_error *err);
+/* The ISA in use (calls widen_isa_init; scalar if that failed). */
+widen_isa widen_isa_active(void);
+
+/* One output channel of a channel map. */
+typedef enum widen_map_kind {
+    WIDEN_MAP_SOURCE, /* copy input channel `channel` */
+    WIDEN_MAP_ZERO,   /* all-zero bytes (+0.0 for floats, 0 for integers, false for BOOL) */
+    WIDEN_MAP_CONST   /* `value` rounded to the output dtype (F32/F16/BF16 only) */
+} widen_map_kind;
+
+typedef struct widen_map_entry {
+    widen_map_kind kind;
+    uint32_t channel; /* WIDEN_MAP_SOURCE: input channel index */
+    float value;      /* WIDEN_MAP_CONST: the fill, an fp32 number rounded once to the output dtype */
+} widen_map_entry;
+
+/* A remap job: for r < rows, n < channels, i < inner:
+ *   dst[r*dst_row_stride + n*dst_chan_stride + i] = source of map[n] at (r, i)
+ * where the source of a WIDEN_MAP_SOURCE entry is src[r*src_row_stride + map[n].channel*src_chan_stride
+ * + i], converted from src_dtype to dst_dtype. Strides count elements. src_dtype == dst_dtype moves raw
+ * elements of 1, 2, 4 or 8 bytes; different dtypes must both be F32, F16 or BF16 (round to nearest
+ * even; NaN stays NaN, quieted). Pointers need no alignment. The kernel writes exactly the
+ * rows x channels x inner destination elements and nothing else. */
+typedef struct widen_remap_job {
+    const void *src;
+    void *dst;
+    widen_dtype src_dtype, dst_dtype;
+    size_t rows, channels, inner;
+    size_t src_row_stride, src_chan_stride;
+    size_t dst_row_stride, dst_chan_stride;
+    const widen_map_entry *map; /* `channels` entries */
+} widen_remap_job;
+
+/* Runs a remap job with the kernels of `isa` (WIDEN_ISA_COUNT: the active ISA). Returns WIDEN_EUSAGE
+ * for an unsupported dtype pair, a const fill on a non-computable dtype, or an unusable ISA. */
+widen_status widen_remap(const widen_remap_job *job, widen_isa isa, widen_error *err);
+
+/* Converts n elements between F32, F16 and BF16 (round to nearest even, NaN quieted), or copies them
+ * when from == to. Same rules as widen_remap. */
+widen_status widen_cast(widen_dtype from, widen_dtype to, const void *src, void *dst, size_t n,
+                        widen_isa isa, widen_error *err);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Hashing: XXH3-128, printed as xxhsum -H2 and Python's xxhash.xxh3_128_hexdigest print it.        */
+
+typedef struct widen_hash128 {
+    uint64_t high, low;
+} widen_hash128;
+
+/* Writes 32 lowercase hex digits and a NUL (canonical big-endian form). */
+void widen_hash128_hex(widen_hash128 hash, char out[33]);
+/* XXH3-128 of a buffer. */
+widen_hash128 widen_hash_bytes(const void *data, size_t len);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Checkpoints                                                                                      */
+
+typedef struct widen_checkpoint widen_checkpoint;
+
+#define WIDEN_MAX_RANK 16
+
+typedef struct widen_tensor_info {
+    const char *name;
+    widen_dtype dtype;
+    int rank;
+    uint64_t shape[WIDEN_MAX_RANK];
+    uint64_t offset; /* absolute byte offset of the data in the file */
+    uint64_t nbytes;
+} widen_tensor_info;
+
+/* Opens a checkpoint read-only and validates its header (every rule of FORMATS.md). Returns
+ * WIDEN_EFORMAT for invalid or unsupported files (the message says what the file is), WIDEN_EIO when
+ * it cannot be read. The file is never modified. */
+widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *err);
+void widen_close(widen_checkpoint *ckpt);
+
+const char *widen_checkpoint_path(const widen_checkpoint *ckpt);
+const char *widen_checkpoint_format(const widen_checkpoint *ckpt); /* "safetensors" */
+uint64_t widen_checkpoint_size(const widen_checkpoint *ckpt);      /* file size in bytes */
+/* Tensors in file order (increasing offset). */
+size_t widen_tensor_count(const widen_checkpoint *ckpt);
+const widen_tensor_info *widen_tensor_at(const widen_checkpoint *ckpt, size_t index);
+/* Index of the tensor called `name`, or -1. */
+long widen_tensor_find(const widen_checkpoint *ckpt, const char *name);
+/* String metadata (safetensors __metadata__), in file order. */
+size_t widen_metadata_count(const widen_checkpoint *ckpt);
+void widen_metadata_at(const widen_checkpoint *ckpt, size_t index, const char **key, const char **value);
+
+typedef int (*widen_progress_fn)(void *user, uint64_t done, uint64_t total); /* nonzero: stop */
+
+/* Hashes the whole file and each tensor's bytes in one pass. tensor_hashes has widen_tensor_count
+ * entries (or is NULL). */
+widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_hash,
+                                   widen_hash128 *tensor_hashes, widen_progress_fn progress,
+                                   void *progress_user, widen_error *err);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Transforms                                                                                       */
+
+typedef struct widen_transform widen_transform;
+
+widen_transform *widen_transform_new(void);
+void widen_transform_free(widen_transform *transform);
+
+/* Parses "--map" syntax: comma-separated entries K (input channel), zero, const:V. On success
+ * *entries is malloc'ed (free it) and holds *count entries. */
+widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t *count,
+                             widen_error *err);
+/* Parses an --init mode for new channels: zeros or const:V. */
+widen_status widen_parse_init(const char *mode, widen_map_entry *fill, widen_error *err);
+/* Builds the map of "--to n --at at --init fill" for a tensor with c channels: entries at..at+c-1
+ * copy channels 0..c-1, the others get `fill`. entries must hold n. WIDEN_EUSAGE if n < c or
+ * at > n - c. */
+widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, widen_map_entry fill,
+                             widen_map_entry *entries, widen_error *err);
+
+/* Adds a remap of tensor `name` along `axis` (negative counts from the end). The map is copied. */
+widen_status widen_transform_add_map(widen_transform *transform, const char *name, int axis,
+                                     const widen_map_entry *map, size_t count, widen_error *err);
+/* Casts every F32/F16/BF16 tensor of the file to `to` (F32, F16 or BF16). */
+widen_status widen_transform_set_cast(widen_transform *transform, widen_dtype to, widen_error *err);
+
+/* The transform as compact JSON (malloc'ed; free it): the form stored under the `widen` key of a
+ * safetensors output's __metadata__ and in manifests. */
+char *widen_transform_to_json(const widen_transform *transform);
+widen_status widen_transform_from_json(const char *json, widen_transform **out, widen_error *err);
+
+/* Auto-detection: indices of floating-point tensors of rank >= 3 whose size along `axis` is `from`.
+ * Writes up to `max` indices and returns how many there are in all. */
+size_t widen_find_candidates(const widen_checkpoint *ckpt, int axis, uint64_t from, size_t *indices,
+                             size_t max);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Apply and verify                                                                                 */
+
+typedef struct widen_apply_options {
+    unsigned threads;          /* 0: online CPUs */
+    int fsync;                 /* fsync the output before the rename (recommended) */
+    int overwrite;             /* replace an existing output (never the input) */
+    const char *manifest_path; /* NULL: no manifest */
+    widen_progress_fn progress;
+    void *progress_user;
+} widen_apply_options;
+
+/* Fills options with the defaults: all CPUs, fsync on, no overwrite, no manifest, no progress. */
+void widen_apply_options_init(widen_apply_options *options);
+
+/* Writes `output_path` (safetensors) = the input with `transform` applied. The input is read-only;
+ * the output goes to a temporary file in the output's folder and is renamed into place only when
+ * complete, so after any failure no output exists (and a pre-existing one is untouched). */
+widen_status widen_apply(const char *input_path, const char *output_path,
+                         const widen_transform *transform, const widen_apply_options *options,
+                         widen_error *err);
+
+typedef struct widen_verify_report {
+    size_t tensors;      /* tensors compared */
+    size_t transformed;  /* of which remapped or cast */
+    size_t differences;  /* tensors (or metadata entries) that differ */
+    char first[1024];    /* the first difference, one line */
+} widen_verify_report;
+
+/* Proves that `output_path` is `input_path` with the recorded transform applied: the transform
+ * comes from the manifest if manifest_path is not NULL (whose hashes are then checked too), else
+ * from the output's `widen` metadata key. Untouched tensors must be byte-identical (or equal after
+ * the recorded cast); every transformed output channel must equal its source channel bit for bit,
+ * and every filled channel hold exactly the fill (checked with the scalar reference kernels).
+ * Returns WIDEN_OK or WIDEN_DIFFERENT (report filled in either case), or an error status. */
+widen_status widen_verify(const char *input_path, const char *output_path, const char *manifest_path,
+                          widen_verify_report *report, widen_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

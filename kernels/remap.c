@@ -1,0 +1,103 @@
+/* remap.c: the ISA-independent remap driver, job validation and the public kernel entry points. */
+#include <string.h>
+
+#include "../src/internal.h"
+#include "kernels.h"
+
+/* The bytes of `value` in dtype `dtype` (computable dtypes only). */
+static void const_element(widen_dtype dtype, float value, unsigned char out[8])
+{
+    uint32_t bits;
+    memcpy(&bits, &value, 4);
+    if (dtype == WIDEN_F32) {
+        memcpy(out, &bits, 4);
+    } else {
+        uint16_t h = dtype == WIDEN_F16 ? widen_f32_to_f16(bits) : widen_f32_to_bf16(bits);
+        memcpy(out, &h, 2);
+    }
+}
+
+void widen_remap_generic(const widen_kernels *k, const widen_remap_job *j)
+{
+    size_t ssz = widen_dtype_bits(j->src_dtype) / 8, dsz = widen_dtype_bits(j->dst_dtype) / 8;
+    widen_convert_fn convert = NULL;
+    if (j->src_dtype != j->dst_dtype)
+        convert = k->convert[widen_compute_index(j->src_dtype)][widen_compute_index(j->dst_dtype)];
+    const unsigned char *src = j->src;
+    unsigned char *dst = j->dst;
+    for (size_t r = 0; r < j->rows; r++) {
+        for (size_t n = 0; n < j->channels; n++) {
+            const widen_map_entry *e = &j->map[n];
+            unsigned char *d = dst + (r * j->dst_row_stride + n * j->dst_chan_stride) * dsz;
+            if (e->kind == WIDEN_MAP_SOURCE) {
+                const unsigned char *s =
+                    src + (r * j->src_row_stride + (size_t)e->channel * j->src_chan_stride) * ssz;
+                if (convert)
+                    convert(d, s, j->inner);
+                else
+                    k->copy(d, s, j->inner * dsz);
+            } else {
+                unsigned char element[8] = {0};
+                if (e->kind == WIDEN_MAP_CONST) const_element(j->dst_dtype, e->value, element);
+                k->fill(d, j->inner, element, dsz);
+            }
+        }
+    }
+}
+
+static widen_status check_job(const widen_remap_job *j, widen_error *err)
+{
+    if ((unsigned)j->src_dtype >= WIDEN_DTYPE_COUNT || (unsigned)j->dst_dtype >= WIDEN_DTYPE_COUNT)
+        return widen_fail(err, WIDEN_EUSAGE, "remap: unknown dtype");
+    if (j->src_dtype != j->dst_dtype) {
+        if (widen_compute_index(j->src_dtype) < 0 || widen_compute_index(j->dst_dtype) < 0)
+            return widen_fail(err, WIDEN_EUSAGE, "remap: cannot convert %s to %s (only F32, F16, BF16)",
+                              widen_dtype_name(j->src_dtype), widen_dtype_name(j->dst_dtype));
+    } else {
+        unsigned bits = widen_dtype_bits(j->src_dtype);
+        if (bits % 8 || bits > 64)
+            return widen_fail(err, WIDEN_EUSAGE, "remap: %s elements are not 1, 2, 4 or 8 bytes",
+                              widen_dtype_name(j->src_dtype));
+    }
+    for (size_t n = 0; n < j->channels; n++) {
+        if (j->map[n].kind == WIDEN_MAP_CONST && widen_compute_index(j->dst_dtype) < 0)
+            return widen_fail(err, WIDEN_EUSAGE, "remap: a const fill needs an F32, F16 or BF16 tensor, not %s",
+                              widen_dtype_name(j->dst_dtype));
+        if ((unsigned)j->map[n].kind > WIDEN_MAP_CONST)
+            return widen_fail(err, WIDEN_EUSAGE, "remap: unknown map entry kind");
+    }
+    return WIDEN_OK;
+}
+
+static const widen_kernels *kernels_or_fail(widen_isa isa, widen_error *err)
+{
+    if (isa == WIDEN_ISA_COUNT) isa = widen_isa_active();
+    if ((unsigned)isa >= WIDEN_ISA_COUNT || !widen_isa_usable(isa)) {
+        widen_fail(err, WIDEN_EUSAGE, "ISA %s is not usable here",
+                   (unsigned)isa < WIDEN_ISA_COUNT ? widen_isa_name(isa) : "?");
+        return NULL;
+    }
+    return widen_kernels_for(isa);
+}
+
+widen_status widen_remap(const widen_remap_job *job, widen_isa isa, widen_error *err)
+{
+    const widen_kernels *k = kernels_or_fail(isa, err);
+    if (!k) return WIDEN_EUSAGE;
+    widen_status st = check_job(job, err);
+    if (st) return st;
+    if (k->remap)
+        k->remap(k, job);
+    else
+        widen_remap_generic(k, job);
+    return WIDEN_OK;
+}
+
+widen_status widen_cast(widen_dtype from, widen_dtype to, const void *src, void *dst, size_t n,
+                        widen_isa isa, widen_error *err)
+{
+    widen_map_entry identity = {.kind = WIDEN_MAP_SOURCE, .channel = 0};
+    widen_remap_job job = {.src = src, .dst = dst, .src_dtype = from, .dst_dtype = to, .rows = 1,
+                           .channels = 1, .inner = n, .map = &identity};
+    return widen_remap(&job, isa, err);
+}

@@ -1,0 +1,240 @@
+/* apply.c: file to file: plan, stream into a temporary file beside the output, fsync, rename. */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+void widen_apply_options_init(widen_apply_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->fsync = 1;
+}
+
+typedef struct temp_file {
+    char *path; /* NULL once renamed into place or removed */
+    int fd;
+} temp_file;
+
+static widen_status temp_open(const char *target, temp_file *tf, widen_error *err)
+{
+    char *copy = strdup(target), *copy2 = strdup(target);
+    tf->fd = -1;
+    tf->path = NULL;
+    if (!copy || !copy2) {
+        free(copy);
+        free(copy2);
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
+    const char *dir = dirname(copy), *base = basename(copy2);
+    size_t size = strlen(dir) + strlen(base) + 32;
+    tf->path = malloc(size);
+    widen_status st = WIDEN_OK;
+    if (!tf->path) {
+        st = widen_fail(err, WIDEN_EIO, "out of memory");
+    } else {
+        snprintf(tf->path, size, "%s/.%s.widen-XXXXXX", dir, base);
+        tf->fd = mkostemp(tf->path, O_CLOEXEC);
+        if (tf->fd < 0) {
+            st = widen_fail(err, WIDEN_EIO, "%s: cannot create a file in %s: %s", target, dir, strerror(errno));
+            free(tf->path);
+            tf->path = NULL;
+        } else {
+            mode_t mask = umask(0);
+            umask(mask);
+            fchmod(tf->fd, 0666 & ~mask);
+        }
+    }
+    free(copy);
+    free(copy2);
+    return st;
+}
+
+static void temp_discard(temp_file *tf)
+{
+    if (tf->fd >= 0) close(tf->fd);
+    if (tf->path) unlink(tf->path);
+    free(tf->path);
+    tf->path = NULL;
+    tf->fd = -1;
+}
+
+static widen_status write_all(int fd, const void *data, size_t len, const char *target, widen_error *err)
+{
+    const unsigned char *p = data;
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", target, strerror(n < 0 ? errno : EIO));
+        p += n;
+        len -= (size_t)n;
+    }
+    return WIDEN_OK;
+}
+
+/* Closes (after fsync) and renames into place; without overwrite, never replaces a file that
+ * appeared meanwhile. */
+static widen_status temp_commit(temp_file *tf, const char *target, int do_fsync, int overwrite, widen_error *err)
+{
+    if (do_fsync && fsync(tf->fd) != 0)
+        return widen_fail(err, WIDEN_EIO, "%s: fsync failed: %s", target, strerror(errno));
+    if (close(tf->fd) != 0) {
+        tf->fd = -1;
+        return widen_fail(err, WIDEN_EIO, "%s: close failed: %s", target, strerror(errno));
+    }
+    tf->fd = -1;
+    int rc = overwrite ? rename(tf->path, target) : renameat2(AT_FDCWD, tf->path, AT_FDCWD, target, RENAME_NOREPLACE);
+    if (rc != 0 && !overwrite && errno == EINVAL) { /* file system without RENAME_NOREPLACE */
+        rc = link(tf->path, target);
+        if (rc == 0) unlink(tf->path);
+    }
+    if (rc != 0)
+        return widen_fail(err, errno == EEXIST ? WIDEN_EUSAGE : WIDEN_EIO, "%s: cannot rename into place: %s",
+                          target, strerror(errno));
+    free(tf->path);
+    tf->path = NULL;
+    if (do_fsync) {
+        char *copy = strdup(target);
+        int dfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+        free(copy);
+    }
+    return WIDEN_OK;
+}
+
+typedef struct write_sink {
+    int fd;
+    const char *target;
+} write_sink;
+
+static widen_status sink_write(void *user, size_t index, uint64_t offset, const void *data, size_t len,
+                               widen_error *err)
+{
+    (void)index;
+    (void)offset;
+    write_sink *w = user;
+    return write_all(w->fd, data, len, w->target, err);
+}
+
+static json_t *tensor_json(widen_dtype dtype, int rank, const uint64_t *shape, widen_hash128 hash)
+{
+    char hex[33];
+    json_t *obj = json_object(), *dims = json_array();
+    for (int d = 0; d < rank; d++) json_array_append_new(dims, json_integer((json_int_t)shape[d]));
+    widen_hash128_hex(hash, hex);
+    json_object_set_new(obj, "dtype", json_string(widen_dtype_name(dtype)));
+    json_object_set_new(obj, "shape", dims);
+    json_object_set_new(obj, "xxh3_128", json_string(hex));
+    return obj;
+}
+
+static char *manifest_text(const char *input, const char *output, const char *transform_json, const widen_plan *plan)
+{
+    json_t *root = json_object(), *tensors = json_array();
+    json_object_set_new(root, "tool", json_string("widen"));
+    json_object_set_new(root, "version", json_string(WIDEN_VERSION_STRING));
+    json_object_set_new(root, "input", json_string(input));
+    json_object_set_new(root, "output", json_string(output));
+    json_object_set_new(root, "transform", json_loads(transform_json, 0, NULL));
+    for (size_t i = 0; i < plan->count; i++) {
+        const widen_plan_tensor *p = &plan->tensors[i];
+        json_t *obj = json_object();
+        json_object_set_new(obj, "name", json_string(p->name));
+        json_object_set_new(obj, "op", json_string(p->op == WIDEN_OP_COPY ? "copy" : p->axis < 0 ? "cast" : "remap"));
+        json_object_set_new(obj, "input", tensor_json(p->in->dtype, p->in->rank, p->in->shape, p->in_hash));
+        json_object_set_new(obj, "output", tensor_json(p->dtype, p->rank, p->shape, p->out_hash));
+        json_array_append_new(tensors, obj);
+    }
+    json_object_set_new(root, "tensors", tensors);
+    char *text = json_dumps(root, JSON_INDENT(2));
+    json_decref(root);
+    return text;
+}
+
+/* Refuses an output that is the input (by inode, so links count) or that exists without overwrite. */
+static widen_status check_target(const char *input, const char *output, int overwrite, widen_error *err)
+{
+    struct stat in, out;
+    if (stat(output, &out) != 0) return WIDEN_OK;
+    if (stat(input, &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: the output is the input file; widen never overwrites its input", output);
+    if (S_ISDIR(out.st_mode)) return widen_fail(err, WIDEN_EUSAGE, "%s: is a directory", output);
+    if (!overwrite) return widen_fail(err, WIDEN_EUSAGE, "%s: exists (use --force to replace it)", output);
+    return WIDEN_OK;
+}
+
+widen_status widen_apply(const char *input, const char *output, const widen_transform *transform,
+                         const widen_apply_options *options, widen_error *err)
+{
+    widen_apply_options defaults;
+    if (!options) {
+        widen_apply_options_init(&defaults);
+        options = &defaults;
+    }
+    widen_status st = widen_isa_init(err);
+    if (st) return st;
+    if (options->manifest_path && (st = check_target(input, options->manifest_path, options->overwrite, err)))
+        return st;
+    if ((st = check_target(input, output, options->overwrite, err))) return st;
+    widen_checkpoint *ckpt = NULL;
+    if ((st = widen_open(input, &ckpt, err))) return st;
+    widen_plan plan;
+    char *provenance = NULL, *manifest = NULL;
+    unsigned char *header = NULL;
+    size_t header_len = 0;
+    temp_file out = {.fd = -1}, man = {.fd = -1};
+    if ((st = widen_plan_build(ckpt, transform, &plan, err))) goto done_ckpt;
+    if (transform->count == 0 && !transform->cast) {
+        st = widen_fail(err, WIDEN_EUSAGE, "nothing to do: give --to, --map or --cast");
+        goto done;
+    }
+    provenance = widen_transform_to_json(transform);
+    if (!provenance) {
+        st = widen_fail(err, WIDEN_EIO, "out of memory");
+        goto done;
+    }
+    if ((st = widen_safetensors_header(&plan, ckpt, provenance, &header, &header_len, err))) goto done;
+    if ((st = temp_open(output, &out, err))) goto done;
+    if ((st = write_all(out.fd, header, header_len, output, err))) goto done;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    widen_exec_options eo = {.threads = options->threads ? options->threads : (unsigned)(cpus > 0 ? cpus : 1),
+                             .isa = WIDEN_ISA_COUNT, .progress = options->progress,
+                             .progress_user = options->progress_user};
+    write_sink ws = {.fd = out.fd, .target = output};
+    if ((st = widen_execute(ckpt, &plan, &eo, sink_write, &ws, err))) {
+        if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; no output written", output);
+        goto done;
+    }
+    if (options->manifest_path) {
+        manifest = manifest_text(input, output, provenance, &plan);
+        if (!manifest) {
+            st = widen_fail(err, WIDEN_EIO, "out of memory");
+            goto done;
+        }
+        if ((st = temp_open(options->manifest_path, &man, err))) goto done;
+        if ((st = write_all(man.fd, manifest, strlen(manifest), options->manifest_path, err))) goto done;
+        if ((st = write_all(man.fd, "\n", 1, options->manifest_path, err))) goto done;
+        if ((st = temp_commit(&man, options->manifest_path, options->fsync, options->overwrite, err))) goto done;
+    }
+    if ((st = temp_commit(&out, output, options->fsync, options->overwrite, err)) && options->manifest_path)
+        unlink(options->manifest_path);
+done:
+    temp_discard(&out);
+    temp_discard(&man);
+    free(header);
+    free(provenance);
+    free(manifest);
+    widen_plan_free(&plan);
+done_ckpt:
+    widen_close(ckpt);
+    return st;
+}

@@ -1,0 +1,190 @@
+/* execute.c: the data path: every output tensor, in order, in bounded chunks, through the kernels
+ * and a hash, into a sink (a file for apply, a comparison for verify). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/kernels.h"
+#include "internal.h"
+
+enum { CHUNK = 4u << 20 }; /* output bytes produced per step */
+
+typedef struct exec_state {
+    const widen_checkpoint *ckpt;
+    const widen_exec_options *opt;
+    const widen_kernels *kernels;
+    widen_pool *pool;
+    unsigned char *buffer;
+    XXH3_state_t *in_hash, *out_hash;
+    uint64_t in_cursor; /* input bytes of the current tensor hashed so far, in order */
+    uint64_t done, total;
+    widen_sink_fn sink;
+    void *sink_user;
+} exec_state;
+
+/* Hashes the part of input span [begin, begin+len) of the current tensor that continues the
+ * in-order prefix hashed so far; spans read out of order are hashed by a pass at the end. */
+static void hash_input_span(exec_state *s, const widen_tensor_info *t, uint64_t begin, uint64_t len)
+{
+    if (begin <= s->in_cursor && begin + len > s->in_cursor) {
+        XXH3_128bits_update(s->in_hash, s->ckpt->map + t->offset + s->in_cursor,
+                            (size_t)(begin + len - s->in_cursor));
+        s->in_cursor = begin + len;
+    }
+}
+
+static widen_status emit(exec_state *s, size_t index, uint64_t offset, const void *data, size_t len,
+                         widen_error *err)
+{
+    XXH3_128bits_update(s->out_hash, data, len);
+    widen_status st = s->sink(s->sink_user, index, offset, data, len, err);
+    if (st) return st;
+    s->done += len;
+    if (s->opt->progress && s->opt->progress(s->opt->progress_user, s->done, s->total))
+        return widen_fail(err, WIDEN_EINTERRUPTED, "interrupted");
+    return WIDEN_OK;
+}
+
+typedef struct split_job {
+    const widen_kernels *kernels;
+    widen_remap_job job;
+    size_t parts;
+    int by_rows; /* split rows, else split the inner run */
+} split_job;
+
+static void run_part(void *user, size_t part)
+{
+    const split_job *sj = user;
+    widen_remap_job j = sj->job;
+    size_t total = sj->by_rows ? j.rows : j.inner;
+    size_t lo = total * part / sj->parts, hi = total * (part + 1) / sj->parts;
+    size_t ssz = widen_dtype_bits(j.src_dtype) / 8, dsz = widen_dtype_bits(j.dst_dtype) / 8;
+    if (sj->by_rows) {
+        j.src = (const unsigned char *)j.src + lo * j.src_row_stride * ssz;
+        j.dst = (unsigned char *)j.dst + lo * j.dst_row_stride * dsz;
+        j.rows = hi - lo;
+    } else {
+        j.src = (const unsigned char *)j.src + lo * ssz;
+        j.dst = (unsigned char *)j.dst + lo * dsz;
+        j.inner = hi - lo;
+    }
+    if (hi == lo) return;
+    if (sj->kernels->remap)
+        sj->kernels->remap(sj->kernels, &j);
+    else
+        widen_remap_generic(sj->kernels, &j);
+}
+
+/* Runs a job on the pool: row blocks when there are enough rows, else slices of the inner run. The
+ * kernels are elementwise, so the bytes do not depend on the split. */
+static void run_job(exec_state *s, const widen_remap_job *job, size_t out_bytes)
+{
+    unsigned threads = widen_pool_threads(s->pool);
+    split_job sj = {.kernels = s->kernels, .job = *job, .parts = 1, .by_rows = job->rows >= threads};
+    if (threads > 1 && out_bytes >= (256u << 10)) sj.parts = threads;
+    widen_pool_run(s->pool, sj.parts, run_part, &sj);
+}
+
+static widen_status copy_tensor(exec_state *s, size_t index, widen_plan_tensor *p, widen_error *err)
+{
+    const widen_tensor_info *t = p->in;
+    XXH3_128bits_reset(s->out_hash);
+    for (uint64_t off = 0; off < t->nbytes; off += CHUNK) {
+        size_t len = (size_t)(t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK);
+        widen_status st = emit(s, index, off, s->ckpt->map + t->offset + off, len, err);
+        widen_release(s->ckpt, t->offset + off, len);
+        if (st) return st;
+    }
+    p->in_hash = p->out_hash = widen_hash_digest(s->out_hash);
+    return WIDEN_OK;
+}
+
+static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor *p, widen_error *err)
+{
+    const widen_tensor_info *t = p->in;
+    size_t ssz = widen_dtype_bits(t->dtype) / 8, dsz = widen_dtype_bits(p->dtype) / 8;
+    const unsigned char *base = s->ckpt->map + t->offset;
+    uint64_t in_row = (uint64_t)p->in_channels * p->inner, out_row = (uint64_t)p->channels * p->inner;
+    XXH3_128bits_reset(s->in_hash);
+    XXH3_128bits_reset(s->out_hash);
+    s->in_cursor = 0;
+    widen_remap_job job = {.src_dtype = t->dtype, .dst_dtype = p->dtype, .inner = p->inner,
+                           .src_row_stride = in_row, .src_chan_stride = p->inner,
+                           .dst_row_stride = out_row, .dst_chan_stride = p->inner, .dst = s->buffer};
+    widen_status st = WIDEN_OK;
+    uint64_t out_off = 0;
+    if (out_row * dsz <= CHUNK) {
+        /* whole rows per step: the input of a step is one contiguous span */
+        uint64_t per = out_row ? CHUNK / (out_row * dsz) : p->outer;
+        for (uint64_t r = 0; r < p->outer && !st; r += per) {
+            uint64_t rows = p->outer - r < per ? p->outer - r : per;
+            job.src = base + r * in_row * ssz;
+            job.rows = (size_t)rows;
+            job.channels = p->channels;
+            job.map = p->map;
+            size_t len = (size_t)(rows * out_row * dsz);
+            run_job(s, &job, len);
+            hash_input_span(s, t, r * in_row * ssz, rows * in_row * ssz);
+            st = emit(s, index, out_off, s->buffer, len, err);
+            widen_release(s->ckpt, t->offset + r * in_row * ssz, rows * in_row * ssz);
+            out_off += len;
+        }
+    } else {
+        /* a row is larger than a step: one channel's run at a time, in output order */
+        uint64_t per = CHUNK / dsz;
+        job.rows = 1;
+        job.channels = 1;
+        for (uint64_t r = 0; r < p->outer && !st; r++) {
+            for (uint32_t n = 0; n < p->channels && !st; n++) {
+                const widen_map_entry *m = &p->map[n];
+                for (uint64_t i = 0; i < p->inner && !st; i += per) {
+                    uint64_t count = p->inner - i < per ? p->inner - i : per;
+                    /* point src at channel 0 so that the kernel's channel offset lands on m->channel */
+                    job.src = base + (r * in_row + i) * ssz;
+                    job.inner = (size_t)count;
+                    job.map = m;
+                    size_t len = (size_t)(count * dsz);
+                    run_job(s, &job, len);
+                    uint64_t span = (r * in_row + (uint64_t)m->channel * p->inner + i) * ssz;
+                    if (m->kind == WIDEN_MAP_SOURCE) hash_input_span(s, t, span, count * ssz);
+                    st = emit(s, index, out_off, s->buffer, len, err);
+                    if (m->kind == WIDEN_MAP_SOURCE) widen_release(s->ckpt, t->offset + span, count * ssz);
+                    out_off += len;
+                }
+            }
+        }
+    }
+    if (st) return st;
+    /* the input bytes no step read in order (reordered or dropped channels) */
+    while (s->in_cursor < t->nbytes) {
+        uint64_t len = t->nbytes - s->in_cursor < CHUNK ? t->nbytes - s->in_cursor : CHUNK;
+        hash_input_span(s, t, s->in_cursor, len);
+        widen_release(s->ckpt, t->offset + s->in_cursor - len, len);
+    }
+    p->in_hash = widen_hash_digest(s->in_hash);
+    p->out_hash = widen_hash_digest(s->out_hash);
+    return WIDEN_OK;
+}
+
+widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan, const widen_exec_options *opt,
+                           widen_sink_fn sink, void *sink_user, widen_error *err)
+{
+    widen_isa isa = opt->isa == WIDEN_ISA_COUNT ? widen_isa_active() : opt->isa;
+    exec_state s = {.ckpt = ckpt, .opt = opt, .kernels = widen_kernels_for(isa), .sink = sink,
+                    .sink_user = sink_user, .total = plan->data_bytes};
+    widen_status st = WIDEN_OK;
+    s.pool = widen_pool_new(opt->threads);
+    s.buffer = malloc(CHUNK);
+    s.in_hash = XXH3_createState();
+    s.out_hash = XXH3_createState();
+    if (!s.kernels) st = widen_fail(err, WIDEN_EUSAGE, "no kernels for ISA %s", widen_isa_name(isa));
+    else if (!s.pool || !s.buffer || !s.in_hash || !s.out_hash) st = widen_fail(err, WIDEN_EIO, "out of memory");
+    for (size_t i = 0; i < plan->count && !st; i++) {
+        widen_plan_tensor *p = &plan->tensors[i];
+        st = p->op == WIDEN_OP_COPY ? copy_tensor(&s, i, p, err) : remap_tensor(&s, i, p, err);
+    }
+    if (s.pool) widen_pool_free(s.pool);
+    free(s.buffer);
+    XXH3_freeState(s.in_hash);
+    XXH3_freeState(s.out_hash);
+    return st;
+}

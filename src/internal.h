@@ -1,0 +1,131 @@
+/* internal.h: what the library's parts share and the public header does not promise. */
+#ifndef WIDEN_INTERNAL_H
+#define WIDEN_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <xxhash.h>
+
+#include "widen/widen.h"
+
+/* Sets err (if not NULL) and returns its status. printf-style, one line. */
+widen_status widen_fail(widen_error *err, widen_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Metadata key under which apply records the transform in a safetensors output. */
+#define WIDEN_PROVENANCE_KEY "widen"
+
+typedef struct widen_metadata_entry {
+    char *key, *value;
+} widen_metadata_entry;
+
+struct widen_checkpoint {
+    char *path;
+    int fd;
+    uint64_t size;
+    const unsigned char *map; /* the whole file, read-only; pages are released as they are used */
+    const char *format;
+    widen_tensor_info *tensors; /* file order */
+    char **names;               /* owned storage behind tensors[i].name */
+    size_t count;
+    widen_metadata_entry *metadata;
+    size_t metadata_count;
+};
+
+/* Format readers: fill ckpt->tensors and ckpt->metadata from the mapped file. */
+widen_status widen_safetensors_read(widen_checkpoint *ckpt, widen_error *err);
+
+/* One tensor of an output, in output order. */
+typedef enum widen_plan_op {
+    WIDEN_OP_COPY, /* output bytes = input bytes */
+    WIDEN_OP_REMAP /* channel map and/or cast through the kernels */
+} widen_plan_op;
+
+typedef struct widen_plan_tensor {
+    const widen_tensor_info *in;
+    const char *name;
+    widen_plan_op op;
+    widen_dtype dtype; /* output dtype */
+    int rank;
+    uint64_t shape[WIDEN_MAX_RANK];
+    uint64_t nbytes; /* output bytes */
+    /* WIDEN_OP_REMAP: the input seen as [outer, in_channels, inner], output [outer, channels, inner] */
+    uint64_t outer, inner;
+    uint32_t in_channels, channels;
+    int axis; /* normalised, -1 for a cast-only tensor */
+    const widen_map_entry *map; /* NULL for a cast-only tensor (identity over one channel) */
+    widen_hash128 in_hash, out_hash; /* filled by widen_execute */
+} widen_plan_tensor;
+
+typedef struct widen_plan {
+    widen_plan_tensor *tensors; /* output order */
+    size_t count;
+    uint64_t data_bytes;        /* sum of output tensor bytes */
+    widen_map_entry *identity;  /* one SOURCE entry (channel 0), for cast-only tensors */
+} widen_plan;
+
+/* Builds the plan of `transform` over `ckpt`: output tensors in the reference writer's order (dtype
+ * alignment descending, then name). WIDEN_EUSAGE for requests the checkpoint cannot satisfy. */
+widen_status widen_plan_build(const widen_checkpoint *ckpt, const widen_transform *transform,
+                              widen_plan *plan, widen_error *err);
+void widen_plan_free(widen_plan *plan);
+
+/* Receives the output bytes of plan tensor `index`, in order: `len` bytes starting at `offset`
+ * within that tensor. Returns a status (non-zero stops the run). */
+typedef widen_status (*widen_sink_fn)(void *user, size_t index, uint64_t offset, const void *data,
+                                      size_t len, widen_error *err);
+
+typedef struct widen_exec_options {
+    unsigned threads;
+    widen_isa isa; /* WIDEN_ISA_COUNT: the active ISA */
+    widen_progress_fn progress;
+    void *progress_user;
+} widen_exec_options;
+
+/* Streams every plan tensor through the sink in output order, in bounded memory, and fills each
+ * tensor's in_hash and out_hash. */
+widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan,
+                           const widen_exec_options *options, widen_sink_fn sink, void *sink_user,
+                           widen_error *err);
+
+/* Releases the pages of [offset, offset+len) of the checkpoint's mapping from this process. */
+void widen_release(const widen_checkpoint *ckpt, uint64_t offset, uint64_t len);
+
+/* Transform internals shared by plan, apply and verify. */
+typedef struct widen_tensor_edit {
+    char *name;
+    int axis;
+    widen_map_entry *map;
+    size_t count;
+} widen_tensor_edit;
+
+struct widen_transform {
+    widen_tensor_edit *edits;
+    size_t count;
+    bool cast;
+    widen_dtype cast_to;
+};
+
+const widen_tensor_edit *widen_transform_edit(const widen_transform *transform, const char *name);
+
+/* Formats a map entry as --map syntax ("2", "zero", "const:0.5"). */
+void widen_map_entry_format(const widen_map_entry *entry, char *out, size_t size);
+
+/* safetensors writer: the header (u64 length + padded JSON) for the plan's output, with the
+ * input's metadata plus the provenance key. malloc'ed. */
+widen_status widen_safetensors_header(const widen_plan *plan, const widen_checkpoint *in,
+                                      const char *provenance, unsigned char **header, size_t *len,
+                                      widen_error *err);
+
+/* Thread pool: runs fn(user, part) for part in [0, parts) on up to `threads` threads (the caller
+ * included) and returns when all are done. */
+typedef struct widen_pool widen_pool;
+widen_pool *widen_pool_new(unsigned threads);
+void widen_pool_free(widen_pool *pool);
+unsigned widen_pool_threads(const widen_pool *pool);
+void widen_pool_run(widen_pool *pool, size_t parts, void (*fn)(void *user, size_t part), void *user);
+
+/* Canonical hash of an XXH3 state. */
+widen_hash128 widen_hash_digest(XXH3_state_t *state);
+
+#endif

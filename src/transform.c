@@ -1,0 +1,367 @@
+/* transform.c: channel maps and transforms: parsing, JSON form, and the plan they make of a file. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dtype.h"
+#include "internal.h"
+
+widen_transform *widen_transform_new(void)
+{
+    return calloc(1, sizeof(widen_transform));
+}
+
+void widen_transform_free(widen_transform *t)
+{
+    if (!t) return;
+    for (size_t i = 0; i < t->count; i++) {
+        free(t->edits[i].name);
+        free(t->edits[i].map);
+    }
+    free(t->edits);
+    free(t);
+}
+
+static widen_status parse_float(const char *text, float *out, const char *what, widen_error *err)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(text, &end);
+    if (!*text || *end || errno == ERANGE)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: '%s' is not an fp32 number", what, text);
+    *out = v;
+    return WIDEN_OK;
+}
+
+static widen_status parse_entry(const char *text, widen_map_entry *e, widen_error *err)
+{
+    memset(e, 0, sizeof *e);
+    if (strcmp(text, "zero") == 0) {
+        e->kind = WIDEN_MAP_ZERO;
+        return WIDEN_OK;
+    }
+    if (strncmp(text, "const:", 6) == 0) {
+        e->kind = WIDEN_MAP_CONST;
+        return parse_float(text + 6, &e->value, "--map const", err);
+    }
+    if (*text >= '0' && *text <= '9') {
+        char *end;
+        errno = 0;
+        unsigned long k = strtoul(text, &end, 10);
+        if (!*end && errno == 0 && k <= UINT32_MAX) {
+            e->kind = WIDEN_MAP_SOURCE;
+            e->channel = (uint32_t)k;
+            return WIDEN_OK;
+        }
+    }
+    return widen_fail(err, WIDEN_EUSAGE, "--map: cannot read entry '%s' (use K, zero or const:V)", text);
+}
+
+widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t *count, widen_error *err)
+{
+    *entries = NULL;
+    *count = 0;
+    size_t n = 1;
+    for (const char *p = list; *p; p++) n += *p == ',';
+    widen_map_entry *m = calloc(n, sizeof *m);
+    char *copy = strdup(list);
+    if (!m || !copy) {
+        free(m);
+        free(copy);
+        return widen_fail(err, WIDEN_EUSAGE, "out of memory");
+    }
+    widen_status st = WIDEN_OK;
+    char *cursor = copy;
+    for (size_t i = 0; i < n && !st; i++) {
+        char *comma = strchr(cursor, ',');
+        if (comma) *comma = '\0';
+        st = parse_entry(cursor, &m[i], err);
+        cursor = comma ? comma + 1 : cursor + strlen(cursor);
+    }
+    free(copy);
+    if (st) {
+        free(m);
+        return st;
+    }
+    *entries = m;
+    *count = n;
+    return WIDEN_OK;
+}
+
+widen_status widen_parse_init(const char *mode, widen_map_entry *fill, widen_error *err)
+{
+    memset(fill, 0, sizeof *fill);
+    if (strcmp(mode, "zeros") == 0) {
+        fill->kind = WIDEN_MAP_ZERO;
+        return WIDEN_OK;
+    }
+    if (strncmp(mode, "const:", 6) == 0) {
+        fill->kind = WIDEN_MAP_CONST;
+        return parse_float(mode + 6, &fill->value, "--init const", err);
+    }
+    return widen_fail(err, WIDEN_EUSAGE, "--init: unknown mode '%s' (this version offers zeros and const:V)", mode);
+}
+
+widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, widen_map_entry fill, widen_map_entry *entries,
+                             widen_error *err)
+{
+    if (n < c)
+        return widen_fail(err, WIDEN_EUSAGE, "--to %u is smaller than the tensor's %u channels (use --map to narrow)",
+                          n, c);
+    if (at > n - c)
+        return widen_fail(err, WIDEN_EUSAGE, "--at %u: %u channels starting there do not fit in %u", at, c, n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (i >= at && i < at + c)
+            entries[i] = (widen_map_entry){.kind = WIDEN_MAP_SOURCE, .channel = i - at};
+        else
+            entries[i] = fill;
+    }
+    return WIDEN_OK;
+}
+
+widen_status widen_transform_add_map(widen_transform *t, const char *name, int axis, const widen_map_entry *map,
+                                     size_t count, widen_error *err)
+{
+    if (widen_transform_edit(t, name))
+        return widen_fail(err, WIDEN_EUSAGE, "tensor '%s' is selected twice", name);
+    if (count == 0 || count > UINT32_MAX)
+        return widen_fail(err, WIDEN_EUSAGE, "tensor '%s': a map needs 1 to 2^32-1 channels", name);
+    widen_tensor_edit *grown = realloc(t->edits, (t->count + 1) * sizeof *grown);
+    if (!grown) return widen_fail(err, WIDEN_EIO, "out of memory");
+    t->edits = grown;
+    widen_tensor_edit *e = &t->edits[t->count];
+    e->name = strdup(name);
+    e->map = malloc(count * sizeof *map);
+    if (!e->name || !e->map) {
+        free(e->name);
+        free(e->map);
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
+    memcpy(e->map, map, count * sizeof *map);
+    e->count = count;
+    e->axis = axis;
+    t->count++;
+    return WIDEN_OK;
+}
+
+widen_status widen_transform_set_cast(widen_transform *t, widen_dtype to, widen_error *err)
+{
+    if (!widen_dtype_is_computable(to))
+        return widen_fail(err, WIDEN_EUSAGE, "--cast: widen casts to F32, F16 or BF16, not %s",
+                          widen_dtype_name(to) ? widen_dtype_name(to) : "?");
+    t->cast = true;
+    t->cast_to = to;
+    return WIDEN_OK;
+}
+
+const widen_tensor_edit *widen_transform_edit(const widen_transform *t, const char *name)
+{
+    for (size_t i = 0; i < t->count; i++)
+        if (strcmp(t->edits[i].name, name) == 0) return &t->edits[i];
+    return NULL;
+}
+
+void widen_map_entry_format(const widen_map_entry *e, char *out, size_t size)
+{
+    switch (e->kind) {
+    case WIDEN_MAP_SOURCE: snprintf(out, size, "%u", e->channel); break;
+    case WIDEN_MAP_ZERO: snprintf(out, size, "zero"); break;
+    case WIDEN_MAP_CONST: snprintf(out, size, "const:%.9g", (double)e->value); break;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* JSON form: {"tool":"widen 0.1.0","cast":"F16"|null,"tensors":[{"name":..,"axis":1,"map":["0",..]}]} */
+
+char *widen_transform_to_json(const widen_transform *t)
+{
+    json_t *root = json_object(), *tensors = json_array();
+    json_object_set_new(root, "tool", json_string("widen " WIDEN_VERSION_STRING));
+    json_object_set_new(root, "cast", t->cast ? json_string(widen_dtype_name(t->cast_to)) : json_null());
+    for (size_t i = 0; i < t->count; i++) {
+        const widen_tensor_edit *e = &t->edits[i];
+        json_t *obj = json_object(), *map = json_array();
+        for (size_t k = 0; k < e->count; k++) {
+            char text[64];
+            widen_map_entry_format(&e->map[k], text, sizeof text);
+            json_array_append_new(map, json_string(text));
+        }
+        json_object_set_new(obj, "name", json_string(e->name));
+        json_object_set_new(obj, "axis", json_integer(e->axis));
+        json_object_set_new(obj, "map", map);
+        json_array_append_new(tensors, obj);
+    }
+    json_object_set_new(root, "tensors", tensors);
+    char *text = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return text;
+}
+
+widen_status widen_transform_from_json(const char *text, widen_transform **out, widen_error *err)
+{
+    *out = NULL;
+    json_error_t jerr;
+    json_t *root = json_loads(text, 0, &jerr);
+    if (!root) return widen_fail(err, WIDEN_EFORMAT, "recorded transform is not valid JSON: %s", jerr.text);
+    widen_transform *t = widen_transform_new();
+    widen_status st = t ? WIDEN_OK : widen_fail(err, WIDEN_EIO, "out of memory");
+    json_t *cast = json_object_get(root, "cast"), *tensors = json_object_get(root, "tensors");
+    if (!st && !json_is_array(tensors))
+        st = widen_fail(err, WIDEN_EFORMAT, "recorded transform has no \"tensors\" list");
+    if (!st && cast && !json_is_null(cast)) {
+        widen_dtype to;
+        if (!json_is_string(cast) || widen_dtype_from_name(json_string_value(cast), &to) != 0)
+            st = widen_fail(err, WIDEN_EFORMAT, "recorded transform has an unknown cast");
+        else
+            st = widen_transform_set_cast(t, to, err);
+    }
+    size_t i;
+    json_t *obj;
+    if (!st) json_array_foreach(tensors, i, obj) {
+        json_t *name = json_object_get(obj, "name"), *axis = json_object_get(obj, "axis"),
+               *map = json_object_get(obj, "map");
+        if (!json_is_string(name) || !json_is_integer(axis) || !json_is_array(map) || json_array_size(map) == 0) {
+            st = widen_fail(err, WIDEN_EFORMAT, "recorded transform: tensor entry %zu lacks name, axis or map", i);
+            break;
+        }
+        size_t n = json_array_size(map), k;
+        json_t *item;
+        widen_map_entry *entries = calloc(n, sizeof *entries);
+        if (!entries) {
+            st = widen_fail(err, WIDEN_EIO, "out of memory");
+            break;
+        }
+        json_array_foreach(map, k, item) {
+            if (!json_is_string(item)) {
+                st = widen_fail(err, WIDEN_EFORMAT, "recorded transform: map entries must be strings");
+                break;
+            }
+            if ((st = parse_entry(json_string_value(item), &entries[k], err))) {
+                st = WIDEN_EFORMAT;
+                if (err) err->status = st;
+                break;
+            }
+        }
+        if (!st)
+            st = widen_transform_add_map(t, json_string_value(name), (int)json_integer_value(axis), entries, n, err);
+        free(entries);
+        if (st) break;
+    }
+    json_decref(root);
+    if (st) {
+        widen_transform_free(t);
+        return st;
+    }
+    *out = t;
+    return WIDEN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Plans                                                                                            */
+
+static int by_write_order(const void *a, const void *b)
+{
+    const widen_plan_tensor *x = a, *y = b;
+    int rx = widen_dtype_write_rank(x->dtype), ry = widen_dtype_write_rank(y->dtype);
+    if (rx != ry) return ry - rx;
+    return strcmp(x->name, y->name);
+}
+
+static widen_status plan_remap(const widen_checkpoint *c, const widen_tensor_edit *e, widen_plan_tensor *p,
+                               widen_error *err)
+{
+    const widen_tensor_info *t = p->in;
+    int axis = e->axis < 0 ? e->axis + t->rank : e->axis;
+    if (axis < 0 || axis >= t->rank)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' has rank %d: no axis %d", c->path, t->name, t->rank,
+                          e->axis);
+    unsigned bits = widen_dtype_bits(t->dtype);
+    if (bits % 8 || bits > 64)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s': %s elements cannot be remapped", c->path, t->name,
+                          widen_dtype_name(t->dtype));
+    uint64_t channels = t->shape[axis];
+    for (size_t k = 0; k < e->count; k++) {
+        const widen_map_entry *m = &e->map[k];
+        if (m->kind == WIDEN_MAP_SOURCE && m->channel >= channels)
+            return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' has %llu channels on axis %d: no channel %u", c->path,
+                              t->name, (unsigned long long)channels, axis, m->channel);
+        if (m->kind == WIDEN_MAP_CONST && !widen_dtype_is_computable(p->dtype))
+            return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' is %s: const fills need F32, F16 or BF16", c->path,
+                              t->name, widen_dtype_name(p->dtype));
+    }
+    p->op = WIDEN_OP_REMAP;
+    p->axis = axis;
+    p->map = e->map;
+    p->in_channels = (uint32_t)channels;
+    p->channels = (uint32_t)e->count;
+    p->outer = 1;
+    p->inner = 1;
+    for (int d = 0; d < axis; d++) p->outer *= t->shape[d];
+    for (int d = axis + 1; d < t->rank; d++) p->inner *= t->shape[d];
+    p->shape[axis] = e->count;
+    uint64_t elements;
+    if (__builtin_mul_overflow(p->outer, (uint64_t)e->count, &elements) ||
+        __builtin_mul_overflow(elements, p->inner, &elements) ||
+        __builtin_mul_overflow(elements, (uint64_t)widen_dtype_bits(p->dtype) / 8, &p->nbytes))
+        return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s': the output would be too large", c->path, t->name);
+    return WIDEN_OK;
+}
+
+widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *tr, widen_plan *plan,
+                              widen_error *err)
+{
+    memset(plan, 0, sizeof *plan);
+    for (size_t i = 0; i < tr->count; i++)
+        if (widen_tensor_find(c, tr->edits[i].name) < 0)
+            return widen_fail(err, WIDEN_EUSAGE, "%s: no tensor named '%s'", c->path, tr->edits[i].name);
+    plan->tensors = calloc(c->count + 1, sizeof *plan->tensors);
+    plan->identity = calloc(1, sizeof *plan->identity);
+    if (!plan->tensors || !plan->identity) {
+        widen_plan_free(plan);
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
+    plan->identity->kind = WIDEN_MAP_SOURCE;
+    for (size_t i = 0; i < c->count; i++) {
+        const widen_tensor_info *t = &c->tensors[i];
+        widen_plan_tensor *p = &plan->tensors[i];
+        p->in = t;
+        p->name = t->name;
+        p->op = WIDEN_OP_COPY;
+        p->dtype = t->dtype;
+        p->rank = t->rank;
+        memcpy(p->shape, t->shape, sizeof p->shape);
+        p->nbytes = t->nbytes;
+        p->axis = -1;
+        bool cast = tr->cast && widen_dtype_is_computable(t->dtype) && t->dtype != tr->cast_to;
+        if (cast) p->dtype = tr->cast_to;
+        const widen_tensor_edit *e = widen_transform_edit(tr, t->name);
+        if (e) {
+            widen_status st = plan_remap(c, e, p, err);
+            if (st) {
+                widen_plan_free(plan);
+                return st;
+            }
+        } else if (cast) {
+            p->op = WIDEN_OP_REMAP;
+            p->map = plan->identity;
+            p->in_channels = p->channels = 1;
+            p->outer = 1;
+            p->inner = t->nbytes / (widen_dtype_bits(t->dtype) / 8);
+            p->nbytes = p->inner * (widen_dtype_bits(p->dtype) / 8);
+        }
+        plan->data_bytes += p->nbytes;
+    }
+    plan->count = c->count;
+    qsort(plan->tensors, plan->count, sizeof *plan->tensors, by_write_order);
+    return WIDEN_OK;
+}
+
+void widen_plan_free(widen_plan *plan)
+{
+    free(plan->tensors);
+    free(plan->identity);
+    memset(plan, 0, sizeof *plan);
+}
