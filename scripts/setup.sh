@@ -1,0 +1,23 @@
+#!/bin/bash
+# setup.sh: installs what widen needs to build, test and benchmark on Debian 12 (as root), then
+# builds the release preset. Packages already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(gcc g++ make cmake ninja-build pkg-config
+          libxxhash-dev xxhash libjansson-dev libsleef-dev libbenchmark-dev
+          python3 python3-numpy python3-xxhash python3-pytest time)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+preset=${1:-release}
+cmake --preset "$preset" >/dev/null
+cmake --build --preset "$preset"
