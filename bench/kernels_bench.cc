@@ -74,7 +74,7 @@ void BM_Remap(benchmark::State &state, widen_isa isa, Shape s, Dt d) {
   for (size_t i = 0; i < s.n; i++)
     map[i] = i < s.c ? widen_map_entry{WIDEN_MAP_SOURCE, (uint32_t)i, 0} : widen_map_entry{WIDEN_MAP_ZERO, 0, 0};
   widen_remap_job job{src.data(), dst.data(), d.dtype, d.dtype, s.rows, s.n, s.inner,
-                      s.c * s.inner, s.inner, s.n * s.inner, s.inner, map.data()};
+                      s.c * s.inner, s.inner, s.n * s.inner, s.inner, map.data(), WIDEN_STORE_AUTO};
   widen_error err;
   for (auto _ : state) {
     widen_remap(&job, isa, &err);

@@ -21,7 +21,7 @@ static int cpu_runs(widen_isa isa)
     switch (isa) {
     case WIDEN_ISA_SCALAR: return 1;
     case WIDEN_ISA_AVX2: return c->avx2 && c->fma && c->f16c;
-    case WIDEN_ISA_AVX512: return c->avx512f && c->avx512bw && c->avx512vl && c->f16c;
+    case WIDEN_ISA_AVX512: return c->avx512f && c->avx512bw && c->avx512vl && c->avx2 && c->fma && c->f16c;
     case WIDEN_ISA_NEON: return c->neon;
     default: return 0;
     }

@@ -10,33 +10,56 @@
 /* Index of a computable dtype in the convert table: F32, F16, BF16. */
 enum { WIDEN_CK_F32, WIDEN_CK_F16, WIDEN_CK_BF16, WIDEN_CK_COUNT };
 
-typedef void (*widen_convert_fn)(void *dst, const void *src, size_t n);
+/* n elements from src to dst; `stream`: non-temporal stores (the caller fences). */
+typedef void (*widen_convert_fn)(void *dst, const void *src, size_t n, int stream);
+
+/* A remap of rows too short for run-by-run work (e.g. RGB -> RGBA pixels, inner == 1), as one byte
+ * permutation per step of `rows_per_step` rows: output byte b of a step is input byte source[b] of
+ * the step, or fill[b] where source[b] < 0. */
+typedef struct widen_rows_plan {
+    size_t width;             /* vector bytes per step (16, 32, 64) */
+    size_t rows_per_step;     /* k */
+    size_t in_step, out_step; /* bytes per step: k * input row, k * output row */
+    size_t steps;             /* whole steps whose full-width load and store stay inside the job */
+    int16_t source[64];
+    uint8_t fill[64];
+} widen_rows_plan;
+
+/* Returns 1 and fills plan if `job` (same dtype in and out, dense output rows) suits a permutation
+ * of `width` bytes per step, with at least one step; 0 otherwise. */
+int widen_rows_plan_build(const widen_remap_job *job, size_t width, widen_rows_plan *plan);
 
 /* One ISA's kernels. Run-level primitives (the libyuv "row" model): the shared driver walks a remap
- * job's rows and channels and calls them on contiguous runs of `inner` elements. An ISA may also
- * provide a whole-job `remap` for shapes where runs are too short (e.g. inner == 1); it must give the
- * same bytes as the driver. */
+ * job's rows and channels and calls them on contiguous runs of `inner` elements. `rows`, if set,
+ * takes the leading rows of a job whose rows are too short for that and returns how many it did
+ * (0: none); the driver does the rest run by run. */
 typedef struct widen_kernels {
     widen_isa isa;
-    /* dst = src, `bytes` bytes, no alignment assumed */
-    void (*copy)(void *dst, const void *src, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes, int stream);
     /* n copies of an element of `size` bytes (1, 2, 4 or 8) */
-    void (*fill)(void *dst, size_t n, const void *element, size_t size);
-    /* convert[from][to], from != to: n elements, round to nearest even, NaN quieted */
+    void (*fill)(void *dst, size_t n, const void *element, size_t size, int stream);
+    /* convert[from][to], from != to: round to nearest even, NaN quieted, denormals kept */
     widen_convert_fn convert[WIDEN_CK_COUNT][WIDEN_CK_COUNT];
-    /* optional whole-job kernel, NULL: the generic driver */
-    void (*remap)(const struct widen_kernels *kernels, const widen_remap_job *job);
+    size_t (*rows)(const widen_remap_job *job, int stream);
+    void (*fence)(void); /* after streaming stores; NULL if none are needed */
 } widen_kernels;
 
 /* The registry: X(ISA enum, table symbol). Adding an ISA is one file and one line here. */
-#define WIDEN_KERNEL_REGISTRY(X) X(WIDEN_ISA_SCALAR, widen_kernels_scalar)
+#if defined(__x86_64__)
+#define WIDEN_ARCH_KERNELS(X) X(WIDEN_ISA_AVX2, widen_kernels_avx2) X(WIDEN_ISA_AVX512, widen_kernels_avx512)
+#elif defined(__aarch64__)
+#define WIDEN_ARCH_KERNELS(X) X(WIDEN_ISA_NEON, widen_kernels_neon)
+#else
+#define WIDEN_ARCH_KERNELS(X)
+#endif
+#define WIDEN_KERNEL_REGISTRY(X) X(WIDEN_ISA_SCALAR, widen_kernels_scalar) WIDEN_ARCH_KERNELS(X)
 
 #define WIDEN_DECLARE_KERNELS(isa, table) extern const widen_kernels table;
 WIDEN_KERNEL_REGISTRY(WIDEN_DECLARE_KERNELS)
 #undef WIDEN_DECLARE_KERNELS
 
-/* The generic driver: runs a validated job through k's run primitives. */
-void widen_remap_generic(const widen_kernels *k, const widen_remap_job *job);
+/* Runs a validated job through k: the rows kernel where it applies, else run by run. */
+void widen_remap_run(const widen_kernels *k, const widen_remap_job *job);
 
 /* The kernel table of `isa`, or NULL if this build has none. */
 const widen_kernels *widen_kernels_for(widen_isa isa);
@@ -49,5 +72,11 @@ uint16_t widen_f32_to_f16(uint32_t f);
 uint32_t widen_f16_to_f32(uint16_t h);
 uint16_t widen_f32_to_bf16(uint32_t f);
 uint32_t widen_bf16_to_f32(uint16_t b);
+
+/* The bytes of a const fill `value` in `dtype` (F32, F16 or BF16), zero-padded to 8. */
+void widen_const_element(widen_dtype dtype, float value, unsigned char out[8]);
+
+/* Scalar conversions of n elements (unaligned), for SIMD tails and the scalar table. */
+void widen_convert_scalar(int from, int to, void *dst, const void *src, size_t n);
 
 #endif

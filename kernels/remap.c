@@ -5,10 +5,11 @@
 #include "kernels.h"
 
 /* The bytes of `value` in dtype `dtype` (computable dtypes only). */
-static void const_element(widen_dtype dtype, float value, unsigned char out[8])
+void widen_const_element(widen_dtype dtype, float value, unsigned char out[8])
 {
     uint32_t bits;
     memcpy(&bits, &value, 4);
+    memset(out, 0, 8);
     if (dtype == WIDEN_F32) {
         memcpy(out, &bits, 4);
     } else {
@@ -17,7 +18,7 @@ static void const_element(widen_dtype dtype, float value, unsigned char out[8])
     }
 }
 
-void widen_remap_generic(const widen_kernels *k, const widen_remap_job *j)
+static void remap_runs(const widen_kernels *k, const widen_remap_job *j, int stream)
 {
     size_t ssz = widen_dtype_bits(j->src_dtype) / 8, dsz = widen_dtype_bits(j->dst_dtype) / 8;
     widen_convert_fn convert = NULL;
@@ -33,16 +34,32 @@ void widen_remap_generic(const widen_kernels *k, const widen_remap_job *j)
                 const unsigned char *s =
                     src + (r * j->src_row_stride + (size_t)e->channel * j->src_chan_stride) * ssz;
                 if (convert)
-                    convert(d, s, j->inner);
+                    convert(d, s, j->inner, stream);
                 else
-                    k->copy(d, s, j->inner * dsz);
+                    k->copy(d, s, j->inner * dsz, stream);
             } else {
                 unsigned char element[8] = {0};
-                if (e->kind == WIDEN_MAP_CONST) const_element(j->dst_dtype, e->value, element);
-                k->fill(d, j->inner, element, dsz);
+                if (e->kind == WIDEN_MAP_CONST) widen_const_element(j->dst_dtype, e->value, element);
+                k->fill(d, j->inner, element, dsz, stream);
             }
         }
     }
+}
+
+void widen_remap_run(const widen_kernels *k, const widen_remap_job *j)
+{
+    size_t dsz = widen_dtype_bits(j->dst_dtype) / 8;
+    int stream = j->store == WIDEN_STORE_STREAM ||
+                 (j->store == WIDEN_STORE_AUTO && j->rows * j->channels * j->inner * dsz >= WIDEN_STREAM_BYTES);
+    widen_remap_job rest = *j;
+    size_t done = k->rows && j->src_dtype == j->dst_dtype ? k->rows(j, stream) : 0;
+    if (done) {
+        rest.src = (const unsigned char *)j->src + done * j->src_row_stride * dsz;
+        rest.dst = (unsigned char *)j->dst + done * j->dst_row_stride * dsz;
+        rest.rows -= done;
+    }
+    remap_runs(k, &rest, stream);
+    if (stream && k->fence) k->fence();
 }
 
 static widen_status check_job(const widen_remap_job *j, widen_error *err)
@@ -86,10 +103,7 @@ widen_status widen_remap(const widen_remap_job *job, widen_isa isa, widen_error 
     if (!k) return WIDEN_EUSAGE;
     widen_status st = check_job(job, err);
     if (st) return st;
-    if (k->remap)
-        k->remap(k, job);
-    else
-        widen_remap_generic(k, job);
+    widen_remap_run(k, job);
     return WIDEN_OK;
 }
 

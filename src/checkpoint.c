@@ -24,8 +24,6 @@ static const char *unsupported_kind(const unsigned char *p, uint64_t size)
         return "a TorchScript/PYTORCH1 file, which widen does not read";
     if (size >= 6 && memcmp(p, "\x93NUMPY", 6) == 0)
         return "a NumPy .npy file, which this version of widen does not read yet";
-    if (size >= 2 && p[0] == 0x80 && p[1] <= 5)
-        return "a bare Python pickle, which widen does not read";
     return NULL;
 }
 

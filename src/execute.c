@@ -68,10 +68,7 @@ static void run_part(void *user, size_t part)
         j.inner = hi - lo;
     }
     if (hi == lo) return;
-    if (sj->kernels->remap)
-        sj->kernels->remap(sj->kernels, &j);
-    else
-        widen_remap_generic(sj->kernels, &j);
+    widen_remap_run(sj->kernels, &j);
 }
 
 /* Runs a job on the pool: row blocks when there are enough rows, else slices of the inner run. The
@@ -109,7 +106,8 @@ static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor 
     s->in_cursor = 0;
     widen_remap_job job = {.src_dtype = t->dtype, .dst_dtype = p->dtype, .inner = p->inner,
                            .src_row_stride = in_row, .src_chan_stride = p->inner,
-                           .dst_row_stride = out_row, .dst_chan_stride = p->inner, .dst = s->buffer};
+                           .dst_row_stride = out_row, .dst_chan_stride = p->inner, .dst = s->buffer,
+                           .store = WIDEN_STORE_CACHED /* the step's output is written out right away */};
     widen_status st = WIDEN_OK;
     uint64_t out_off = 0;
     if (out_row * dsz <= CHUNK) {

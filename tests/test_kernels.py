@@ -23,7 +23,7 @@ class RemapJob(ctypes.Structure):
                 ("dst_dtype", ctypes.c_int), ("rows", ctypes.c_size_t), ("channels", ctypes.c_size_t),
                 ("inner", ctypes.c_size_t), ("src_row_stride", ctypes.c_size_t),
                 ("src_chan_stride", ctypes.c_size_t), ("dst_row_stride", ctypes.c_size_t),
-                ("dst_chan_stride", ctypes.c_size_t), ("map", ctypes.POINTER(MapEntry))]
+                ("dst_chan_stride", ctypes.c_size_t), ("map", ctypes.POINTER(MapEntry)), ("store", ctypes.c_int)]
 
 
 class Error(ctypes.Structure):

@@ -119,3 +119,12 @@ def test_inspect_lists_what_the_reference_reads(tmp_path):
         for n, h in header.items()}
     text = run("inspect", path, check=0).stdout
     assert "b.weight" in text and "[4, 3, 2]" in text and "format = pt" in text
+
+
+def test_header_length_that_looks_like_a_pickle_opcode(tmp_path):
+    # a header of 0x280 bytes starts the file with 80 02, the bytes a pickle starts with
+    pad = 0x280 - len(json.dumps({"a": T, "__metadata__": {"k": ""}}))
+    header = json.dumps({"a": T, "__metadata__": {"k": "x" * pad}}).encode()
+    path = raw_file(str(tmp_path / "p.safetensors"), header, b"\0" * 8)
+    assert open(path, "rb").read(2) == b"\x80\x02"
+    assert [t["name"] for t in inspect_json(path)["tensors"]] == ["a"]

@@ -98,10 +98,20 @@ typedef struct widen_map_entry {
 /* A remap job: for r < rows, n < channels, i < inner:
  *   dst[r*dst_row_stride + n*dst_chan_stride + i] = source of map[n] at (r, i)
  * where the source of a WIDEN_MAP_SOURCE entry is src[r*src_row_stride + map[n].channel*src_chan_stride
- * + i], converted from src_dtype to dst_dtype. Strides count elements. src_dtype == dst_dtype moves raw
+ * + i], converted from src_dtype to dst_dtype. Strides count elements; every row of the source is
+ * readable up to the last element the map reads from it. src_dtype == dst_dtype moves raw
  * elements of 1, 2, 4 or 8 bytes; different dtypes must both be F32, F16 or BF16 (round to nearest
  * even; NaN stays NaN, quieted). Pointers need no alignment. The kernel writes exactly the
  * rows x channels x inner destination elements and nothing else. */
+typedef enum widen_store {
+    WIDEN_STORE_AUTO,   /* streaming (non-temporal) stores for outputs of WIDEN_STREAM_BYTES or more */
+    WIDEN_STORE_CACHED, /* ordinary stores: the output is read again soon */
+    WIDEN_STORE_STREAM  /* non-temporal stores where the ISA has them */
+} widen_store;
+
+/* Output size from which WIDEN_STORE_AUTO streams past the cache. */
+#define WIDEN_STREAM_BYTES (32u << 20)
+
 typedef struct widen_remap_job {
     const void *src;
     void *dst;
@@ -110,6 +120,7 @@ typedef struct widen_remap_job {
     size_t src_row_stride, src_chan_stride;
     size_t dst_row_stride, dst_chan_stride;
     const widen_map_entry *map; /* `channels` entries */
+    widen_store store;          /* a hint: the bytes written do not depend on it */
 } widen_remap_job;
 
 /* Runs a remap job with the kernels of `isa` (WIDEN_ISA_COUNT: the active ISA). Returns WIDEN_EUSAGE

@@ -1,0 +1,165 @@
+/* avx2.c: AVX2 kernels (with F16C for F16 conversions). Compiled with -mavx2 -mfma -mf16c; called
+ * only where dispatch found those features. Tails go through the scalar reference functions. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "simd.h"
+
+#define V 32 /* vector bytes */
+
+static void copy_avx2(void *dst, const void *src, size_t bytes, int stream)
+{
+    if (!stream || bytes < 4 * V) {
+        memcpy(dst, src, bytes);
+        return;
+    }
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    size_t head = (V - ((uintptr_t)d & (V - 1))) & (V - 1);
+    memcpy(d, s, head);
+    d += head, s += head, bytes -= head;
+    for (; bytes >= 4 * V; bytes -= 4 * V, d += 4 * V, s += 4 * V) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)s), b = _mm256_loadu_si256((const __m256i *)(s + V));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(s + 2 * V)), e = _mm256_loadu_si256((const __m256i *)(s + 3 * V));
+        _mm256_stream_si256((__m256i *)d, a);
+        _mm256_stream_si256((__m256i *)(d + V), b);
+        _mm256_stream_si256((__m256i *)(d + 2 * V), c);
+        _mm256_stream_si256((__m256i *)(d + 3 * V), e);
+    }
+    memcpy(d, s, bytes);
+}
+
+static void fill_avx2(void *dst, size_t n, const void *element, size_t size, int stream)
+{
+    unsigned char *d = dst, pattern[V];
+    size_t bytes = n * size, head = stream ? (V - ((uintptr_t)d & (V - 1))) & (V - 1) : 0;
+    if (head > bytes) head = bytes;
+    widen_pattern(pattern, V, element, size, 0);
+    memcpy(d, pattern, head);
+    widen_pattern(pattern, V, element, size, head); /* the phase the aligned part starts at */
+    d += head, bytes -= head;
+    __m256i v = _mm256_loadu_si256((const __m256i *)pattern);
+    if (stream)
+        for (; bytes >= V; bytes -= V, d += V) _mm256_stream_si256((__m256i *)d, v);
+    else
+        for (; bytes >= V; bytes -= V, d += V) _mm256_storeu_si256((__m256i *)d, v);
+    memcpy(d, pattern, bytes);
+}
+
+/* F32 bits -> BF16 bits, 8 lanes: round to nearest even, NaN quieted (as widen_f32_to_bf16). */
+static inline __m128i bf16_from_f32(__m256i x)
+{
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
+    __m256i r = _mm256_blendv_epi8(rounded, quiet, nan);
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
+}
+
+static inline __m256i f32_from_bf16(__m128i h)
+{
+    return _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+}
+
+#define LOAD128(p) _mm_loadu_si128((const __m128i *)(p))
+#define LOAD256(p) _mm256_loadu_si256((const __m256i *)(p))
+
+/* 8 elements per step; `stream` stores go through a scalar head that aligns the destination. */
+#define CONVERT_AVX2(name, FROM, TO, in_size, out_size, STORE_T, body)                             \
+    static void name(void *dst, const void *src, size_t n, int stream)                             \
+    {                                                                                              \
+        const unsigned char *s = src;                                                              \
+        unsigned char *d = dst;                                                                    \
+        size_t i = 0;                                                                              \
+        if (stream) { /* align the stores: a scalar head, or no streaming for odd addresses */     \
+            size_t w = 8 * out_size, mis = (uintptr_t)d % w;                                       \
+            if (mis % out_size) {                                                                  \
+                stream = 0;                                                                        \
+            } else {                                                                               \
+                i = ((w - mis) % w) / out_size;                                                    \
+                if (i > n) i = n;                                                                  \
+                widen_convert_scalar(WIDEN_CK_##FROM, WIDEN_CK_##TO, d, s, i);                     \
+            }                                                                                      \
+        }                                                                                          \
+        for (; i + 8 <= n; i += 8) {                                                               \
+            const unsigned char *in = s + i * in_size;                                             \
+            STORE_T out = body;                                                                    \
+            widen_store_##STORE_T(d + i * out_size, out, stream);                                  \
+        }                                                                                          \
+        widen_convert_scalar(WIDEN_CK_##FROM, WIDEN_CK_##TO, d + i * out_size, s + i * in_size, n - i); \
+    }
+
+static inline void widen_store___m128i(unsigned char *p, __m128i v, int stream)
+{
+    if (stream) _mm_stream_si128((__m128i *)p, v);
+    else _mm_storeu_si128((__m128i *)p, v);
+}
+
+static inline void widen_store___m256i(unsigned char *p, __m256i v, int stream)
+{
+    if (stream) _mm256_stream_si256((__m256i *)p, v);
+    else _mm256_storeu_si256((__m256i *)p, v);
+}
+
+CONVERT_AVX2(f32_to_f16, F32, F16, 4, 2, __m128i, _mm256_cvtps_ph(_mm256_loadu_ps((const float *)in), _MM_FROUND_TO_NEAREST_INT))
+CONVERT_AVX2(f32_to_bf16, F32, BF16, 4, 2, __m128i, bf16_from_f32(LOAD256(in)))
+CONVERT_AVX2(f16_to_f32, F16, F32, 2, 4, __m256i, _mm256_castps_si256(_mm256_cvtph_ps(LOAD128(in))))
+CONVERT_AVX2(bf16_to_f32, BF16, F32, 2, 4, __m256i, f32_from_bf16(LOAD128(in)))
+CONVERT_AVX2(f16_to_bf16, F16, BF16, 2, 2, __m128i, bf16_from_f32(_mm256_castps_si256(_mm256_cvtph_ps(LOAD128(in)))))
+CONVERT_AVX2(bf16_to_f16, BF16, F16, 2, 2, __m128i,
+             _mm256_cvtps_ph(_mm256_castsi256_ps(f32_from_bf16(LOAD128(in))), _MM_FROUND_TO_NEAREST_INT))
+
+/* Short rows: each 16-byte output lane gathers at most 4 input dwords (vpermd), then bytes within
+ * the lane (vpshufb, which zeroes fill bytes), then the fill pattern is OR'ed in. */
+size_t widen_rows_avx2(const widen_remap_job *job, int stream)
+{
+    widen_rows_plan p;
+    if (!widen_rows_plan_build(job, V, &p)) return 0;
+    int32_t perm[8] = {0};
+    uint8_t shuf[V];
+    for (int lane = 0; lane < 2; lane++) {
+        int dwords = 0;
+        for (int b = 16 * lane; b < 16 * lane + 16; b++) {
+            shuf[b] = 0x80;
+            if (p.source[b] < 0) continue;
+            int dw = p.source[b] / 4, slot = 0;
+            while (slot < dwords && perm[4 * lane + slot] != dw) slot++;
+            if (slot == dwords) {
+                if (dwords == 4) return 0; /* a lane needs more than 4 dwords: not this kernel */
+                perm[4 * lane + dwords++] = dw;
+            }
+            shuf[b] = (uint8_t)(4 * slot + p.source[b] % 4);
+        }
+    }
+    __m256i vperm = _mm256_loadu_si256((const __m256i *)perm), vshuf = _mm256_loadu_si256((const __m256i *)shuf);
+    __m256i vfill = _mm256_loadu_si256((const __m256i *)p.fill);
+    const unsigned char *s = job->src;
+    unsigned char *d = job->dst;
+    stream = stream && p.out_step == V && ((uintptr_t)d & (V - 1)) == 0;
+    for (size_t i = 0; i < p.steps; i++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(s + i * p.in_step));
+        v = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(v, vperm), vshuf), vfill);
+        widen_store___m256i(d + i * p.out_step, v, stream);
+    }
+    return p.steps * p.rows_per_step;
+}
+
+static void fence_avx2(void)
+{
+    _mm_sfence();
+}
+
+const widen_kernels widen_kernels_avx2 = {
+    .isa = WIDEN_ISA_AVX2,
+    .copy = copy_avx2,
+    .fill = fill_avx2,
+    .convert = {
+        [WIDEN_CK_F32] = {[WIDEN_CK_F16] = f32_to_f16, [WIDEN_CK_BF16] = f32_to_bf16},
+        [WIDEN_CK_F16] = {[WIDEN_CK_F32] = f16_to_f32, [WIDEN_CK_BF16] = f16_to_bf16},
+        [WIDEN_CK_BF16] = {[WIDEN_CK_F32] = bf16_to_f32, [WIDEN_CK_F16] = bf16_to_f16},
+    },
+    .rows = widen_rows_avx2,
+    .fence = fence_avx2,
+};

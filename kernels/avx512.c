@@ -1,0 +1,156 @@
+/* avx512.c: AVX-512 (F, BW, VL) kernels; short rows use VBMI's byte permute where the CPU has it.
+ * Compiled with -mavx512f -mavx512bw -mavx512vl (plus the AVX2 set); called only where dispatch found
+ * them. No AVX512-BF16 instruction is used: vcvtneps2bf16 flushes denormals, which the reference
+ * keeps. Tails go through the scalar reference functions. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "../dispatch/cpu.h"
+#include "kernels.h"
+#include "simd.h"
+
+#define V 64
+
+static void copy_avx512(void *dst, const void *src, size_t bytes, int stream)
+{
+    if (!stream || bytes < 4 * V) {
+        memcpy(dst, src, bytes);
+        return;
+    }
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    size_t head = (V - ((uintptr_t)d & (V - 1))) & (V - 1);
+    memcpy(d, s, head);
+    d += head, s += head, bytes -= head;
+    for (; bytes >= 4 * V; bytes -= 4 * V, d += 4 * V, s += 4 * V) {
+        __m512i a = _mm512_loadu_si512(s), b = _mm512_loadu_si512(s + V);
+        __m512i c = _mm512_loadu_si512(s + 2 * V), e = _mm512_loadu_si512(s + 3 * V);
+        _mm512_stream_si512((void *)d, a);
+        _mm512_stream_si512((void *)(d + V), b);
+        _mm512_stream_si512((void *)(d + 2 * V), c);
+        _mm512_stream_si512((void *)(d + 3 * V), e);
+    }
+    memcpy(d, s, bytes);
+}
+
+static inline void store512(unsigned char *p, __m512i v, int stream)
+{
+    if (stream) _mm512_stream_si512((void *)p, v);
+    else _mm512_storeu_si512(p, v);
+}
+
+static inline void store256(unsigned char *p, __m256i v, int stream)
+{
+    if (stream) _mm256_stream_si256((__m256i *)p, v);
+    else _mm256_storeu_si256((__m256i *)p, v);
+}
+
+static void fill_avx512(void *dst, size_t n, const void *element, size_t size, int stream)
+{
+    unsigned char *d = dst, pattern[V];
+    size_t bytes = n * size, head = stream ? (V - ((uintptr_t)d & (V - 1))) & (V - 1) : 0;
+    if (head > bytes) head = bytes;
+    widen_pattern(pattern, V, element, size, 0);
+    memcpy(d, pattern, head);
+    widen_pattern(pattern, V, element, size, head);
+    d += head, bytes -= head;
+    __m512i v = _mm512_loadu_si512(pattern);
+    for (; bytes >= V; bytes -= V, d += V) store512(d, v, stream);
+    memcpy(d, pattern, bytes);
+}
+
+/* F32 bits -> BF16 bits, 16 lanes (as widen_f32_to_bf16). */
+static inline __m256i bf16_from_f32(__m512i x)
+{
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet));
+}
+
+static inline __m512i f32_from_bf16(__m256i h)
+{
+    return _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+}
+
+#define LOAD256(p) _mm256_loadu_si256((const __m256i *)(p))
+
+#define CONVERT_AVX512(name, FROM, TO, in_size, out_size, STORE, body)                             \
+    static void name(void *dst, const void *src, size_t n, int stream)                             \
+    {                                                                                              \
+        const unsigned char *s = src;                                                              \
+        unsigned char *d = dst;                                                                    \
+        size_t i = 0;                                                                              \
+        if (stream) { /* align the stores: a scalar head, or no streaming for odd addresses */     \
+            size_t w = 16 * out_size, mis = (uintptr_t)d % w;                                      \
+            if (mis % out_size) {                                                                  \
+                stream = 0;                                                                        \
+            } else {                                                                               \
+                i = ((w - mis) % w) / out_size;                                                    \
+                if (i > n) i = n;                                                                  \
+                widen_convert_scalar(WIDEN_CK_##FROM, WIDEN_CK_##TO, d, s, i);                     \
+            }                                                                                      \
+        }                                                                                          \
+        for (; i + 16 <= n; i += 16) {                                                             \
+            const unsigned char *in = s + i * in_size;                                             \
+            STORE(d + i * out_size, body, stream);                                                 \
+        }                                                                                          \
+        widen_convert_scalar(WIDEN_CK_##FROM, WIDEN_CK_##TO, d + i * out_size, s + i * in_size, n - i); \
+    }
+
+CONVERT_AVX512(f32_to_f16, F32, F16, 4, 2, store256, _mm512_cvtps_ph(_mm512_loadu_ps(in), _MM_FROUND_TO_NEAREST_INT))
+CONVERT_AVX512(f32_to_bf16, F32, BF16, 4, 2, store256, bf16_from_f32(_mm512_loadu_si512(in)))
+CONVERT_AVX512(f16_to_f32, F16, F32, 2, 4, store512, _mm512_castps_si512(_mm512_cvtph_ps(LOAD256(in))))
+CONVERT_AVX512(bf16_to_f32, BF16, F32, 2, 4, store512, f32_from_bf16(LOAD256(in)))
+CONVERT_AVX512(f16_to_bf16, F16, BF16, 2, 2, store256, bf16_from_f32(_mm512_castps_si512(_mm512_cvtph_ps(LOAD256(in)))))
+CONVERT_AVX512(bf16_to_f16, BF16, F16, 2, 2, store256,
+               _mm512_cvtps_ph(_mm512_castsi512_ps(f32_from_bf16(LOAD256(in))), _MM_FROUND_TO_NEAREST_INT))
+
+size_t widen_rows_avx2(const widen_remap_job *job, int stream);
+
+/* Short rows: one vpermb per 64-byte step, fill bytes zeroed by its mask, the fill pattern OR'ed in. */
+__attribute__((target("avx512vbmi"))) static size_t rows_vbmi(const widen_remap_job *job, int stream)
+{
+    widen_rows_plan p;
+    if (!widen_rows_plan_build(job, V, &p)) return 0;
+    uint8_t index[V];
+    __mmask64 keep = 0;
+    for (int b = 0; b < V; b++) {
+        index[b] = p.source[b] < 0 ? 0 : (uint8_t)p.source[b];
+        if (p.source[b] >= 0) keep |= (__mmask64)1 << b;
+    }
+    __m512i vindex = _mm512_loadu_si512(index), vfill = _mm512_loadu_si512(p.fill);
+    const unsigned char *s = job->src;
+    unsigned char *d = job->dst;
+    stream = stream && p.out_step == V && ((uintptr_t)d & (V - 1)) == 0;
+    for (size_t i = 0; i < p.steps; i++) {
+        __m512i v = _mm512_maskz_permutexvar_epi8(keep, vindex, _mm512_loadu_si512(s + i * p.in_step));
+        store512(d + i * p.out_step, _mm512_or_si512(v, vfill), stream);
+    }
+    return p.steps * p.rows_per_step;
+}
+
+static size_t rows_avx512(const widen_remap_job *job, int stream)
+{
+    return widen_cpu_get()->avx512vbmi ? rows_vbmi(job, stream) : widen_rows_avx2(job, stream);
+}
+
+static void fence_avx512(void)
+{
+    _mm_sfence();
+}
+
+const widen_kernels widen_kernels_avx512 = {
+    .isa = WIDEN_ISA_AVX512,
+    .copy = copy_avx512,
+    .fill = fill_avx512,
+    .convert = {
+        [WIDEN_CK_F32] = {[WIDEN_CK_F16] = f32_to_f16, [WIDEN_CK_BF16] = f32_to_bf16},
+        [WIDEN_CK_F16] = {[WIDEN_CK_F32] = f16_to_f32, [WIDEN_CK_BF16] = f16_to_bf16},
+        [WIDEN_CK_BF16] = {[WIDEN_CK_F32] = bf16_to_f32, [WIDEN_CK_F16] = bf16_to_f16},
+    },
+    .rows = rows_avx512,
+    .fence = fence_avx512,
+};

@@ -1,0 +1,59 @@
+"""Every SIMD ISA this machine has against the scalar kernels, byte for byte (tests/conformance.c),
+and whole files written under each WIDEN_ISA compared byte for byte."""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from reference import BUILD, f32_to_bf16_bits, load, run, save
+
+CONFORMANCE = os.path.join(BUILD, "widen_conformance")
+ISAS = [isa for isa in ("avx2", "avx512", "neon")
+        if subprocess.run([CONFORMANCE, isa, "1"], capture_output=True).returncode == 0]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_isa_matches_scalar_on_random_jobs(isa):
+    proc = subprocess.run([CONFORMANCE, isa, "2000"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2000 passed, 0 failed" in proc.stdout
+
+
+def test_unusable_isa_is_refused():
+    other = "neon" if os.uname().machine == "x86_64" else "avx2"
+    assert subprocess.run([CONFORMANCE, other, "1"], capture_output=True).returncode == 2
+
+
+@pytest.mark.skipif(not ISAS, reason="no SIMD ISA on this machine")
+def test_files_are_identical_under_every_isa(tmp_path):
+    rng = np.random.default_rng(9)
+    pixels = rng.standard_normal((200_003, 3)).astype(np.float32)
+    pixels.view(np.uint32)[:6, 0] = [0x7F800001, 0x00000001, 0x80000000, 0x7F800000, 0x477FF000, 0x33000001]
+    tensors = {
+        "conv.weight": ("F32", rng.standard_normal((96, 3, 7, 7)).astype(np.float32)),
+        "pixels": ("F32", pixels),
+        "half": ("F16", rng.standard_normal((300, 3, 5)).astype(np.float16)),
+        "brain": ("BF16", f32_to_bf16_bits(rng.standard_normal((64, 3, 3, 3)).astype(np.float32))),
+    }
+    path = tmp_path / "in.safetensors"
+    save(str(path), tensors)
+    jobs = [
+        ["-t", "conv.weight", "--to", "4"],
+        ["-t", "pixels", "--axis", "-1", "--map", "2,1,0,const:1"],
+        ["-t", "half", "-t", "brain", "--to", "5", "--at", "1", "--init", "const:-0.5"],
+        ["--cast", "bf16"],
+        ["-t", "pixels", "--axis", "-1", "--to", "4", "--cast", "f16"],
+    ]
+    for i, args in enumerate(jobs):
+        outputs = {}
+        for isa in ["scalar", *ISAS]:
+            for threads in ("1", "2"):
+                out = tmp_path / f"o{i}-{isa}-{threads}.safetensors"
+                run("apply", path, "-o", out, *args, "--threads", threads, env={"WIDEN_ISA": isa}, check=0)
+                outputs[(isa, threads)] = out.read_bytes()
+        assert len(set(outputs.values())) == 1, (args, sorted(outputs))
+        run("verify", path, out, check=0)
+    _, got, _, _ = load(str(tmp_path / "o1-scalar-1.safetensors"))
+    want = np.concatenate([pixels[:, [2, 1, 0]], np.ones((len(pixels), 1), np.float32)], 1)
+    assert got["pixels"][1].tobytes() == want.tobytes()
