@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "../kernels/kernels.h"
-#include "../src/internal.h"
+#include "../src/error.h"
 #include "cpu.h"
 
 static const char *const isa_names[WIDEN_ISA_COUNT] = {"scalar", "avx2", "avx512", "neon"};

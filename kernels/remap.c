@@ -1,7 +1,7 @@
 /* remap.c: the ISA-independent remap driver, job validation and the public kernel entry points. */
 #include <string.h>
 
-#include "../src/internal.h"
+#include "../src/error.h"
 #include "kernels.h"
 
 /* The bytes of `value` in dtype `dtype` (computable dtypes only). */

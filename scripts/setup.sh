@@ -1,12 +1,14 @@
 #!/bin/bash
-# setup.sh: installs what widen needs to build, test and benchmark on Debian 12 (as root), then
-# builds the release preset. Packages already present are not fetched again.
+# setup.sh: installs what widen needs to build, test and benchmark on Debian 12 (as root), including
+# the aarch64 cross compiler and qemu for the NEON kernels, then builds the given preset (default:
+# release). Packages already present are not fetched again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(gcc g++ make cmake ninja-build pkg-config
           libxxhash-dev xxhash libjansson-dev libsleef-dev libbenchmark-dev
-          python3 python3-numpy python3-xxhash python3-pytest time)
+          python3 python3-numpy python3-xxhash python3-pytest time
+          gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

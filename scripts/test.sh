@@ -1,11 +1,14 @@
 #!/bin/bash
 # test.sh: the README's second command (and CI's). Installs, builds, and runs the whole test suite:
-# once on the release build, once on the AddressSanitizer + UndefinedBehaviorSanitizer build.
+# once on the release build, once on the AddressSanitizer + UndefinedBehaviorSanitizer build; the
+# NEON kernels are cross-built (build/aarch64) and checked under qemu-aarch64 by both runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh release
-cmake --preset asan >/dev/null
-cmake --build --preset asan
+for preset in asan aarch64; do
+    cmake --preset $preset >/dev/null
+    cmake --build --preset $preset
+done
 
 echo "== test suite (release build)"
 WIDEN_BUILD=build/release /usr/bin/python3 -m pytest -q tests

@@ -1,7 +1,8 @@
 /* error.c: filling widen_error values. */
+#include <stdarg.h>
 #include <stdio.h>
 
-#include "internal.h"
+#include "error.h"
 
 widen_status widen_fail(widen_error *err, widen_status status, const char *fmt, ...)
 {

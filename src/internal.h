@@ -6,11 +6,8 @@
 #include <stdbool.h>
 #include <xxhash.h>
 
+#include "error.h"
 #include "widen/widen.h"
-
-/* Sets err (if not NULL) and returns its status. printf-style, one line. */
-widen_status widen_fail(widen_error *err, widen_status status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 /* Metadata key under which apply records the transform in a safetensors output. */
 #define WIDEN_PROVENANCE_KEY "widen"

@@ -6,9 +6,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from reference import BUILD, f32_to_bf16_bits, load, run, save
+from reference import BUILD, ROOT, f32_to_bf16_bits, load, run, save
 
 CONFORMANCE = os.path.join(BUILD, "widen_conformance")
+AARCH64 = os.path.join(ROOT, "build", "aarch64", "widen_conformance")
 ISAS = [isa for isa in ("avx2", "avx512", "neon")
         if subprocess.run([CONFORMANCE, isa, "1"], capture_output=True).returncode == 0]
 
@@ -16,6 +17,15 @@ ISAS = [isa for isa in ("avx2", "avx512", "neon")
 @pytest.mark.parametrize("isa", ISAS)
 def test_isa_matches_scalar_on_random_jobs(isa):
     proc = subprocess.run([CONFORMANCE, isa, "2000"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2000 passed, 0 failed" in proc.stdout
+
+
+def test_neon_matches_scalar_under_qemu():
+    """The NEON kernels, cross-built by scripts/test.sh, run under qemu-aarch64."""
+    assert os.path.exists(AARCH64), "build/aarch64 is missing: scripts/test.sh cross-builds it"
+    proc = subprocess.run(["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", AARCH64, "neon", "2000"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2000 passed, 0 failed" in proc.stdout
 

@@ -1,0 +1,11 @@
+/* error.h: filling widen_error values (shared by the kernels and the rest of the library). */
+#ifndef WIDEN_ERROR_H
+#define WIDEN_ERROR_H
+
+#include "widen/widen.h"
+
+/* Sets err (if not NULL) and returns its status. printf-style, one line. */
+widen_status widen_fail(widen_error *err, widen_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif
