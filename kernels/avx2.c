@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "xxh3.h"
 #include "simd.h"
 
 #define V 32 /* vector bytes */
@@ -151,6 +152,8 @@ static void fence_avx2(void)
     _mm_sfence();
 }
 
+WIDEN_DEFINE_HASH(avx2)
+
 const widen_kernels widen_kernels_avx2 = {
     .isa = WIDEN_ISA_AVX2,
     .copy = copy_avx2,
@@ -162,4 +165,5 @@ const widen_kernels widen_kernels_avx2 = {
     },
     .rows = widen_rows_avx2,
     .fence = fence_avx2,
+    WIDEN_HASH_ENTRIES(avx2),
 };

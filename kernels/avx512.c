@@ -7,6 +7,7 @@
 
 #include "../dispatch/cpu.h"
 #include "kernels.h"
+#include "xxh3.h"
 #include "simd.h"
 
 #define V 64
@@ -142,6 +143,8 @@ static void fence_avx512(void)
     _mm_sfence();
 }
 
+WIDEN_DEFINE_HASH(avx512)
+
 const widen_kernels widen_kernels_avx512 = {
     .isa = WIDEN_ISA_AVX512,
     .copy = copy_avx512,
@@ -153,4 +156,5 @@ const widen_kernels widen_kernels_avx512 = {
     },
     .rows = rows_avx512,
     .fence = fence_avx512,
+    WIDEN_HASH_ENTRIES(avx512),
 };

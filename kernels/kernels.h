@@ -29,6 +29,11 @@ typedef struct widen_rows_plan {
  * of `width` bytes per step, with at least one step; 0 otherwise. */
 int widen_rows_plan_build(const widen_remap_job *job, size_t width, widen_rows_plan *plan);
 
+/* Room for an XXH3 streaming state (checked against XXH3_state_t in xxh3.h). */
+typedef struct widen_hash_state {
+    _Alignas(64) unsigned char bytes[1024];
+} widen_hash_state;
+
 /* One ISA's kernels. Run-level primitives (the libyuv "row" model): the shared driver walks a remap
  * job's rows and channels and calls them on contiguous runs of `inner` elements. `rows`, if set,
  * takes the leading rows of a job whose rows are too short for that and returns how many it did
@@ -42,6 +47,10 @@ typedef struct widen_kernels {
     widen_convert_fn convert[WIDEN_CK_COUNT][WIDEN_CK_COUNT];
     size_t (*rows)(const widen_remap_job *job, int stream);
     void (*fence)(void); /* after streaming stores; NULL if none are needed */
+    /* XXH3-128, streaming: the same digest on every ISA */
+    void (*hash_reset)(widen_hash_state *state);
+    void (*hash_update)(widen_hash_state *state, const void *data, size_t len);
+    widen_hash128 (*hash_digest)(const widen_hash_state *state);
 } widen_kernels;
 
 /* The registry: X(ISA enum, table symbol). Adding an ISA is one file and one line here. */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "xxh3.h"
 #include "simd.h"
 
 #define V 16
@@ -87,6 +88,8 @@ static size_t rows_neon(const widen_remap_job *job, int stream)
     return p.steps * p.rows_per_step;
 }
 
+WIDEN_DEFINE_HASH(neon)
+
 const widen_kernels widen_kernels_neon = {
     .isa = WIDEN_ISA_NEON,
     .copy = copy_neon,
@@ -97,4 +100,5 @@ const widen_kernels widen_kernels_neon = {
         [WIDEN_CK_BF16] = {[WIDEN_CK_F32] = bf16_to_f32, [WIDEN_CK_F16] = bf16_to_f16},
     },
     .rows = rows_neon,
+    WIDEN_HASH_ENTRIES(neon),
 };

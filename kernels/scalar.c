@@ -1,7 +1,9 @@
 /* scalar.c: the scalar kernels, always built: the reference the SIMD kernels are tested against. */
 #include <string.h>
 
+#define XXH_VECTOR XXH_SCALAR /* the reference: no vectors */
 #include "kernels.h"
+#include "xxh3.h"
 
 static void copy_scalar(void *dst, const void *src, size_t bytes, int stream)
 {
@@ -55,6 +57,8 @@ SCALAR_CONVERT(F16, BF16)
 SCALAR_CONVERT(BF16, F32)
 SCALAR_CONVERT(BF16, F16)
 
+WIDEN_DEFINE_HASH(scalar)
+
 const widen_kernels widen_kernels_scalar = {
     .isa = WIDEN_ISA_SCALAR,
     .copy = copy_scalar,
@@ -64,4 +68,5 @@ const widen_kernels widen_kernels_scalar = {
         [WIDEN_CK_F16] = {[WIDEN_CK_F32] = convert_F16_F32, [WIDEN_CK_BF16] = convert_F16_BF16},
         [WIDEN_CK_BF16] = {[WIDEN_CK_F32] = convert_BF16_F32, [WIDEN_CK_F16] = convert_BF16_F16},
     },
+    WIDEN_HASH_ENTRIES(scalar),
 };

@@ -11,10 +11,11 @@ enum { CHUNK = 4u << 20 }; /* output bytes produced per step */
 typedef struct exec_state {
     const widen_checkpoint *ckpt;
     const widen_exec_options *opt;
-    const widen_kernels *kernels;
+    const widen_kernels *kernels; /* remaps */
+    const widen_kernels *hasher;  /* hashes: the active ISA's, whatever the remap ISA */
     widen_pool *pool;
     unsigned char *buffer;
-    XXH3_state_t *in_hash, *out_hash;
+    widen_hash_state *in_hash, *out_hash;
     uint64_t in_cursor; /* input bytes of the current tensor hashed so far, in order */
     uint64_t done, total;
     widen_sink_fn sink;
@@ -26,7 +27,7 @@ typedef struct exec_state {
 static void hash_input_span(exec_state *s, const widen_tensor_info *t, uint64_t begin, uint64_t len)
 {
     if (begin <= s->in_cursor && begin + len > s->in_cursor) {
-        XXH3_128bits_update(s->in_hash, s->ckpt->map + t->offset + s->in_cursor,
+        s->hasher->hash_update(s->in_hash, s->ckpt->map + t->offset + s->in_cursor,
                             (size_t)(begin + len - s->in_cursor));
         s->in_cursor = begin + len;
     }
@@ -35,7 +36,7 @@ static void hash_input_span(exec_state *s, const widen_tensor_info *t, uint64_t 
 static widen_status emit(exec_state *s, size_t index, uint64_t offset, const void *data, size_t len,
                          widen_error *err)
 {
-    XXH3_128bits_update(s->out_hash, data, len);
+    s->hasher->hash_update(s->out_hash, data, len);
     widen_status st = s->sink(s->sink_user, index, offset, data, len, err);
     if (st) return st;
     s->done += len;
@@ -84,14 +85,14 @@ static void run_job(exec_state *s, const widen_remap_job *job, size_t out_bytes)
 static widen_status copy_tensor(exec_state *s, size_t index, widen_plan_tensor *p, widen_error *err)
 {
     const widen_tensor_info *t = p->in;
-    XXH3_128bits_reset(s->out_hash);
+    s->hasher->hash_reset(s->out_hash);
     for (uint64_t off = 0; off < t->nbytes; off += CHUNK) {
         size_t len = (size_t)(t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK);
         widen_status st = emit(s, index, off, s->ckpt->map + t->offset + off, len, err);
         widen_release(s->ckpt, t->offset + off, len);
         if (st) return st;
     }
-    p->in_hash = p->out_hash = widen_hash_digest(s->out_hash);
+    p->in_hash = p->out_hash = s->hasher->hash_digest(s->out_hash);
     return WIDEN_OK;
 }
 
@@ -101,8 +102,8 @@ static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor 
     size_t ssz = widen_dtype_bits(t->dtype) / 8, dsz = widen_dtype_bits(p->dtype) / 8;
     const unsigned char *base = s->ckpt->map + t->offset;
     uint64_t in_row = (uint64_t)p->in_channels * p->inner, out_row = (uint64_t)p->channels * p->inner;
-    XXH3_128bits_reset(s->in_hash);
-    XXH3_128bits_reset(s->out_hash);
+    s->hasher->hash_reset(s->in_hash);
+    s->hasher->hash_reset(s->out_hash);
     s->in_cursor = 0;
     widen_remap_job job = {.src_dtype = t->dtype, .dst_dtype = p->dtype, .inner = p->inner,
                            .src_row_stride = in_row, .src_chan_stride = p->inner,
@@ -158,8 +159,8 @@ static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor 
         hash_input_span(s, t, s->in_cursor, len);
         widen_release(s->ckpt, t->offset + s->in_cursor - len, len);
     }
-    p->in_hash = widen_hash_digest(s->in_hash);
-    p->out_hash = widen_hash_digest(s->out_hash);
+    p->in_hash = s->hasher->hash_digest(s->in_hash);
+    p->out_hash = s->hasher->hash_digest(s->out_hash);
     return WIDEN_OK;
 }
 
@@ -167,13 +168,14 @@ widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan, const
                            widen_sink_fn sink, void *sink_user, widen_error *err)
 {
     widen_isa isa = opt->isa == WIDEN_ISA_COUNT ? widen_isa_active() : opt->isa;
-    exec_state s = {.ckpt = ckpt, .opt = opt, .kernels = widen_kernels_for(isa), .sink = sink,
-                    .sink_user = sink_user, .total = plan->data_bytes};
+    exec_state s = {.ckpt = ckpt, .opt = opt, .kernels = widen_kernels_for(isa),
+                    .hasher = widen_kernels_for(widen_isa_active()), .sink = sink, .sink_user = sink_user,
+                    .total = plan->data_bytes};
     widen_status st = WIDEN_OK;
     s.pool = widen_pool_new(opt->threads);
     s.buffer = malloc(CHUNK);
-    s.in_hash = XXH3_createState();
-    s.out_hash = XXH3_createState();
+    s.in_hash = aligned_alloc(64, 2 * sizeof *s.in_hash);
+    s.out_hash = s.in_hash ? s.in_hash + 1 : NULL;
     if (!s.kernels) st = widen_fail(err, WIDEN_EUSAGE, "no kernels for ISA %s", widen_isa_name(isa));
     else if (!s.pool || !s.buffer || !s.in_hash || !s.out_hash) st = widen_fail(err, WIDEN_EIO, "out of memory");
     for (size_t i = 0; i < plan->count && !st; i++) {
@@ -182,7 +184,6 @@ widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan, const
     }
     if (s.pool) widen_pool_free(s.pool);
     free(s.buffer);
-    XXH3_freeState(s.in_hash);
-    XXH3_freeState(s.out_hash);
+    free(s.in_hash);
     return st;
 }

@@ -1,21 +1,22 @@
-/* hash.c: XXH3-128 in the canonical form xxhsum -H2 prints, and hashing a whole checkpoint. */
+/* hash.c: XXH3-128 in the canonical form xxhsum -H2 prints, and hashing a whole checkpoint, through
+ * the active ISA's hash kernels. */
 #include <stdlib.h>
 
+#include "../kernels/kernels.h"
 #include "internal.h"
 
-static widen_hash128 from_xxh(XXH128_hash_t h)
+static const widen_kernels *hash_kernels(void)
 {
-    return (widen_hash128){.high = h.high64, .low = h.low64};
-}
-
-widen_hash128 widen_hash_digest(XXH3_state_t *state)
-{
-    return from_xxh(XXH3_128bits_digest(state));
+    return widen_kernels_for(widen_isa_active());
 }
 
 widen_hash128 widen_hash_bytes(const void *data, size_t len)
 {
-    return from_xxh(XXH3_128bits(data, len));
+    const widen_kernels *k = hash_kernels();
+    widen_hash_state state;
+    k->hash_reset(&state);
+    k->hash_update(&state, data, len);
+    return k->hash_digest(&state);
 }
 
 void widen_hash128_hex(widen_hash128 hash, char out[33])
@@ -37,13 +38,10 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
                                    void *progress_user, widen_error *err)
 {
     enum { STEP = 8u << 20 };
-    XXH3_state_t *file = XXH3_createState(), *tensor = XXH3_createState();
-    if (!file || !tensor) {
-        XXH3_freeState(file);
-        XXH3_freeState(tensor);
-        return widen_fail(err, WIDEN_EIO, "out of memory");
-    }
-    XXH3_128bits_reset(file);
+    const widen_kernels *k = hash_kernels();
+    widen_hash_state *file = aligned_alloc(64, 2 * sizeof *file), *tensor = file + 1;
+    if (!file) return widen_fail(err, WIDEN_EIO, "out of memory");
+    k->hash_reset(file);
     widen_status st = WIDEN_OK;
     uint64_t pos = 0, size = ckpt->size;
     size_t t = 0;
@@ -53,13 +51,13 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
         const widen_tensor_info *cur = t < ckpt->count ? &ckpt->tensors[t] : NULL;
         if (cur && pos < cur->offset && end > cur->offset) end = cur->offset;
         if (cur && pos >= cur->offset && end > cur->offset + cur->nbytes) end = cur->offset + cur->nbytes;
-        if (cur && pos == cur->offset) XXH3_128bits_reset(tensor);
-        XXH3_128bits_update(file, ckpt->map + pos, (size_t)(end - pos));
-        if (cur && pos >= cur->offset) XXH3_128bits_update(tensor, ckpt->map + pos, (size_t)(end - pos));
+        if (cur && pos == cur->offset) k->hash_reset(tensor);
+        k->hash_update(file, ckpt->map + pos, (size_t)(end - pos));
+        if (cur && pos >= cur->offset) k->hash_update(tensor, ckpt->map + pos, (size_t)(end - pos));
         widen_release(ckpt, pos, end - pos);
         pos = end;
         if (cur && pos == cur->offset + cur->nbytes) {
-            if (tensor_hashes) tensor_hashes[t] = widen_hash_digest(tensor);
+            if (tensor_hashes) tensor_hashes[t] = k->hash_digest(tensor);
             t++;
             continue;
         }
@@ -68,8 +66,7 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
             break;
         }
     }
-    if (!st && file_hash) *file_hash = widen_hash_digest(file);
-    XXH3_freeState(file);
-    XXH3_freeState(tensor);
+    if (!st && file_hash) *file_hash = k->hash_digest(file);
+    free(file);
     return st;
 }

@@ -4,7 +4,6 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
-#include <xxhash.h>
 
 #include "error.h"
 #include "widen/widen.h"
@@ -121,8 +120,5 @@ widen_pool *widen_pool_new(unsigned threads);
 void widen_pool_free(widen_pool *pool);
 unsigned widen_pool_threads(const widen_pool *pool);
 void widen_pool_run(widen_pool *pool, size_t parts, void (*fn)(void *user, size_t part), void *user);
-
-/* Canonical hash of an XXH3 state. */
-widen_hash128 widen_hash_digest(XXH3_state_t *state);
 
 #endif

@@ -5,6 +5,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import xxhash
 
 from reference import BUILD, ROOT, f32_to_bf16_bits, load, run, save
 
@@ -18,7 +19,7 @@ ISAS = [isa for isa in ("avx2", "avx512", "neon")
 def test_isa_matches_scalar_on_random_jobs(isa):
     proc = subprocess.run([CONFORMANCE, isa, "2000"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2000 passed, 0 failed" in proc.stdout
+    assert "2500 passed, 0 failed" in proc.stdout
 
 
 def test_neon_matches_scalar_under_qemu():
@@ -27,7 +28,7 @@ def test_neon_matches_scalar_under_qemu():
     proc = subprocess.run(["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", AARCH64, "neon", "2000"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2000 passed, 0 failed" in proc.stdout
+    assert "2500 passed, 0 failed" in proc.stdout
 
 
 def test_unusable_isa_is_refused():
@@ -64,6 +65,9 @@ def test_files_are_identical_under_every_isa(tmp_path):
                 outputs[(isa, threads)] = out.read_bytes()
         assert len(set(outputs.values())) == 1, (args, sorted(outputs))
         run("verify", path, out, check=0)
+    hashes = {isa: run("hash", path, env={"WIDEN_ISA": isa}, check=0).stdout for isa in ["scalar", *ISAS]}
+    assert len(set(hashes.values())) == 1
+    assert hashes["scalar"].split()[0] == xxhash.xxh3_128_hexdigest(path.read_bytes())
     _, got, _, _ = load(str(tmp_path / "o1-scalar-1.safetensors"))
     want = np.concatenate([pixels[:, [2, 1, 0]], np.ones((len(pixels), 1), np.float32)], 1)
     assert got["pixels"][1].tobytes() == want.tobytes()
