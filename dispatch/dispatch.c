@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../kernels/kernels.h"
 #include "../src/error.h"
@@ -64,6 +65,25 @@ const char *widen_cpu_features(void)
 {
     pthread_once(&features_once, list_features);
     return features_text;
+}
+
+static size_t stream_bytes;
+static pthread_once_t stream_once = PTHREAD_ONCE_INIT;
+
+static void find_stream_threshold(void)
+{
+    /* Measured (bench/kernel_table.py): streaming stores win from about 32 MiB of output even where a
+     * VM reports a far larger last-level cache; below the real cache size they lose. */
+    long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (llc <= 0) llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    stream_bytes = (size_t)32 << 20;
+    if (llc >= (1 << 20) && (size_t)llc < stream_bytes) stream_bytes = (size_t)llc;
+}
+
+size_t widen_stream_threshold(void)
+{
+    pthread_once(&stream_once, find_stream_threshold);
+    return stream_bytes;
 }
 
 static widen_isa active = WIDEN_ISA_SCALAR;

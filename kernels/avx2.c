@@ -5,9 +5,9 @@
 
 #include "kernels.h"
 #include "xxh3.h"
-#include "simd.h"
 
-#define V 32 /* vector bytes */
+#define V 32     /* vector bytes */
+#define LINE 64 /* streaming stores start on a cache line: partial lines written that way are slow */
 
 static void copy_avx2(void *dst, const void *src, size_t bytes, int stream)
 {
@@ -17,7 +17,7 @@ static void copy_avx2(void *dst, const void *src, size_t bytes, int stream)
     }
     unsigned char *d = dst;
     const unsigned char *s = src;
-    size_t head = (V - ((uintptr_t)d & (V - 1))) & (V - 1);
+    size_t head = (LINE - ((uintptr_t)d & (LINE - 1))) & (LINE - 1);
     memcpy(d, s, head);
     d += head, s += head, bytes -= head;
     for (; bytes >= 4 * V; bytes -= 4 * V, d += 4 * V, s += 4 * V) {
@@ -31,14 +31,13 @@ static void copy_avx2(void *dst, const void *src, size_t bytes, int stream)
     memcpy(d, s, bytes);
 }
 
-static void fill_avx2(void *dst, size_t n, const void *element, size_t size, int stream)
+static void fill_avx2(void *dst, size_t bytes, const unsigned char *pattern, size_t size, int stream)
 {
-    unsigned char *d = dst, pattern[V];
-    size_t bytes = n * size, head = stream ? (V - ((uintptr_t)d & (V - 1))) & (V - 1) : 0;
+    unsigned char *d = dst;
+    size_t head = stream ? (LINE - ((uintptr_t)d & (LINE - 1))) & (LINE - 1) : 0;
     if (head > bytes) head = bytes;
-    widen_pattern(pattern, V, element, size, 0);
     memcpy(d, pattern, head);
-    widen_pattern(pattern, V, element, size, head); /* the phase the aligned part starts at */
+    pattern += head % size; /* the phase the aligned part starts at */
     d += head, bytes -= head;
     __m256i v = _mm256_loadu_si256((const __m256i *)pattern);
     if (stream)
@@ -48,15 +47,26 @@ static void fill_avx2(void *dst, size_t n, const void *element, size_t size, int
     memcpy(d, pattern, bytes);
 }
 
-/* F32 bits -> BF16 bits, 8 lanes: round to nearest even, NaN quieted (as widen_f32_to_bf16). */
-static inline __m128i bf16_from_f32(__m256i x)
+/* F32 bits -> BF16 bits, 8 lanes in 32-bit lanes: round to nearest even, NaN quieted (as
+ * widen_f32_to_bf16). */
+static inline __m256i bf16_lanes(__m256i x)
 {
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
     __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb), 16);
     __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
     __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
-    __m256i r = _mm256_blendv_epi8(rounded, quiet, nan);
-    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
+    return _mm256_blendv_epi8(rounded, quiet, nan);
+}
+
+/* Two vectors of 8 F32 -> 16 BF16: one pack and one lane fix-up for both. */
+static inline __m256i bf16_from_f32x2(__m256i a, __m256i b)
+{
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_lanes(a), bf16_lanes(b)), 0xd8);
+}
+
+static inline __m256i f16_from_f32x2(__m256 a, __m256 b)
+{
+    return _mm256_set_m128i(_mm256_cvtps_ph(b, _MM_FROUND_TO_NEAREST_INT), _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT));
 }
 
 static inline __m256i f32_from_bf16(__m128i h)
@@ -64,53 +74,51 @@ static inline __m256i f32_from_bf16(__m128i h)
     return _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
 }
 
-#define LOAD128(p) _mm_loadu_si128((const __m128i *)(p))
-#define LOAD256(p) _mm256_loadu_si256((const __m256i *)(p))
-
-/* 8 elements per step; `stream` stores go through a scalar head that aligns the destination. */
-#define CONVERT_AVX2(name, FROM, TO, in_size, out_size, STORE_T, body)                             \
-    static void name(void *dst, const void *src, size_t n, int stream)                             \
-    {                                                                                              \
-        const unsigned char *s = src;                                                              \
-        unsigned char *d = dst;                                                                    \
-        size_t i = 0;                                                                              \
-        if (stream) { /* align the stores: a scalar head, or no streaming for odd addresses */     \
-            size_t w = 8 * out_size, mis = (uintptr_t)d % w;                                       \
-            if (mis % out_size) {                                                                  \
-                stream = 0;                                                                        \
-            } else {                                                                               \
-                i = ((w - mis) % w) / out_size;                                                    \
-                if (i > n) i = n;                                                                  \
-                widen_convert_scalar(WIDEN_CK_##FROM, WIDEN_CK_##TO, d, s, i);                     \
-            }                                                                                      \
-        }                                                                                          \
-        for (; i + 8 <= n; i += 8) {                                                               \
-            const unsigned char *in = s + i * in_size;                                             \
-            STORE_T out = body;                                                                    \
-            widen_store_##STORE_T(d + i * out_size, out, stream);                                  \
-        }                                                                                          \
-        widen_convert_scalar(WIDEN_CK_##FROM, WIDEN_CK_##TO, d + i * out_size, s + i * in_size, n - i); \
-    }
-
-static inline void widen_store___m128i(unsigned char *p, __m128i v, int stream)
-{
-    if (stream) _mm_stream_si128((__m128i *)p, v);
-    else _mm_storeu_si128((__m128i *)p, v);
-}
-
-static inline void widen_store___m256i(unsigned char *p, __m256i v, int stream)
+static inline void store256(unsigned char *p, __m256i v, int stream)
 {
     if (stream) _mm256_stream_si256((__m256i *)p, v);
     else _mm256_storeu_si256((__m256i *)p, v);
 }
 
-CONVERT_AVX2(f32_to_f16, F32, F16, 4, 2, __m128i, _mm256_cvtps_ph(_mm256_loadu_ps((const float *)in), _MM_FROUND_TO_NEAREST_INT))
-CONVERT_AVX2(f32_to_bf16, F32, BF16, 4, 2, __m128i, bf16_from_f32(LOAD256(in)))
-CONVERT_AVX2(f16_to_f32, F16, F32, 2, 4, __m256i, _mm256_castps_si256(_mm256_cvtph_ps(LOAD128(in))))
-CONVERT_AVX2(bf16_to_f32, BF16, F32, 2, 4, __m256i, f32_from_bf16(LOAD128(in)))
-CONVERT_AVX2(f16_to_bf16, F16, BF16, 2, 2, __m128i, bf16_from_f32(_mm256_castps_si256(_mm256_cvtph_ps(LOAD128(in)))))
-CONVERT_AVX2(bf16_to_f16, BF16, F16, 2, 2, __m128i,
-             _mm256_cvtps_ph(_mm256_castsi256_ps(f32_from_bf16(LOAD128(in))), _MM_FROUND_TO_NEAREST_INT))
+#define LOAD128(p) _mm_loadu_si128((const __m128i *)(p))
+#define LOAD256(p) _mm256_loadu_si256((const __m256i *)(p))
+#define F32(p) _mm256_castsi256_ps(LOAD256(p))
+#define F16_TO_F32(p) _mm256_cvtph_ps(LOAD128(p))
+#define BF16_TO_F32(p) _mm256_castsi256_ps(f32_from_bf16(LOAD128(p)))
+
+/* STEP elements (32 output bytes) per iteration; `stream` stores go through a scalar head that
+ * aligns the destination to a cache line. */
+#define CONVERT_AVX2(name, FROM, TO, in_size, out_size, body)                                      \
+    static void name(void *dst, const void *src, size_t n, int stream)                             \
+    {                                                                                              \
+        const size_t step = V / out_size;                                                          \
+        const unsigned char *s = src;                                                              \
+        unsigned char *d = dst;                                                                    \
+        size_t i = 0;                                                                              \
+        if (stream) { /* align the stores: a scalar head, or no streaming for odd addresses */     \
+            size_t mis = (uintptr_t)d % LINE;                                                      \
+            if (mis % out_size) {                                                                  \
+                stream = 0;                                                                        \
+            } else {                                                                               \
+                i = ((LINE - mis) % LINE) / out_size;                                              \
+                if (i > n) i = n;                                                                  \
+                widen_convert_scalar(WIDEN_CK_##FROM, WIDEN_CK_##TO, d, s, i);                     \
+            }                                                                                      \
+        }                                                                                          \
+        for (; i + step <= n; i += step) {                                                         \
+            const unsigned char *in = s + i * in_size;                                             \
+            store256(d + i * out_size, body, stream);                                              \
+        }                                                                                          \
+        widen_convert_scalar(WIDEN_CK_##FROM, WIDEN_CK_##TO, d + i * out_size, s + i * in_size, n - i); \
+    }
+
+CONVERT_AVX2(f32_to_f16, F32, F16, 4, 2, f16_from_f32x2(F32(in), F32(in + 32)))
+CONVERT_AVX2(f32_to_bf16, F32, BF16, 4, 2, bf16_from_f32x2(LOAD256(in), LOAD256(in + 32)))
+CONVERT_AVX2(f16_to_f32, F16, F32, 2, 4, _mm256_castps_si256(F16_TO_F32(in)))
+CONVERT_AVX2(bf16_to_f32, BF16, F32, 2, 4, f32_from_bf16(LOAD128(in)))
+CONVERT_AVX2(f16_to_bf16, F16, BF16, 2, 2,
+             bf16_from_f32x2(_mm256_castps_si256(F16_TO_F32(in)), _mm256_castps_si256(F16_TO_F32(in + 16))))
+CONVERT_AVX2(bf16_to_f16, BF16, F16, 2, 2, f16_from_f32x2(BF16_TO_F32(in), BF16_TO_F32(in + 16)))
 
 /* Short rows: each 16-byte output lane gathers at most 4 input dwords (vpermd), then bytes within
  * the lane (vpshufb, which zeroes fill bytes), then the fill pattern is OR'ed in. */
@@ -142,7 +150,7 @@ size_t widen_rows_avx2(const widen_remap_job *job, int stream)
     for (size_t i = 0; i < p.steps; i++) {
         __m256i v = _mm256_loadu_si256((const __m256i *)(s + i * p.in_step));
         v = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(v, vperm), vshuf), vfill);
-        widen_store___m256i(d + i * p.out_step, v, stream);
+        store256(d + i * p.out_step, v, stream);
     }
     return p.steps * p.rows_per_step;
 }

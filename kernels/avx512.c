@@ -8,7 +8,6 @@
 #include "../dispatch/cpu.h"
 #include "kernels.h"
 #include "xxh3.h"
-#include "simd.h"
 
 #define V 64
 
@@ -46,14 +45,13 @@ static inline void store256(unsigned char *p, __m256i v, int stream)
     else _mm256_storeu_si256((__m256i *)p, v);
 }
 
-static void fill_avx512(void *dst, size_t n, const void *element, size_t size, int stream)
+static void fill_avx512(void *dst, size_t bytes, const unsigned char *pattern, size_t size, int stream)
 {
-    unsigned char *d = dst, pattern[V];
-    size_t bytes = n * size, head = stream ? (V - ((uintptr_t)d & (V - 1))) & (V - 1) : 0;
+    unsigned char *d = dst;
+    size_t head = stream ? (V - ((uintptr_t)d & (V - 1))) & (V - 1) : 0;
     if (head > bytes) head = bytes;
-    widen_pattern(pattern, V, element, size, 0);
     memcpy(d, pattern, head);
-    widen_pattern(pattern, V, element, size, head);
+    pattern += head % size; /* the phase the aligned part starts at */
     d += head, bytes -= head;
     __m512i v = _mm512_loadu_si512(pattern);
     for (; bytes >= V; bytes -= V, d += V) store512(d, v, stream);
@@ -85,7 +83,7 @@ static inline __m512i f32_from_bf16(__m256i h)
         unsigned char *d = dst;                                                                    \
         size_t i = 0;                                                                              \
         if (stream) { /* align the stores: a scalar head, or no streaming for odd addresses */     \
-            size_t w = 16 * out_size, mis = (uintptr_t)d % w;                                      \
+            size_t w = V, mis = (uintptr_t)d % w; /* a whole cache line */                         \
             if (mis % out_size) {                                                                  \
                 stream = 0;                                                                        \
             } else {                                                                               \

@@ -7,6 +7,8 @@
 
 #include "widen/widen.h"
 
+#define WIDEN_PATTERN_BYTES 72 /* a 64-byte vector, plus room to start at any phase of an element */
+
 /* Index of a computable dtype in the convert table: F32, F16, BF16. */
 enum { WIDEN_CK_F32, WIDEN_CK_F16, WIDEN_CK_BF16, WIDEN_CK_COUNT };
 
@@ -41,8 +43,9 @@ typedef struct widen_hash_state {
 typedef struct widen_kernels {
     widen_isa isa;
     void (*copy)(void *dst, const void *src, size_t bytes, int stream);
-    /* n copies of an element of `size` bytes (1, 2, 4 or 8) */
-    void (*fill)(void *dst, size_t n, const void *element, size_t size, int stream);
+    /* `bytes` (a multiple of size) of an element of `size` bytes (1, 2, 4, 8) repeated; `pattern`
+     * holds WIDEN_PATTERN_BYTES of the element repeated from phase 0 */
+    void (*fill)(void *dst, size_t bytes, const unsigned char *pattern, size_t size, int stream);
     /* convert[from][to], from != to: round to nearest even, NaN quieted, denormals kept */
     widen_convert_fn convert[WIDEN_CK_COUNT][WIDEN_CK_COUNT];
     size_t (*rows)(const widen_remap_job *job, int stream);

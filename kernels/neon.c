@@ -6,7 +6,6 @@
 
 #include "kernels.h"
 #include "xxh3.h"
-#include "simd.h"
 
 #define V 16
 
@@ -16,12 +15,11 @@ static void copy_neon(void *dst, const void *src, size_t bytes, int stream)
     memcpy(dst, src, bytes);
 }
 
-static void fill_neon(void *dst, size_t n, const void *element, size_t size, int stream)
+static void fill_neon(void *dst, size_t bytes, const unsigned char *pattern, size_t size, int stream)
 {
     (void)stream;
-    unsigned char *d = dst, pattern[V];
-    size_t bytes = n * size;
-    widen_pattern(pattern, V, element, size, 0);
+    (void)size;
+    unsigned char *d = dst;
     uint8x16_t v = vld1q_u8(pattern);
     for (; bytes >= V; bytes -= V, d += V) vst1q_u8(d, v);
     memcpy(d, pattern, bytes);

@@ -18,31 +18,70 @@ void widen_const_element(widen_dtype dtype, float value, unsigned char out[8])
     }
 }
 
+/* Consecutive map entries that one call can serve: copies of consecutive input channels (one run
+ * of count * inner elements when both sides are channel-contiguous), or equal fills. */
+static size_t segment_length(const widen_remap_job *j, size_t n)
+{
+    const widen_map_entry *e = &j->map[n];
+    int contiguous = j->src_chan_stride == j->inner && j->dst_chan_stride == j->inner;
+    size_t len = 1;
+    while (contiguous && n + len < j->channels) {
+        const widen_map_entry *f = &j->map[n + len];
+        if (f->kind != e->kind) break;
+        if (e->kind == WIDEN_MAP_SOURCE && f->channel != e->channel + len) break;
+        if (e->kind == WIDEN_MAP_CONST && memcmp(&f->value, &e->value, sizeof e->value) != 0) break;
+        len++;
+    }
+    return len;
+}
+
+typedef struct segment {
+    const widen_map_entry *entry;
+    size_t first;  /* output channel */
+    size_t count;  /* elements per row */
+    unsigned char pattern[WIDEN_PATTERN_BYTES]; /* fills */
+} segment;
+
+static void run_segment(const widen_kernels *k, const widen_remap_job *j, widen_convert_fn convert, const segment *g,
+                        size_t r, size_t ssz, size_t dsz, int stream)
+{
+    unsigned char *d = (unsigned char *)j->dst + (r * j->dst_row_stride + g->first * j->dst_chan_stride) * dsz;
+    if (g->entry->kind != WIDEN_MAP_SOURCE) {
+        k->fill(d, g->count * dsz, g->pattern, dsz, stream);
+        return;
+    }
+    const unsigned char *s =
+        (const unsigned char *)j->src + (r * j->src_row_stride + (size_t)g->entry->channel * j->src_chan_stride) * ssz;
+    if (convert)
+        convert(d, s, g->count, stream);
+    else
+        k->copy(d, s, g->count * dsz, stream);
+}
+
+/* Row by row (each output row written front to back), one call per segment. */
 static void remap_runs(const widen_kernels *k, const widen_remap_job *j, int stream)
 {
     size_t ssz = widen_dtype_bits(j->src_dtype) / 8, dsz = widen_dtype_bits(j->dst_dtype) / 8;
     widen_convert_fn convert = NULL;
     if (j->src_dtype != j->dst_dtype)
         convert = k->convert[widen_compute_index(j->src_dtype)][widen_compute_index(j->dst_dtype)];
-    const unsigned char *src = j->src;
-    unsigned char *dst = j->dst;
-    for (size_t r = 0; r < j->rows; r++) {
-        for (size_t n = 0; n < j->channels; n++) {
-            const widen_map_entry *e = &j->map[n];
-            unsigned char *d = dst + (r * j->dst_row_stride + n * j->dst_chan_stride) * dsz;
-            if (e->kind == WIDEN_MAP_SOURCE) {
-                const unsigned char *s =
-                    src + (r * j->src_row_stride + (size_t)e->channel * j->src_chan_stride) * ssz;
-                if (convert)
-                    convert(d, s, j->inner, stream);
-                else
-                    k->copy(d, s, j->inner * dsz, stream);
-            } else {
-                unsigned char element[8] = {0};
-                if (e->kind == WIDEN_MAP_CONST) widen_const_element(j->dst_dtype, e->value, element);
-                k->fill(d, j->inner, element, dsz, stream);
-            }
+    enum { BATCH = 16 }; /* segments planned at a time: rows are walked once per batch */
+    segment segs[BATCH];
+    for (size_t n = 0; n < j->channels;) {
+        size_t used = 0;
+        for (; used < BATCH && n < j->channels; used++) {
+            segment *g = &segs[used];
+            size_t len = segment_length(j, n);
+            unsigned char element[8] = {0};
+            g->entry = &j->map[n];
+            g->first = n;
+            g->count = len * j->inner;
+            if (g->entry->kind == WIDEN_MAP_CONST) widen_const_element(j->dst_dtype, g->entry->value, element);
+            for (size_t b = 0; b < sizeof g->pattern; b++) g->pattern[b] = element[b % dsz];
+            n += len;
         }
+        for (size_t r = 0; r < j->rows; r++)
+            for (size_t g = 0; g < used; g++) run_segment(k, j, convert, &segs[g], r, ssz, dsz, stream);
     }
 }
 
@@ -50,7 +89,7 @@ void widen_remap_run(const widen_kernels *k, const widen_remap_job *j)
 {
     size_t dsz = widen_dtype_bits(j->dst_dtype) / 8;
     int stream = j->store == WIDEN_STORE_STREAM ||
-                 (j->store == WIDEN_STORE_AUTO && j->rows * j->channels * j->inner * dsz >= WIDEN_STREAM_BYTES);
+                 (j->store == WIDEN_STORE_AUTO && j->rows * j->channels * j->inner * dsz >= widen_stream_threshold());
     widen_remap_job rest = *j;
     size_t done = k->rows && j->src_dtype == j->dst_dtype ? k->rows(j, stream) : 0;
     if (done) {

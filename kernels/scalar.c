@@ -11,11 +11,19 @@ static void copy_scalar(void *dst, const void *src, size_t bytes, int stream)
     memcpy(dst, src, bytes);
 }
 
-static void fill_scalar(void *dst, size_t n, const void *element, size_t size, int stream)
+/* The pattern, then doubling copies of what is already filled. */
+static void fill_scalar(void *dst, size_t total, const unsigned char *pattern, size_t size, int stream)
 {
     (void)stream;
+    (void)size;
     unsigned char *d = dst;
-    for (size_t i = 0; i < n; i++) memcpy(d + i * size, element, size);
+    size_t done = total < 64 ? total : 64;
+    memcpy(d, pattern, done);
+    while (done < total) {
+        size_t step = done < total - done ? done : total - done;
+        memcpy(d + done, d, step);
+        done += step;
+    }
 }
 
 /* Loads and stores go through memcpy: runs need not be aligned. */

@@ -104,13 +104,14 @@ typedef struct widen_map_entry {
  * even; NaN stays NaN, quieted). Pointers need no alignment. The kernel writes exactly the
  * rows x channels x inner destination elements and nothing else. */
 typedef enum widen_store {
-    WIDEN_STORE_AUTO,   /* streaming (non-temporal) stores for outputs of WIDEN_STREAM_BYTES or more */
+    WIDEN_STORE_AUTO,   /* streaming stores for outputs of widen_stream_threshold() bytes or more */
     WIDEN_STORE_CACHED, /* ordinary stores: the output is read again soon */
     WIDEN_STORE_STREAM  /* non-temporal stores where the ISA has them */
 } widen_store;
 
-/* Output size from which WIDEN_STORE_AUTO streams past the cache. */
-#define WIDEN_STREAM_BYTES (32u << 20)
+/* Output size from which WIDEN_STORE_AUTO streams past the cache: 32 MiB, or the last-level
+ * cache's size where the OS reports a smaller one. */
+size_t widen_stream_threshold(void);
 
 typedef struct widen_remap_job {
     const void *src;
