@@ -35,14 +35,14 @@ def main():
                      key=lambda k: (["scalar", "avx2", "avx512", "neon"].index(k.split("_")[1]), k))
     peers = [k for k in ("naive", "xnnpack") if any(k in r for r in rates.values())]
     ctx = doc.get("context", {})
-    print(f"{ctx.get('num_cpus', '?')} CPUs at {ctx.get('mhz_per_cpu', '?')} MHz, "
-          f"median of {ctx.get('repetitions', '?') if 'repetitions' in ctx else 'the'} repetitions; "
-          f"ratios to memcpy of the output (bytes read + written per second); **bold**: below {TARGET}")
+    print(f"{ctx.get('num_cpus', '?')} CPUs at {ctx.get('mhz_per_cpu', '?')} MHz; medians of the repetitions; "
+          f"ratios to memcpy of the output (bytes read + written per second); **bold**: an AVX2/AVX-512 "
+          f"figure below {TARGET}")
     print()
     print("| case | memcpy GB/s | " + " | ".join(peers + [k.replace("widen_", "") for k in kernels]) + " |")
     print("|---|---|" + "---|" * (len(peers) + len(kernels)))
     misses = []
-    for case in rates:
+    for case in sorted(rates, key=lambda c: (c.startswith("cast"), c)):
         r = rates[case]
         base = r["memcpy"]
         cells = []

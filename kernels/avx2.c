@@ -8,6 +8,7 @@
 
 #define V 32     /* vector bytes */
 #define LINE 64 /* streaming stores start on a cache line: partial lines written that way are slow */
+#define PREFETCH 1024 /* bytes ahead: streaming stores do not pull the source in early by themselves */
 
 static void copy_avx2(void *dst, const void *src, size_t bytes, int stream)
 {
@@ -21,6 +22,8 @@ static void copy_avx2(void *dst, const void *src, size_t bytes, int stream)
     memcpy(d, s, head);
     d += head, s += head, bytes -= head;
     for (; bytes >= 4 * V; bytes -= 4 * V, d += 4 * V, s += 4 * V) {
+        _mm_prefetch((const char *)s + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)s + PREFETCH + 64, _MM_HINT_T0);
         __m256i a = _mm256_loadu_si256((const __m256i *)s), b = _mm256_loadu_si256((const __m256i *)(s + V));
         __m256i c = _mm256_loadu_si256((const __m256i *)(s + 2 * V)), e = _mm256_loadu_si256((const __m256i *)(s + 3 * V));
         _mm256_stream_si256((__m256i *)d, a);
@@ -148,6 +151,7 @@ size_t widen_rows_avx2(const widen_remap_job *job, int stream)
     unsigned char *d = job->dst;
     stream = stream && p.out_step == V && ((uintptr_t)d & (V - 1)) == 0;
     for (size_t i = 0; i < p.steps; i++) {
+        _mm_prefetch((const char *)s + i * p.in_step + PREFETCH, _MM_HINT_T0);
         __m256i v = _mm256_loadu_si256((const __m256i *)(s + i * p.in_step));
         v = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(v, vperm), vshuf), vfill);
         store256(d + i * p.out_step, v, stream);

@@ -10,6 +10,7 @@
 #include "xxh3.h"
 
 #define V 64
+#define PREFETCH 1024 /* bytes ahead: streaming stores do not pull the source in early by themselves */
 
 static void copy_avx512(void *dst, const void *src, size_t bytes, int stream)
 {
@@ -23,6 +24,10 @@ static void copy_avx512(void *dst, const void *src, size_t bytes, int stream)
     memcpy(d, s, head);
     d += head, s += head, bytes -= head;
     for (; bytes >= 4 * V; bytes -= 4 * V, d += 4 * V, s += 4 * V) {
+        _mm_prefetch((const char *)s + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)s + PREFETCH + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)s + PREFETCH + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)s + PREFETCH + 192, _MM_HINT_T0);
         __m512i a = _mm512_loadu_si512(s), b = _mm512_loadu_si512(s + V);
         __m512i c = _mm512_loadu_si512(s + 2 * V), e = _mm512_loadu_si512(s + 3 * V);
         _mm512_stream_si512((void *)d, a);
@@ -125,6 +130,7 @@ __attribute__((target("avx512vbmi"))) static size_t rows_vbmi(const widen_remap_
     unsigned char *d = job->dst;
     stream = stream && p.out_step == V && ((uintptr_t)d & (V - 1)) == 0;
     for (size_t i = 0; i < p.steps; i++) {
+        _mm_prefetch((const char *)s + i * p.in_step + PREFETCH, _MM_HINT_T0);
         __m512i v = _mm512_maskz_permutexvar_epi8(keep, vindex, _mm512_loadu_si512(s + i * p.in_step));
         store512(d + i * p.out_step, _mm512_or_si512(v, vfill), stream);
     }
