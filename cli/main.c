@@ -64,7 +64,7 @@ static const char usage_apply[] =
     "  --from C              channel count auto-detection looks for (default 3)\n"
     "  --axis A              channel axis (default 1; negative counts from the end)\n"
     "\n"
-    "transform (one of --to and --map, and/or --cast):\n"
+    "transform (one of --to and --map, and/or --cast; none for a plain --format conversion):\n"
     "  --to N                widen to N channels; old channels land at --at P.. (default 0)\n"
     "  --at P                position of the first old channel\n"
     "  --init MODE           new channels: zeros (default) or const:V\n"
@@ -74,7 +74,9 @@ static const char usage_apply[] =
     "\n"
     "output options:\n"
     "  -o, --output FILE     the output (required); never the input\n"
-    "  --format safetensors  output format (default: from OUTPUT's extension, else the input's)\n"
+    "  --format safetensors|pt\n"
+    "                        output format (default: from OUTPUT's extension: .safetensors, or .pt,\n"
+    "                        .pth, .bin; else the input's); alone, a conversion\n"
     "  --manifest FILE       write a JSON manifest: version, transform, XXH3-128 of every tensor\n"
     "  --threads N           worker threads (default: online CPUs)\n"
     "  --progress, --no-progress\n"
@@ -127,6 +129,12 @@ static void human(double bytes, char *out, size_t size)
         u++;
     }
     snprintf(out, size, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
+}
+
+static void on_warning(void *user, const char *message)
+{
+    (void)user;
+    fprintf(stderr, "widen: warning: %s\n", message);
 }
 
 static int on_progress(void *user, uint64_t done, uint64_t total)
@@ -311,16 +319,6 @@ static int parse_uint(const char *text, const char *flag, unsigned long long max
     return 0;
 }
 
-static const char *ends_with_any(const char *path, const char *const *suffixes)
-{
-    size_t pl = strlen(path);
-    for (; *suffixes; suffixes++) {
-        size_t sl = strlen(*suffixes);
-        if (pl >= sl && strcmp(path + pl - sl, *suffixes) == 0) return *suffixes;
-    }
-    return NULL;
-}
-
 enum { OPT_FROM = 256, OPT_AXIS, OPT_TO, OPT_AT, OPT_INIT, OPT_MAP, OPT_CAST, OPT_FORMAT, OPT_MANIFEST, OPT_THREADS,
        OPT_PROGRESS, OPT_NO_PROGRESS, OPT_NO_FSYNC, OPT_FORCE };
 
@@ -386,21 +384,8 @@ static int parse_apply(int argc, char **argv, apply_args *a)
     if (!a->output) return fail(WIDEN_EUSAGE, "apply needs -o OUTPUT");
     if (a->have_to && a->map) return fail(WIDEN_EUSAGE, "--to and --map are exclusive: a map gives every channel");
     if ((a->init || a->have_at) && !a->have_to) return fail(WIDEN_EUSAGE, "--init and --at go with --to");
-    if (!a->have_to && !a->map && !a->cast) return fail(WIDEN_EUSAGE, "nothing to do: give --to, --map or --cast");
     if (a->ntensors && !a->have_to && !a->map) return fail(WIDEN_EUSAGE, "-t selects tensors for --to or --map");
     return 0;
-}
-
-static int resolve_format(const apply_args *a)
-{
-    static const char *const pt[] = {".pt", ".pth", ".bin", NULL};
-    const char *format = a->format;
-    if (!format) format = ends_with_any(a->output, pt) ? "pt" : "safetensors";
-    if (strcmp(format, "safetensors") == 0) return 0;
-    if (strcmp(format, "pt") == 0)
-        return fail(WIDEN_EUSAGE, "%s: writing PyTorch checkpoints (--format pt) is not in this version; use "
-                    "--format safetensors or a .safetensors OUTPUT", a->output);
-    return fail(WIDEN_EUSAGE, "--format: '%s' is not safetensors or pt", format);
 }
 
 /* Adds the map of every selected tensor to the transform. */
@@ -478,7 +463,8 @@ static int cmd_apply(int argc, char **argv)
     widen_transform *tr = widen_transform_new();
     widen_checkpoint *c = NULL;
     if (!tr) rc = fail(WIDEN_EIO, "out of memory");
-    if (!rc) rc = resolve_format(&a);
+    if (!rc && a.format && strcmp(a.format, "safetensors") != 0 && strcmp(a.format, "pt") != 0)
+        rc = fail(WIDEN_EUSAGE, "--format: '%s' is not safetensors or pt", a.format);
     if (!rc && widen_isa_init(&err)) rc = fail_err(&err);
     if (!rc && a.cast) {
         widen_dtype to;
@@ -503,8 +489,10 @@ static int cmd_apply(int argc, char **argv)
         o.fsync = a.fsync;
         o.overwrite = a.force;
         o.manifest_path = a.manifest;
+        o.format = a.format;
         o.progress = on_progress;
         o.progress_user = &ps;
+        o.warning = on_warning;
         widen_status st = widen_apply(a.input, a.output, tr, &o, &err);
         progress_end(&ps);
         if (st) rc = fail_err(&err);

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(gcc g++ make cmake ninja-build pkg-config
-          libxxhash-dev xxhash libjansson-dev libsleef-dev libbenchmark-dev libxnnpack-dev libpthreadpool-dev
-          python3 python3-numpy python3-xxhash python3-pytest time
+          libxxhash-dev xxhash libjansson-dev zlib1g-dev libsleef-dev libbenchmark-dev libxnnpack-dev libpthreadpool-dev
+          python3 python3-numpy python3-xxhash python3-pytest python3-torch python3-torchvision time
           gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 missing=()
 for p in "${packages[@]}"; do

@@ -65,7 +65,7 @@ static void temp_discard(temp_file *tf)
     tf->fd = -1;
 }
 
-static widen_status write_all(int fd, const void *data, size_t len, const char *target, widen_error *err)
+widen_status widen_write_all(int fd, const void *data, size_t len, const char *target, widen_error *err)
 {
     const unsigned char *p = data;
     while (len) {
@@ -122,7 +122,13 @@ static widen_status sink_write(void *user, size_t index, uint64_t offset, const 
     (void)index;
     (void)offset;
     write_sink *w = user;
-    return write_all(w->fd, data, len, w->target, err);
+    return widen_write_all(w->fd, data, len, w->target, err);
+}
+
+static widen_status sink_none(void *user, size_t index, uint64_t offset, const void *data, size_t len, widen_error *err)
+{
+    (void)user, (void)index, (void)offset, (void)data, (void)len, (void)err;
+    return WIDEN_OK;
 }
 
 static json_t *tensor_json(widen_dtype dtype, int rank, const uint64_t *shape, widen_hash128 hash)
@@ -187,14 +193,27 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
     if ((st = check_target(input, output, options->overwrite, err))) return st;
     widen_checkpoint *ckpt = NULL;
     if ((st = widen_open(input, &ckpt, err))) return st;
+    const char *format = options->format;
+    if (!format) {
+        size_t n = strlen(output);
+        static const char *const pt[] = {".pt", ".pth", ".bin"};
+        format = n >= 12 && strcmp(output + n - 12, ".safetensors") == 0 ? "safetensors" : ckpt->format;
+        for (int i = 0; i < 3; i++)
+            if (n >= strlen(pt[i]) && strcmp(output + n - strlen(pt[i]), pt[i]) == 0) format = "pt";
+    }
+    if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0) {
+        widen_close(ckpt);
+        return widen_fail(err, WIDEN_EUSAGE, "--format: '%s' is not safetensors or pt", format);
+    }
+    int to_pt = strcmp(format, "pt") == 0;
     widen_plan plan;
     char *provenance = NULL, *manifest = NULL;
     unsigned char *header = NULL;
     size_t header_len = 0;
     temp_file out = {.fd = -1}, man = {.fd = -1};
     if ((st = widen_plan_build(ckpt, transform, &plan, err))) goto done_ckpt;
-    if (transform->count == 0 && !transform->cast) {
-        st = widen_fail(err, WIDEN_EUSAGE, "nothing to do: give --to, --map or --cast");
+    if (transform->count == 0 && !transform->cast && strcmp(format, ckpt->format) == 0) {
+        st = widen_fail(err, WIDEN_EUSAGE, "nothing to do: give --to, --map or --cast, or another --format");
         goto done;
     }
     provenance = widen_transform_to_json(transform);
@@ -202,15 +221,23 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
         st = widen_fail(err, WIDEN_EIO, "out of memory");
         goto done;
     }
-    if ((st = widen_safetensors_header(&plan, ckpt, provenance, &header, &header_len, err))) goto done;
-    if ((st = temp_open(output, &out, err))) goto done;
-    if ((st = write_all(out.fd, header, header_len, output, err))) goto done;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     widen_exec_options eo = {.threads = options->threads ? options->threads : (unsigned)(cpus > 0 ? cpus : 1),
                              .isa = WIDEN_ISA_COUNT, .progress = options->progress,
                              .progress_user = options->progress_user};
-    write_sink ws = {.fd = out.fd, .target = output};
-    if ((st = widen_execute(ckpt, &plan, &eo, sink_write, &ws, err))) {
+    if ((st = temp_open(output, &out, err))) goto done;
+    if (to_pt) {
+        st = widen_torch_write(ckpt, transform, &plan, out.fd, output, &eo, err);
+        /* the manifest's per-tensor hashes: one more read of the tensors */
+        if (!st && options->manifest_path) st = widen_execute(ckpt, &plan, &eo, sink_none, NULL, err);
+    } else {
+        widen_torch_conversion_notes(ckpt, options->warning, options->warning_user);
+        write_sink ws = {.fd = out.fd, .target = output};
+        if (!(st = widen_safetensors_header(&plan, ckpt, provenance, &header, &header_len, err)) &&
+            !(st = widen_write_all(out.fd, header, header_len, output, err)))
+            st = widen_execute(ckpt, &plan, &eo, sink_write, &ws, err);
+    }
+    if (st) {
         if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; no output written", output);
         goto done;
     }
@@ -221,8 +248,8 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
             goto done;
         }
         if ((st = temp_open(options->manifest_path, &man, err))) goto done;
-        if ((st = write_all(man.fd, manifest, strlen(manifest), options->manifest_path, err))) goto done;
-        if ((st = write_all(man.fd, "\n", 1, options->manifest_path, err))) goto done;
+        if ((st = widen_write_all(man.fd, manifest, strlen(manifest), options->manifest_path, err))) goto done;
+        if ((st = widen_write_all(man.fd, "\n", 1, options->manifest_path, err))) goto done;
         if ((st = temp_commit(&man, options->manifest_path, options->fsync, options->overwrite, err))) goto done;
     }
     if ((st = temp_commit(&out, output, options->fsync, options->overwrite, err)) && options->manifest_path)

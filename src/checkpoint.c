@@ -15,8 +15,6 @@ static const unsigned char torch_legacy_magic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c,
 /* Names the formats widen recognises but does not read yet; NULL for anything else. */
 static const char *unsupported_kind(const unsigned char *p, uint64_t size)
 {
-    if (size >= 4 && memcmp(p, "PK\x03\x04", 4) == 0)
-        return "a zip archive (PyTorch zip checkpoint or .npz), which this version of widen does not read yet";
     if (size >= sizeof torch_legacy_magic && memcmp(p, torch_legacy_magic, sizeof torch_legacy_magic) == 0)
         return "a legacy (pre-1.6, non-zip) PyTorch checkpoint, which widen does not read: re-save it with a "
                "current torch.save";
@@ -67,8 +65,13 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
         st = widen_fail(err, WIDEN_EFORMAT, "%s: this is %s", path, kind);
         goto fail;
     }
-    c->format = "safetensors";
-    st = widen_safetensors_read(c, err);
+    if (c->size >= 4 && memcmp(c->map, "PK\x03\x04", 4) == 0) {
+        c->format = "pt";
+        st = widen_torch_read(c, err);
+    } else {
+        c->format = "safetensors";
+        st = widen_safetensors_read(c, err);
+    }
     if (st) goto fail;
     *out = c;
     return WIDEN_OK;
@@ -80,6 +83,7 @@ fail:
 void widen_close(widen_checkpoint *c)
 {
     if (!c) return;
+    if (c->format_free) c->format_free(c->format_state);
     if (c->map) munmap((void *)c->map, (size_t)c->size);
     if (c->fd >= 0) close(c->fd);
     for (size_t i = 0; i < c->count; i++) free(c->names[i]);

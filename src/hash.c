@@ -1,6 +1,7 @@
 /* hash.c: XXH3-128 in the canonical form xxhsum -H2 prints, and hashing a whole checkpoint, through
  * the active ISA's hash kernels. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "../kernels/kernels.h"
 #include "internal.h"
@@ -45,6 +46,32 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
     widen_status st = WIDEN_OK;
     uint64_t pos = 0, size = ckpt->size;
     size_t t = 0;
+    if (strcmp(ckpt->format, "safetensors") != 0) {
+        /* tensors may share storages and come in any order: the file first, then each tensor */
+        for (; pos < size && !st; pos += STEP) {
+            uint64_t len = size - pos < STEP ? size - pos : STEP;
+            k->hash_update(file, ckpt->map + pos, (size_t)len);
+            widen_release(ckpt, pos, len);
+            if (progress && progress(progress_user, pos + len, size))
+                st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", ckpt->path);
+        }
+        for (; t < ckpt->count && !st; t++) {
+            const widen_tensor_info *cur = &ckpt->tensors[t];
+            if (widen_tensor_strided(ckpt, t)) {
+                st = widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' is stored with non-contiguous strides, which widen "
+                                "does not hash yet", ckpt->path, cur->name);
+                break;
+            }
+            k->hash_reset(tensor);
+            for (uint64_t off = 0; off < cur->nbytes; off += STEP) {
+                uint64_t len = cur->nbytes - off < STEP ? cur->nbytes - off : STEP;
+                k->hash_update(tensor, ckpt->map + cur->offset + off, (size_t)len);
+                widen_release(ckpt, cur->offset + off, len);
+            }
+            if (tensor_hashes) tensor_hashes[t] = k->hash_digest(tensor);
+        }
+        pos = size;
+    }
     while (pos < size || t < ckpt->count) {
         /* the next boundary: the end of the current tensor or of the step */
         uint64_t end = pos + STEP < size ? pos + STEP : size;

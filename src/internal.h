@@ -26,10 +26,24 @@ struct widen_checkpoint {
     size_t count;
     widen_metadata_entry *metadata;
     size_t metadata_count;
+    void *format_state; /* what a format reader keeps (torch: the archive and the object tree) */
+    void (*format_free)(void *state);
 };
 
 /* Format readers: fill ckpt->tensors and ckpt->metadata from the mapped file. */
 widen_status widen_safetensors_read(widen_checkpoint *ckpt, widen_error *err);
+widen_status widen_torch_read(widen_checkpoint *ckpt, widen_error *err);
+
+/* Writes all of `len` bytes to fd; WIDEN_EIO naming `target` on failure. */
+widen_status widen_write_all(int fd, const void *data, size_t len, const char *target, widen_error *err);
+
+/* Notices for converting a torch checkpoint to safetensors: the non-tensor values it drops and the
+ * tensors that shared a storage (each gets its own copy). */
+void widen_torch_conversion_notes(const widen_checkpoint *ckpt, void (*warning)(void *user, const char *message),
+                                  void *user);
+
+/* 1 for a torch checkpoint tensor stored with non-contiguous strides (its bytes are not one run). */
+int widen_tensor_strided(const widen_checkpoint *ckpt, size_t index);
 
 /* One tensor of an output, in output order. */
 typedef enum widen_plan_op {
@@ -120,5 +134,10 @@ widen_pool *widen_pool_new(unsigned threads);
 void widen_pool_free(widen_pool *pool);
 unsigned widen_pool_threads(const widen_pool *pool);
 void widen_pool_run(widen_pool *pool, size_t parts, void (*fn)(void *user, size_t part), void *user);
+
+/* Writes the torch zip checkpoint of `ckpt` (a torch input) with the tensors of `tensor_plan` that
+ * have a map given new storages, and every storage cast if the transform casts. */
+widen_status widen_torch_write(widen_checkpoint *ckpt, const widen_transform *transform, const widen_plan *tensor_plan,
+                               int fd, const char *target, const widen_exec_options *options, widen_error *err);
 
 #endif

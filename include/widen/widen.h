@@ -231,14 +231,20 @@ typedef struct widen_apply_options {
     int fsync;                 /* fsync the output before the rename (recommended) */
     int overwrite;             /* replace an existing output (never the input) */
     const char *manifest_path; /* NULL: no manifest */
+    const char *format;        /* "safetensors" or "pt"; NULL: from the output's extension (.pt, .pth,
+                                  .bin: pt; .safetensors: safetensors), else the input's format */
     widen_progress_fn progress;
     void *progress_user;
+    /* one-line notices (values a conversion drops, storages it unshares); NULL: none */
+    void (*warning)(void *user, const char *message);
+    void *warning_user;
 } widen_apply_options;
 
 /* Fills options with the defaults: all CPUs, fsync on, no overwrite, no manifest, no progress. */
 void widen_apply_options_init(widen_apply_options *options);
 
-/* Writes `output_path` (safetensors) = the input with `transform` applied. The input is read-only;
+/* Writes `output_path` (safetensors or a torch.save zip checkpoint) = the input with `transform`
+ * applied; with an empty transform, only a conversion to the other format. The input is read-only;
  * the output goes to a temporary file in the output's folder and is renamed into place only when
  * complete, so after any failure no output exists (and a pre-existing one is untouched). */
 widen_status widen_apply(const char *input_path, const char *output_path,

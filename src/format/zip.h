@@ -1,0 +1,51 @@
+/* zip.h: the subset of ZIP that torch.save archives use: stored entries, ZIP64, data offsets from
+ * the local headers. Reading and writing. */
+#ifndef WIDEN_ZIP_H
+#define WIDEN_ZIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../error.h"
+
+typedef struct widen_zip_entry {
+    char *name;
+    uint64_t data_offset; /* from the local header */
+    uint64_t size;
+    uint32_t crc;
+} widen_zip_entry;
+
+typedef struct widen_zip {
+    widen_zip_entry *entries; /* central directory order */
+    size_t count;
+} widen_zip;
+
+/* Reads the central directory of the mapped file and every entry's local header. Rejects (exit 3)
+ * compressed or encrypted entries, entries past the end of the file, overlapping entries. */
+widen_status widen_zip_read(const unsigned char *map, uint64_t size, const char *path, widen_zip *zip,
+                            widen_error *err);
+void widen_zip_free(widen_zip *zip);
+const widen_zip_entry *widen_zip_find(const widen_zip *zip, const char *name);
+
+/* Writing: the layout torch.save produces (FORMATS.md). The caller writes each record's bytes
+ * between widen_zip_begin and widen_zip_end, in order. */
+typedef struct widen_zip_writer {
+    uint64_t offset; /* bytes written so far */
+    widen_zip_entry *entries;
+    size_t count, cap;
+    uint32_t crc;       /* of the current record */
+    uint64_t size;      /* of the current record */
+    unsigned alignment; /* data starts on multiples of this (64) */
+} widen_zip_writer;
+
+/* Local header for `name` (padded so the data starts aligned), into out (<= 30 + name + 4 + 63
+ * bytes); returns its length. */
+size_t widen_zip_begin(widen_zip_writer *w, const char *name, unsigned char *out, size_t out_size);
+void widen_zip_data(widen_zip_writer *w, const void *data, size_t len);
+/* Data descriptor of the current record into out (24 bytes); returns its length (0 if empty). */
+size_t widen_zip_end(widen_zip_writer *w, unsigned char *out);
+/* Central directory, ZIP64 end record and locator, end record: malloc'ed into *out. */
+widen_status widen_zip_finish(widen_zip_writer *w, unsigned char **out, size_t *len, widen_error *err);
+void widen_zip_writer_free(widen_zip_writer *w);
+
+#endif
