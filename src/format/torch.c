@@ -108,7 +108,7 @@ static pk_node *tensor_call(pk_node *n)
     return NULL;
 }
 
-static widen_status add_tensor(walker *w, const char *name, pk_node *call)
+static widen_status add_tensor(walker *w, const char *name, pk_node *call, pk_node *holder, pk_node **slot)
 {
     widen_error *err = w->err;
     widen_checkpoint *c = w->ckpt;
@@ -162,6 +162,8 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *call)
         if (t->shape[d]) extent += ((uint64_t)t->shape[d] - 1) * (uint64_t)sd->i;
     }
     tt->node = call;
+    tt->holder = holder;
+    tt->slot = slot;
     tt->storage = s;
     tt->storage_offset = (uint64_t)args->items[1]->i;
     if (numel && (tt->storage_offset > sto->numel || extent >= sto->numel - tt->storage_offset))
@@ -195,10 +197,10 @@ static int is_dict_like(const pk_node *n)
                                     pk_is_global(n->items[0], "collections", "Counter"));
 }
 
-static widen_status walk(walker *w, pk_node *n, const char *path)
+static widen_status walk(walker *w, pk_node *holder, pk_node **slot, const char *path)
 {
-    pk_node *call = tensor_call(n);
-    if (call) return add_tensor(w, path, call);
+    pk_node *n = *slot, *call = tensor_call(n);
+    if (call) return add_tensor(w, path, call, holder, slot);
     char child[1024];
     widen_status st = WIDEN_OK;
     if (is_dict_like(n)) {
@@ -209,14 +211,14 @@ static widen_status walk(walker *w, pk_node *n, const char *path)
             if (k->kind == PK_INT) snprintf(key, sizeof key, "%lld", (long long)k->i), text = key;
             if (!text) continue; /* a key widen cannot name: the value passes through untouched */
             snprintf(child, sizeof child, "%s%s%s", path, *path ? "." : "", text);
-            st = walk(w, n->kv[i + 1], child);
+            st = walk(w, n, &n->kv[i + 1], child);
         }
         return st;
     }
     if (n->kind == PK_LIST || n->kind == PK_TUPLE) {
         for (size_t i = 0; i < n->count && !st; i++) {
             snprintf(child, sizeof child, "%s%s%zu", path, *path ? "." : "", i);
-            st = walk(w, n->items[i], child);
+            st = walk(w, n, &n->items[i], child);
         }
         return st;
     }
@@ -266,7 +268,7 @@ widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
     snprintf(what, sizeof what, "%s: %sdata.pkl", c->path, ts->prefix);
     if ((st = pk_load(c->map + pkl->data_offset, (size_t)pkl->size, what, &ts->arena, &ts->root, err))) return st;
     walker w = {.ckpt = c, .ts = ts, .err = err};
-    return walk(&w, ts->root, "");
+    return walk(&w, NULL, &ts->root, "");
 }
 
 int widen_tensor_strided(const widen_checkpoint *c, size_t index)

@@ -15,6 +15,8 @@ typedef struct torch_storage {
 
 typedef struct torch_tensor {
     pk_node *node;    /* the _rebuild_tensor_v2/v3 call */
+    pk_node *holder;  /* the dict, list or tuple whose slot holds it (NULL: the root) */
+    pk_node **slot;   /* that slot: the call, or a _rebuild_parameter wrapping it */
     size_t storage;
     uint64_t storage_offset; /* elements */
     int contiguous;

@@ -122,7 +122,22 @@ static widen_status rebind(writer *w, size_t index, const widen_plan_tensor *p, 
     pk_node *items[] = {pid, int_node(a, 0), size, stride};
     for (size_t i = 0; i < old_args->count; i++)
         if (pk_append(a, args, i < 4 ? items[i] : old_args->items[i])) return widen_fail(w->err, WIDEN_EIO, "out of memory");
-    call->items[1] = args;
+    /* The same tensor object may sit under other names too (torch pickles it once): this name gets
+     * a copy of the call, and of the Parameter wrapping it, in its own slot. */
+    pk_node *copy = pk_new(a, PK_REDUCE);
+    if (!copy || pk_append(a, copy, call->items[0]) || pk_append(a, copy, args)) return widen_fail(w->err, WIDEN_EIO, "out of memory");
+    copy->state = call->state;
+    pk_node *held = *tt->slot;
+    if (held != call) { /* _rebuild_parameter(call, requires_grad, hooks) */
+        pk_node *wrap = pk_new(a, PK_REDUCE), *wargs = pk_new(a, PK_TUPLE);
+        if (!wrap || !wargs || pk_append(a, wrap, held->items[0]) || pk_append(a, wrap, wargs))
+            return widen_fail(w->err, WIDEN_EIO, "out of memory");
+        for (size_t i = 0; i < held->items[1]->count; i++)
+            if (pk_append(a, wargs, i == 0 ? copy : held->items[1]->items[i])) return widen_fail(w->err, WIDEN_EIO, "out of memory");
+        wrap->state = held->state;
+        copy = wrap;
+    }
+    *tt->slot = copy;
     return WIDEN_OK;
 }
 

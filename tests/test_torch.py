@@ -1,0 +1,230 @@
+"""PyTorch zip checkpoints: real torchvision models judged by PyTorch itself (the classic recipe's
+"Err: 0"), training checkpoints, tied weights, and malicious or broken files."""
+import io
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from reference import load, run
+
+# model -> dotted path of its first convolution
+MODELS = {
+    "resnet18": "conv1", "mobilenet_v3_small": "features.0.0", "efficientnet_b0": "features.0.0",
+    "regnet_y_400mf": "stem.0", "convnext_tiny": "features.0.0", "swin_t": "features.0.0", "vit_b_16": "conv_proj",
+}
+if os.environ.get("WIDEN_SANITIZE"):  # the sanitizer pass checks widen, not PyTorch: two models suffice
+    MODELS = {k: MODELS[k] for k in ("resnet18", "mobilenet_v3_small")}
+
+
+def widen_first_conv(model, path):
+    """The classic recipe's model surgery: the first conv rebuilt with 4 input channels."""
+    *parents, last = path.split(".")
+    parent = model
+    for p in parents:
+        parent = parent[int(p)] if p.isdigit() else getattr(parent, p)
+    old = parent[int(last)] if last.isdigit() else getattr(parent, last)
+    new = torch.nn.Conv2d(4, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation, old.groups,
+                          bias=old.bias is not None)
+    if last.isdigit():
+        parent[int(last)] = new
+    else:
+        setattr(parent, last, new)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    out = {}
+    for name in MODELS:
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, name)().eval()
+        path = folder / f"{name}.pt"
+        torch.save(model.state_dict(), path)
+        out[name] = (model, path)
+    return out
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_torchvision_model_widened_err_0(saved_models, tmp_path, name):
+    model, path = saved_models[name]
+    reference = torch.load(path, weights_only=True)
+    doc = json.loads(run("inspect", path, "--json", check=0).stdout)
+    assert [(t["name"], t["dtype"], t["shape"]) for t in doc["tensors"]] == [
+        (k, {torch.float32: "F32", torch.int64: "I64"}[v.dtype], list(v.shape)) for k, v in reference.items()]
+    torch.manual_seed(1)
+    rgb = torch.randn(1, 3, 224, 224)
+    rgba = torch.cat([rgb, torch.randn(1, 1, 224, 224)], 1)
+    with torch.no_grad():
+        expected = model(rgb)
+    conv = MODELS[name] + ".weight"
+    for suffix in ("pt", "safetensors"):
+        out = tmp_path / f"{name}4.{suffix}"
+        manifest = tmp_path / f"{name}4.{suffix}.json"
+        run("apply", path, "-o", out, "--to", "4", "--manifest", manifest, check=0)
+        if suffix == "pt":
+            state = torch.load(out, weights_only=True)
+        else:
+            _, tensors, _, _ = load(str(out))
+            state = {k: torch.from_numpy(np.array(a)) for k, (_, a) in tensors.items()}
+            state = {k: state[k] for k in reference}  # the model's own order
+        assert state[conv].shape[1] == 4 and torch.equal(state[conv][:, :3], reference[conv])
+        assert torch.all(state[conv][:, 3] == 0)
+        for k, v in reference.items():
+            if k != conv:
+                assert torch.equal(state[k], v), k
+        torch.manual_seed(0)
+        widened = widen_first_conv(getattr(torchvision.models, name)(), MODELS[name]).eval()
+        widened.load_state_dict(state)
+        with torch.no_grad():
+            assert (widened(rgba) - expected).abs().max().item() == 0.0
+        run("verify", path, out, "--manifest", manifest, check=0)
+
+
+def training_checkpoint(path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    ckpt = {"model": model.state_dict(), "epoch": 3, "step": 123456789012, "lr": 0.05, "milestones": [10, 20],
+            "name": "run-α", "flags": (True, None), "optimizer": opt.state_dict()}
+    torch.save(ckpt, path)
+    return ckpt
+
+
+def assert_same(a, b, skip=()):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert type(a) == type(b) and list(a) == list(b)
+        for k in a:
+            if k not in skip:
+                assert_same(a[k], b[k], skip)
+    elif isinstance(a, (list, tuple)):
+        assert type(a) == type(b) and len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y, skip)
+    else:
+        assert a == b and type(a) == type(b)
+
+
+def test_training_checkpoint_round_trip(tmp_path):
+    path = tmp_path / "train.pt"
+    ckpt = training_checkpoint(path)
+    proc = run("apply", path, "-o", tmp_path / "o.pt", "--to", "4")
+    assert proc.returncode == 2
+    assert "model.0.weight" in proc.stderr and "optimizer.state.0.momentum_buffer" in proc.stderr
+    run("apply", path, "-o", tmp_path / "o.pt", "-t", "model.0.weight", "-t", "optimizer.state.0.momentum_buffer",
+        "--to", "4", check=0)
+    out = torch.load(tmp_path / "o.pt", weights_only=False)  # torch 1.13's weights-only loader lacks BINFLOAT
+    w, m = out["model"]["0.weight"], out["optimizer"]["state"][0]["momentum_buffer"]
+    assert w.shape == m.shape == (8, 4, 3, 3)
+    assert torch.equal(w[:, :3], ckpt["model"]["0.weight"]) and torch.all(w[:, 3] == 0)
+    assert torch.equal(m[:, :3], ckpt["optimizer"]["state"][0]["momentum_buffer"])
+    out["model"]["0.weight"] = ckpt["model"]["0.weight"]
+    out["optimizer"]["state"][0]["momentum_buffer"] = ckpt["optimizer"]["state"][0]["momentum_buffer"]
+    assert_same(ckpt, out)
+    assert out["model"]._metadata == ckpt["model"]._metadata
+    # a cast that changes nothing keeps every value too
+    run("apply", path, "-o", tmp_path / "same.pt", "--cast", "f32", check=0)
+    assert_same(ckpt, torch.load(tmp_path / "same.pt", weights_only=False))
+    run("apply", path, "-o", tmp_path / "half.pt", "--cast", "f16", check=0)
+    half = torch.load(tmp_path / "half.pt", weights_only=False)
+    assert half["model"]["0.weight"].dtype == torch.float16 and half["model"]["1.num_batches_tracked"].dtype == torch.int64
+    assert torch.equal(half["model"]["0.weight"], ckpt["model"]["0.weight"].half())
+    # to safetensors: the non-tensor values are named as dropped
+    proc = run("apply", path, "-o", tmp_path / "t.safetensors")
+    assert proc.returncode == 0 and "warning" in proc.stderr and "epoch" in proc.stderr and "lr" in proc.stderr
+
+
+def test_tied_weights_stay_tied(tmp_path):
+    torch.manual_seed(0)
+    shared = torch.randn(10, 3, 3, 3)
+    path = tmp_path / "tied.pt"
+    torch.save({"encoder.conv.weight": shared, "decoder.conv.weight": shared, "head.weight": torch.randn(4, 3, 2, 2)},
+               path)
+    run("apply", path, "-o", tmp_path / "o.pt", "-t", "head.weight", "--to", "5", check=0)
+    out = torch.load(tmp_path / "o.pt", weights_only=True)
+    assert out["encoder.conv.weight"].data_ptr() == out["decoder.conv.weight"].data_ptr()
+    assert torch.equal(out["encoder.conv.weight"], shared)
+    # widening one of the two gives it its own storage; the other keeps the old one
+    run("apply", path, "-o", tmp_path / "o2.pt", "-t", "encoder.conv.weight", "--to", "4", check=0)
+    out = torch.load(tmp_path / "o2.pt", weights_only=True)
+    assert out["encoder.conv.weight"].shape == (10, 4, 3, 3) and torch.equal(out["decoder.conv.weight"], shared)
+    proc = run("apply", path, "-o", tmp_path / "o.safetensors", "-t", "head.weight", "--to", "5")
+    assert proc.returncode == 0 and "share" in proc.stderr
+
+
+def zip_with_pickle(path, data, extra=None):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", data)
+        for name, blob in (extra or {}).items():
+            z.writestr(name, blob)
+        z.writestr("archive/version", "3\n")
+    return path
+
+
+MARKER = "/tmp/widen-test-pwned"
+MALICIOUS = {
+    "os_system": (b"\x80\x02cos\nsystem\nX" + struct.pack("<I", len(f"touch {MARKER}")) + f"touch {MARKER}".encode()
+                  + b"\x85R.", "os.system"),
+    "reduce_on_string": (b"\x80\x02X\x01\x00\x00\x00a)R.", "REDUCE"),
+    "unknown_opcode": (b"\x80\x02(I1\n.", "opcode"),
+    "memo_out_of_range": (b"\x80\x02h\x05.", "memo"),
+    "nesting": (b"\x80\x02" + b"]" * 10000 + b"a" * 9999 + b".", "deeper"),
+    "numpy_global": (b"\x80\x02cnumpy.core.multiarray\nscalar\n.", "numpy.core.multiarray.scalar"),
+    "persid_not_storage": (b"\x80\x02X\x03\x00\x00\x00abc\x85Q.", "persistent id"),
+    "no_stop": (b"\x80\x02}", "STOP"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS))
+def test_malicious_pickles_exit_3_and_run_nothing(tmp_path, case):
+    data, words = MALICIOUS[case]
+    if os.path.exists(MARKER):
+        os.unlink(MARKER)
+    path = zip_with_pickle(tmp_path / f"{case}.pt", data)
+    for args in (["inspect", path], ["apply", path, "-o", tmp_path / "o.pt", "--to", "4"]):
+        proc = run(*args)
+        assert proc.returncode == 3, (case, proc.stderr)
+        assert proc.stderr.startswith("widen: error: ") and words in proc.stderr, proc.stderr
+    assert not os.path.exists(MARKER)
+    assert sorted(os.listdir(tmp_path)) == [path.name]
+
+
+def test_broken_archives(tmp_path):
+    torch.save({"a": torch.zeros(4, 3, 2, 2), "b": torch.ones(8)}, tmp_path / "ok.pt")
+    good = (tmp_path / "ok.pt").read_bytes()
+    z = zipfile.ZipFile(io.BytesIO(good))
+    infos = z.infolist()
+    cd = good.rindex(b"PK\x01\x02" + good[good.index(b"PK\x01\x02") + 4:good.index(b"PK\x01\x02") + 6])
+    cases = {}
+    # an entry whose size runs past the end of the file
+    data = bytearray(good)
+    first = good.index(b"PK\x01\x02")
+    data[first + 20:first + 28] = struct.pack("<II", 0x7FFFFFF0, 0x7FFFFFF0)
+    cases["past_end"] = (bytes(data), "past the end")
+    # two entries whose data overlap: the second central entry points at the first local header
+    data = bytearray(good)
+    second = good.index(b"PK\x01\x02", first + 4)
+    data[second + 42:second + 46] = good[first + 42:first + 46]
+    cases["overlap"] = (bytes(data), "overlap")
+    legacy = io.BytesIO()
+    torch.save({"a": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    cases["legacy"] = (legacy.getvalue(), "legacy")
+    cases["truncated"] = (good[: len(good) // 2], "zip")
+    assert infos and cd
+    for case, (blob, words) in cases.items():
+        path = tmp_path / f"{case}.pt"
+        path.write_bytes(blob)
+        proc = run("apply", path, "-o", tmp_path / "o.pt", "--to", "4")
+        assert proc.returncode == 3 and words in proc.stderr, (case, proc.stderr)
+        assert not (tmp_path / "o.pt").exists()
