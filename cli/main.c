@@ -256,6 +256,8 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
                 json_object_set_new(obj, "shape", shape_json(t));
                 json_object_set_new(obj, "bytes", json_integer((json_int_t)t->nbytes));
                 json_object_set_new(obj, "offset", json_integer((json_int_t)t->offset));
+                if (widen_tensor_storage(c, i))
+                    json_object_set_new(obj, "storage", json_string(widen_tensor_storage(c, i)));
             }
             if (want_hash) {
                 widen_hash128_hex(hashes[i], hex);
@@ -298,6 +300,20 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
         if (want_hash) {
             widen_hash128_hex(file_hash, hex);
             printf("file XXH3-128 %s\n", hex);
+        }
+        /* storages several tensors view: widening one of them gives it a storage of its own */
+        for (size_t i = 0; i < n; i++) {
+            const char *key = widen_tensor_storage(c, i);
+            int first = 1, shared = 0;
+            for (size_t k = 0; key && k < n; k++) {
+                if (k != i && strcmp(widen_tensor_storage(c, k), key) == 0) shared = 1;
+                if (k < i && strcmp(widen_tensor_storage(c, k), key) == 0) first = 0;
+            }
+            if (!shared || !first) continue;
+            printf("note: storage %s is shared by", key);
+            for (size_t k = 0; k < n; k++)
+                if (strcmp(widen_tensor_storage(c, k), key) == 0) printf(" %s", widen_tensor_at(c, k)->name);
+            printf(" (a transformed one gets a storage of its own)\n");
         }
     }
 done:

@@ -231,6 +231,11 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
         /* the manifest's per-tensor hashes: one more read of the tensors */
         if (!st && options->manifest_path) st = widen_execute(ckpt, &plan, &eo, sink_none, NULL, err);
     } else {
+        for (size_t i = 0; i < plan.count && !st; i++)
+            if (plan.tensors[i].strided)
+                st = widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' is stored with non-contiguous strides; writing it "
+                                "to safetensors is not in this version", input, plan.tensors[i].name);
+        if (st) goto done;
         widen_torch_conversion_notes(ckpt, options->warning, options->warning_user);
         write_sink ws = {.fd = out.fd, .target = output};
         if (!(st = widen_safetensors_header(&plan, ckpt, provenance, &header, &header_len, err)) &&

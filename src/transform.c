@@ -325,10 +325,12 @@ widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *
     }
     plan->identity->kind = WIDEN_MAP_SOURCE;
     for (size_t i = 0; i < c->count; i++) {
-        if (widen_tensor_strided(c, i)) {
+        const widen_tensor_info *t = &c->tensors[i];
+        int cast = tr->cast && widen_dtype_is_computable(t->dtype) && t->dtype != tr->cast_to;
+        if (widen_tensor_strided(c, i) && (cast || widen_transform_edit(tr, t->name))) {
             widen_plan_free(plan);
             return widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' is stored with non-contiguous strides, which widen "
-                              "does not convert yet", c->path, c->tensors[i].name);
+                              "does not transform yet", c->path, t->name);
         }
     }
     for (size_t i = 0; i < c->count; i++) {
@@ -342,6 +344,7 @@ widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *
         memcpy(p->shape, t->shape, sizeof p->shape);
         p->nbytes = t->nbytes;
         p->axis = -1;
+        p->strided = widen_tensor_strided(c, i);
         bool cast = tr->cast && widen_dtype_is_computable(t->dtype) && t->dtype != tr->cast_to;
         if (cast) p->dtype = tr->cast_to;
         const widen_tensor_edit *e = widen_transform_edit(tr, t->name);

@@ -175,6 +175,11 @@ size_t widen_tensor_count(const widen_checkpoint *ckpt);
 const widen_tensor_info *widen_tensor_at(const widen_checkpoint *ckpt, size_t index);
 /* Index of the tensor called `name`, or -1. */
 long widen_tensor_find(const widen_checkpoint *ckpt, const char *name);
+/* For a PyTorch checkpoint: the key of the storage tensor `index` views (tensors that share a
+ * storage are views or tied weights), and whether it is stored with non-contiguous strides (its
+ * nbytes is then 0). NULL / 0 for safetensors. */
+const char *widen_tensor_storage(const widen_checkpoint *ckpt, size_t index);
+
 /* String metadata (safetensors __metadata__), in file order. */
 size_t widen_metadata_count(const widen_checkpoint *ckpt);
 void widen_metadata_at(const widen_checkpoint *ckpt, size_t index, const char **key, const char **value);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "../internal.h"
 #include "torch.h"
@@ -264,11 +265,20 @@ widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
     const widen_zip_entry *order = widen_zip_find(&ts->zip, name);
     if (order && !(order->size == 6 && memcmp(c->map + order->data_offset, "little", 6) == 0))
         return BAD("%s: a big-endian PyTorch checkpoint (byteorder record), which widen does not read yet", c->path);
+    /* CRCs are optional (writers may leave them zero); the pickle's is checked where present */
+    if (pkl->crc && (uint32_t)crc32(0, c->map + pkl->data_offset, (uInt)pkl->size) != pkl->crc)
+        return BAD("%s: %sdata.pkl fails its CRC-32 check (a damaged file)", c->path, ts->prefix);
     char what[600];
     snprintf(what, sizeof what, "%s: %sdata.pkl", c->path, ts->prefix);
     if ((st = pk_load(c->map + pkl->data_offset, (size_t)pkl->size, what, &ts->arena, &ts->root, err))) return st;
     walker w = {.ckpt = c, .ts = ts, .err = err};
     return walk(&w, NULL, &ts->root, "");
+}
+
+const char *widen_tensor_storage(const widen_checkpoint *c, size_t index)
+{
+    const torch_state *ts = strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
+    return ts && index < c->count ? ts->storages[ts->tensors[index].storage].key : NULL;
 }
 
 int widen_tensor_strided(const widen_checkpoint *c, size_t index)
