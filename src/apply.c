@@ -227,6 +227,12 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
                              .progress_user = options->progress_user};
     if ((st = temp_open(output, &out, err))) goto done;
     if (to_pt) {
+        if (ckpt->metadata_count && options->warning) {
+            char line[600];
+            snprintf(line, sizeof line, "%s: a .pt state dict has no place for safetensors metadata: dropping %zu "
+                     "key%s", input, ckpt->metadata_count, ckpt->metadata_count == 1 ? "" : "s");
+            options->warning(options->warning_user, line);
+        }
         st = widen_torch_write(ckpt, transform, &plan, out.fd, output, &eo, err);
         /* the manifest's per-tensor hashes: one more read of the tensors */
         if (!st && options->manifest_path) st = widen_execute(ckpt, &plan, &eo, sink_none, NULL, err);

@@ -151,6 +151,7 @@ def test_tied_weights_stay_tied(tmp_path):
     path = tmp_path / "tied.pt"
     torch.save({"encoder.conv.weight": shared, "decoder.conv.weight": shared, "head.weight": torch.randn(4, 3, 2, 2)},
                path)
+    assert "shared by encoder.conv.weight decoder.conv.weight" in run("inspect", path, check=0).stdout
     run("apply", path, "-o", tmp_path / "o.pt", "-t", "head.weight", "--to", "5", check=0)
     out = torch.load(tmp_path / "o.pt", weights_only=True)
     assert out["encoder.conv.weight"].data_ptr() == out["decoder.conv.weight"].data_ptr()
@@ -228,3 +229,55 @@ def test_broken_archives(tmp_path):
         proc = run("apply", path, "-o", tmp_path / "o.pt", "--to", "4")
         assert proc.returncode == 3 and words in proc.stderr, (case, proc.stderr)
         assert not (tmp_path / "o.pt").exists()
+
+
+def test_safetensors_to_pt_and_back(tmp_path):
+    from reference import f32_to_bf16_bits, save
+    rng = np.random.default_rng(3)
+    tensors = {"conv.weight": ("F32", rng.standard_normal((6, 3, 3, 3)).astype(np.float32)),
+               "half": ("F16", rng.standard_normal((2, 3)).astype(np.float16)),
+               "brain": ("BF16", f32_to_bf16_bits(rng.standard_normal(5).astype(np.float32))),
+               "count": ("I64", np.int64(7).reshape(())), "mask": ("BOOL", rng.random(4) > 0.5)}
+    src = tmp_path / "m.safetensors"
+    save(str(src), tensors, {"format": "pt"})
+    proc = run("apply", src, "-o", tmp_path / "m.pt")  # a conversion: no transform
+    assert proc.returncode == 0 and "metadata" in proc.stderr
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert type(state).__name__ == "OrderedDict" and set(state) == set(tensors)
+    for name, (dtype, array) in tensors.items():
+        got = state[name]
+        if dtype == "BF16":
+            assert got.dtype == torch.bfloat16 and np.array_equal(got.view(torch.int16).numpy().view(np.uint16), array)
+        else:
+            assert np.array_equal(got.numpy(), array), name
+    run("apply", src, "-o", tmp_path / "w.pt", "--to", "4", "--manifest", tmp_path / "w.json", check=0)
+    widened = torch.load(tmp_path / "w.pt", weights_only=True)["conv.weight"]
+    assert widened.shape == (6, 4, 3, 3) and np.array_equal(widened[:, :3].numpy(), tensors["conv.weight"][1])
+    run("verify", src, tmp_path / "w.pt", "--manifest", tmp_path / "w.json", check=0)
+    # and back: the same bytes as the original tensors
+    run("apply", tmp_path / "m.pt", "-o", tmp_path / "back.safetensors", check=0)
+    _, back, _, _ = load(str(tmp_path / "back.safetensors"))
+    assert {k: (d, a.tobytes()) for k, (d, a) in back.items()} == {
+        k: (d, np.ascontiguousarray(a).tobytes()) for k, (d, a) in tensors.items()}
+
+
+def test_rebuild_tensor_v3_and_parameters_are_read(tmp_path):
+    """Newer torch writes float8 and other new dtypes as _rebuild_tensor_v3 over an UntypedStorage
+    (numel in bytes), and Parameters through _rebuild_parameter; torch 1.13 writes neither, so the
+    pickle is spelled out here."""
+    def s(text):
+        return b"X" + struct.pack("<I", len(text)) + text.encode()
+    hooks = b"ccollections\nOrderedDict\n)R"
+    v3 = (b"ctorch._utils\n_rebuild_tensor_v3\n((" + s("storage") + b"ctorch\nUntypedStorage\n" + s("0") + s("cpu")
+          + b"K\x04tQK\x00K\x02K\x02\x86K\x02K\x01\x86\x89" + hooks + b"ctorch\nfloat8_e4m3fn\ntR")
+    v2 = (b"ctorch._utils\n_rebuild_tensor_v2\n((" + s("storage") + b"ctorch\nFloatStorage\n" + s("1") + s("cpu")
+          + b"K\x03tQK\x00K\x03\x85K\x01\x85\x89" + hooks + b"tR")
+    param = b"ctorch._utils\n_rebuild_parameter\n(" + v2 + b"\x88" + hooks + b"tR"
+    pickle = b"\x80\x02}(" + s("f8") + v3 + s("p") + param + b"u."
+    path = zip_with_pickle(tmp_path / "v3.pt", pickle, {"archive/data/0": bytes([1, 2, 3, 4]),
+                                                         "archive/data/1": np.float32([1, 2, 3]).tobytes()})
+    doc = json.loads(run("inspect", path, "--json", check=0).stdout)
+    assert [(t["name"], t["dtype"], t["shape"]) for t in doc["tensors"]] == [("f8", "F8_E4M3", [2, 2]), ("p", "F32", [3])]
+    run("apply", path, "-o", tmp_path / "o.safetensors", check=0)
+    _, got, _, _ = load(str(tmp_path / "o.safetensors"))
+    assert got["f8"][1].tobytes() == bytes([1, 2, 3, 4]) and got["p"][1].tolist() == [1.0, 2.0, 3.0]

@@ -63,7 +63,12 @@ int pk_append(pk_arena *a, pk_node *parent, pk_node *child)
     return 0;
 }
 
-static int kv_append(pk_node *parent, pk_node *k, pk_node *v)
+pk_arena *pk_arena_new(void)
+{
+    return calloc(1, sizeof(pk_arena));
+}
+
+int pk_kv_append(pk_node *parent, pk_node *k, pk_node *v)
 {
     if (grow((void **)&parent->kv, &parent->kv_cap, parent->kv_count + 2, sizeof *parent->kv)) return -1;
     parent->kv[parent->kv_count++] = k;
@@ -315,7 +320,7 @@ static int step(vm *v, int *stop, pk_node **result)
     case 's': /* SETITEM */
         if (!(b = pop(v, "SETITEM")) || !(a = pop(v, "SETITEM")) || !(n = top(v, "SETITEM"))) return -1;
         if (!dict_like(n)) return FAIL("%s: pickle SETITEM on something that is not a dict", v->what), -1;
-        if (kv_append(n, a, b)) return push(v, NULL);
+        if (pk_kv_append(n, a, b)) return push(v, NULL);
         return adopt(v, n, a) || adopt(v, n, b) ? -1 : 0;
     case 'u': /* SETITEMS */
         if (pop_mark(v, "SETITEMS", &from)) return -1;
@@ -323,7 +328,7 @@ static int step(vm *v, int *stop, pk_node **result)
             return FAIL("%s: pickle SETITEMS on something that is not a dict, or with an odd count", v->what), -1;
         n = v->stack[from - 1];
         for (size_t i = from; i < v->sp; i += 2)
-            if (kv_append(n, v->stack[i], v->stack[i + 1])) return push(v, NULL);
+            if (pk_kv_append(n, v->stack[i], v->stack[i + 1])) return push(v, NULL);
             else if (adopt(v, n, v->stack[i]) || adopt(v, n, v->stack[i + 1])) return -1;
         v->sp = from;
         return 0;

@@ -38,7 +38,9 @@ typedef struct pk_arena pk_arena;
  * global or problem) for anything outside the allowlist or malformed. */
 widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk_arena **arena, pk_node **root,
                      widen_error *err);
+pk_arena *pk_arena_new(void);
 void pk_arena_free(pk_arena *arena);
+int pk_kv_append(pk_node *parent, pk_node *key, pk_node *value);
 pk_node *pk_new(pk_arena *arena, pk_kind kind);
 int pk_append(pk_arena *arena, pk_node *parent, pk_node *child);
 

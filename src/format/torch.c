@@ -315,3 +315,102 @@ void widen_torch_conversion_notes(const widen_checkpoint *c, void (*warning)(voi
         warning(user, line);
     }
 }
+
+/* ---------------------------------------------------------------------------------------------- */
+/* A safetensors checkpoint seen as a torch one: the object tree torch.save(state_dict) would pickle
+ * (an OrderedDict of _rebuild_tensor_v2 calls, one storage per tensor), so that it can be written
+ * as a .pt file. */
+
+static pk_node *node_str(pk_arena *a, const char *text)
+{
+    pk_node *n = pk_new(a, PK_STR);
+    if (n && (n->s = strdup(text))) n->len = strlen(text);
+    return n && n->s ? n : NULL;
+}
+
+static pk_node *node_int(pk_arena *a, int64_t v)
+{
+    pk_node *n = pk_new(a, PK_INT);
+    if (n) n->i = v;
+    return n;
+}
+
+static pk_node *node_global(pk_arena *a, const char *module, const char *name)
+{
+    pk_node *n = pk_new(a, PK_GLOBAL);
+    if (n && (n->s = strdup(module)) && (n->name = strdup(name))) return n;
+    return NULL;
+}
+
+static pk_node *node_call(pk_arena *a, pk_node *callable, pk_node *args)
+{
+    pk_node *n = pk_new(a, PK_REDUCE);
+    if (!n || !callable || !args || pk_append(a, n, callable) || pk_append(a, n, args)) return NULL;
+    return n;
+}
+
+static pk_node *node_tuple(pk_arena *a, pk_node **items, size_t count)
+{
+    pk_node *n = pk_new(a, PK_TUPLE);
+    for (size_t i = 0; n && i < count; i++)
+        if (!items[i] || pk_append(a, n, items[i])) return NULL;
+    return n;
+}
+
+widen_status widen_torch_synthesize(widen_checkpoint *c, widen_error *err)
+{
+    if (c->format_state) return WIDEN_OK;
+    torch_state *ts = calloc(1, sizeof *ts);
+    if (!ts) return widen_fail(err, WIDEN_EIO, "out of memory");
+    c->format_state = ts;
+    c->format_free = widen_torch_free;
+    ts->prefix = strdup("archive/");
+    ts->arena = pk_arena_new();
+    ts->zip.entries = calloc(c->count + 1, sizeof *ts->zip.entries);
+    ts->storages = calloc(c->count + 1, sizeof *ts->storages);
+    ts->tensors = calloc(c->count + 1, sizeof *ts->tensors);
+    if (!ts->prefix || !ts->arena || !ts->zip.entries || !ts->storages || !ts->tensors)
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    pk_arena *a = ts->arena;
+    pk_node *empty = node_tuple(a, NULL, 0);
+    ts->root = node_call(a, node_global(a, "collections", "OrderedDict"), empty);
+    if (!ts->root) return widen_fail(err, WIDEN_EIO, "out of memory");
+    for (size_t i = 0; i < c->count; i++) {
+        const widen_tensor_info *t = &c->tensors[i];
+        const char *type = widen_torch_storage_name(t->dtype);
+        if (!type)
+            return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' is %s, which has no torch storage type widen writes",
+                              c->path, t->name, widen_dtype_name(t->dtype));
+        char key[32];
+        snprintf(key, sizeof key, "%zu", i);
+        uint64_t numel = t->nbytes / (widen_dtype_bits(t->dtype) / 8), stride = 1;
+        pk_node *sizes[WIDEN_MAX_RANK], *strides[WIDEN_MAX_RANK];
+        for (int d = t->rank - 1; d >= 0; d--) {
+            sizes[d] = node_int(a, (int64_t)t->shape[d]);
+            strides[d] = node_int(a, (int64_t)stride);
+            stride *= t->shape[d] ? t->shape[d] : 1;
+        }
+        pk_node *pid_items[] = {node_str(a, "storage"), node_global(a, "torch", type), node_str(a, key), node_str(a, "cpu"),
+                                node_int(a, (int64_t)numel)};
+        pk_node *pid = pk_new(a, PK_PERSID), *pid_tuple = node_tuple(a, pid_items, 5);
+        if (!pid || !pid_tuple || pk_append(a, pid, pid_tuple)) return widen_fail(err, WIDEN_EIO, "out of memory");
+        pk_node *hooks = node_call(a, node_global(a, "collections", "OrderedDict"), node_tuple(a, NULL, 0));
+        pk_node *requires_grad = pk_new(a, PK_BOOL);
+        pk_node *args_items[] = {pid, node_int(a, 0), node_tuple(a, sizes, (size_t)t->rank),
+                                 node_tuple(a, strides, (size_t)t->rank), requires_grad, hooks};
+        pk_node *call = node_call(a, node_global(a, "torch._utils", "_rebuild_tensor_v2"), node_tuple(a, args_items, 6));
+        pk_node *name = node_str(a, t->name);
+        if (!call || !name || pk_kv_append(ts->root, name, call)) return widen_fail(err, WIDEN_EIO, "out of memory");
+        widen_zip_entry *e = &ts->zip.entries[ts->zip.count++];
+        e->data_offset = t->offset;
+        e->size = t->nbytes;
+        torch_storage *s = &ts->storages[ts->storage_count++];
+        if (!(s->key = strdup(key))) return widen_fail(err, WIDEN_EIO, "out of memory");
+        s->dtype = t->dtype;
+        s->numel = numel;
+        s->entry = e;
+        ts->tensors[i] = (torch_tensor){.node = call, .holder = ts->root, .storage = i, .contiguous = 1};
+    }
+    for (size_t i = 0; i < c->count; i++) ts->tensors[i].slot = &ts->root->kv[2 * i + 1];
+    return WIDEN_OK;
+}

@@ -10,6 +10,7 @@
 #include "torch.h"
 
 const char *widen_torch_storage_name(widen_dtype dtype);
+widen_status widen_torch_synthesize(widen_checkpoint *c, widen_error *err);
 
 typedef struct out_storage {
     long input;      /* input storage index, or -1 for a transformed tensor's new storage */
@@ -207,10 +208,9 @@ static widen_status sink_archive(void *user, size_t index, uint64_t offset, cons
 widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, const widen_plan *tensor_plan, int fd,
                                const char *target, const widen_exec_options *eo, widen_error *err)
 {
-    torch_state *ts = strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
-    if (!ts)
-        return widen_fail(err, WIDEN_EUSAGE, "%s: writing a PyTorch checkpoint from %s input is not in this version; use a "
-                          ".safetensors OUTPUT", target, c->format);
+    widen_status st0 = widen_torch_synthesize(c, err); /* a safetensors input gets a state dict's tree */
+    if (st0) return st0;
+    torch_state *ts = c->format_state;
     writer w = {.ckpt = c, .ts = ts, .arena = ts->arena, .err = err};
     size_t edits = 0;
     for (size_t i = 0; i < tensor_plan->count; i++) edits += tensor_plan->tensors[i].axis >= 0;
