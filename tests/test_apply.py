@@ -238,7 +238,7 @@ def test_usage_errors_exit_2_and_leave_nothing(tmp_path, model):
         ["--to", "4", "--map", "0,1,2,zero"],            # exclusive
         ["--cast", "f64"],
         [],                                              # nothing to do
-        ["--to", "4", "--format", "pt"],
+        ["--to", "4", "--format", "npy"],
         ["--to", "4", "--axis", "x"],
     ]
     for args in cases:
