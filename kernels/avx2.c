@@ -170,11 +170,7 @@ const widen_kernels widen_kernels_avx2 = {
     .isa = WIDEN_ISA_AVX2,
     .copy = copy_avx2,
     .fill = fill_avx2,
-    .convert = {
-        [WIDEN_CK_F32] = {[WIDEN_CK_F16] = f32_to_f16, [WIDEN_CK_BF16] = f32_to_bf16},
-        [WIDEN_CK_F16] = {[WIDEN_CK_F32] = f16_to_f32, [WIDEN_CK_BF16] = f16_to_bf16},
-        [WIDEN_CK_BF16] = {[WIDEN_CK_F32] = bf16_to_f32, [WIDEN_CK_F16] = bf16_to_f16},
-    },
+    .convert = WIDEN_CONVERT_ENTRIES,
     .rows = widen_rows_avx2,
     .fence = fence_avx2,
     WIDEN_HASH_ENTRIES(avx2),

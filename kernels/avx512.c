@@ -153,11 +153,7 @@ const widen_kernels widen_kernels_avx512 = {
     .isa = WIDEN_ISA_AVX512,
     .copy = copy_avx512,
     .fill = fill_avx512,
-    .convert = {
-        [WIDEN_CK_F32] = {[WIDEN_CK_F16] = f32_to_f16, [WIDEN_CK_BF16] = f32_to_bf16},
-        [WIDEN_CK_F16] = {[WIDEN_CK_F32] = f16_to_f32, [WIDEN_CK_BF16] = f16_to_bf16},
-        [WIDEN_CK_BF16] = {[WIDEN_CK_F32] = bf16_to_f32, [WIDEN_CK_F16] = bf16_to_f16},
-    },
+    .convert = WIDEN_CONVERT_ENTRIES,
     .rows = rows_avx512,
     .fence = fence_avx512,
     WIDEN_HASH_ENTRIES(avx512),

@@ -56,6 +56,14 @@ typedef struct widen_kernels {
     widen_hash128 (*hash_digest)(const widen_hash_state *state);
 } widen_kernels;
 
+/* The convert table of an ISA file whose six converts are named f32_to_f16, f32_to_bf16, ... */
+#define WIDEN_CONVERT_ENTRIES                                                                      \
+    {                                                                                              \
+        [WIDEN_CK_F32] = {[WIDEN_CK_F16] = f32_to_f16, [WIDEN_CK_BF16] = f32_to_bf16},             \
+        [WIDEN_CK_F16] = {[WIDEN_CK_F32] = f16_to_f32, [WIDEN_CK_BF16] = f16_to_bf16},             \
+        [WIDEN_CK_BF16] = {[WIDEN_CK_F32] = bf16_to_f32, [WIDEN_CK_F16] = bf16_to_f16},            \
+    }
+
 /* The registry: X(ISA enum, table symbol). Adding an ISA is one file and one line here. */
 #if defined(__x86_64__)
 #define WIDEN_ARCH_KERNELS(X) X(WIDEN_ISA_AVX2, widen_kernels_avx2) X(WIDEN_ISA_AVX512, widen_kernels_avx512)

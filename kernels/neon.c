@@ -92,11 +92,7 @@ const widen_kernels widen_kernels_neon = {
     .isa = WIDEN_ISA_NEON,
     .copy = copy_neon,
     .fill = fill_neon,
-    .convert = {
-        [WIDEN_CK_F32] = {[WIDEN_CK_F16] = f32_to_f16, [WIDEN_CK_BF16] = f32_to_bf16},
-        [WIDEN_CK_F16] = {[WIDEN_CK_F32] = f16_to_f32, [WIDEN_CK_BF16] = f16_to_bf16},
-        [WIDEN_CK_BF16] = {[WIDEN_CK_F32] = bf16_to_f32, [WIDEN_CK_F16] = bf16_to_f16},
-    },
+    .convert = WIDEN_CONVERT_ENTRIES,
     .rows = rows_neon,
     WIDEN_HASH_ENTRIES(neon),
 };

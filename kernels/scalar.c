@@ -52,18 +52,18 @@ void widen_convert_scalar(int from, int to, void *dst, const void *src, size_t n
     }
 }
 
-#define SCALAR_CONVERT(from, to)                                                                   \
-    static void convert_##from##_##to(void *dst, const void *src, size_t n, int stream)            \
+#define SCALAR_CONVERT(name, from, to)                                                             \
+    static void name(void *dst, const void *src, size_t n, int stream)                             \
     {                                                                                              \
         (void)stream;                                                                              \
         widen_convert_scalar(WIDEN_CK_##from, WIDEN_CK_##to, dst, src, n);                         \
     }
-SCALAR_CONVERT(F32, F16)
-SCALAR_CONVERT(F32, BF16)
-SCALAR_CONVERT(F16, F32)
-SCALAR_CONVERT(F16, BF16)
-SCALAR_CONVERT(BF16, F32)
-SCALAR_CONVERT(BF16, F16)
+SCALAR_CONVERT(f32_to_f16, F32, F16)
+SCALAR_CONVERT(f32_to_bf16, F32, BF16)
+SCALAR_CONVERT(f16_to_f32, F16, F32)
+SCALAR_CONVERT(f16_to_bf16, F16, BF16)
+SCALAR_CONVERT(bf16_to_f32, BF16, F32)
+SCALAR_CONVERT(bf16_to_f16, BF16, F16)
 
 WIDEN_DEFINE_HASH(scalar)
 
@@ -71,10 +71,6 @@ const widen_kernels widen_kernels_scalar = {
     .isa = WIDEN_ISA_SCALAR,
     .copy = copy_scalar,
     .fill = fill_scalar,
-    .convert = {
-        [WIDEN_CK_F32] = {[WIDEN_CK_F16] = convert_F32_F16, [WIDEN_CK_BF16] = convert_F32_BF16},
-        [WIDEN_CK_F16] = {[WIDEN_CK_F32] = convert_F16_F32, [WIDEN_CK_BF16] = convert_F16_BF16},
-        [WIDEN_CK_BF16] = {[WIDEN_CK_F32] = convert_BF16_F32, [WIDEN_CK_F16] = convert_BF16_F16},
-    },
+    .convert = WIDEN_CONVERT_ENTRIES,
     WIDEN_HASH_ENTRIES(scalar),
 };

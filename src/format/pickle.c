@@ -76,6 +76,42 @@ int pk_kv_append(pk_node *parent, pk_node *k, pk_node *v)
     return 0;
 }
 
+pk_node *pk_str(pk_arena *a, const char *text)
+{
+    pk_node *n = pk_new(a, PK_STR);
+    if (n && (n->s = strdup(text))) n->len = strlen(text);
+    return n && n->s ? n : NULL;
+}
+
+pk_node *pk_int(pk_arena *a, int64_t v)
+{
+    pk_node *n = pk_new(a, PK_INT);
+    if (n) n->i = v;
+    return n;
+}
+
+pk_node *pk_global(pk_arena *a, const char *module, const char *name)
+{
+    pk_node *n = pk_new(a, PK_GLOBAL);
+    if (n && (n->s = strdup(module)) && (n->name = strdup(name))) return n;
+    return NULL;
+}
+
+pk_node *pk_tuple(pk_arena *a, pk_node **items, size_t count)
+{
+    pk_node *n = pk_new(a, PK_TUPLE);
+    for (size_t i = 0; n && i < count; i++)
+        if (!items[i] || pk_append(a, n, items[i])) return NULL;
+    return n;
+}
+
+pk_node *pk_call(pk_arena *a, pk_node *callable, pk_node *args)
+{
+    pk_node *n = pk_new(a, PK_REDUCE);
+    if (!n || !callable || !args || pk_append(a, n, callable) || pk_append(a, n, args)) return NULL;
+    return n;
+}
+
 int pk_is_global(const pk_node *n, const char *module, const char *name)
 {
     return n && n->kind == PK_GLOBAL && strcmp(n->s, module) == 0 && strcmp(n->name, name) == 0;

@@ -43,6 +43,12 @@ void pk_arena_free(pk_arena *arena);
 int pk_kv_append(pk_node *parent, pk_node *key, pk_node *value);
 pk_node *pk_new(pk_arena *arena, pk_kind kind);
 int pk_append(pk_arena *arena, pk_node *parent, pk_node *child);
+/* Node constructors (NULL when out of memory; a NULL argument gives NULL). */
+pk_node *pk_str(pk_arena *arena, const char *text);
+pk_node *pk_int(pk_arena *arena, int64_t value);
+pk_node *pk_global(pk_arena *arena, const char *module, const char *name);
+pk_node *pk_tuple(pk_arena *arena, pk_node **items, size_t count);
+pk_node *pk_call(pk_arena *arena, pk_node *callable, pk_node *args); /* REDUCE */
 
 /* Sets every node's memo field (the writer's slot, or a walk's visited mark) back to -1. */
 void pk_clear_marks(pk_arena *arena);

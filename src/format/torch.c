@@ -321,42 +321,6 @@ void widen_torch_conversion_notes(const widen_checkpoint *c, void (*warning)(voi
  * (an OrderedDict of _rebuild_tensor_v2 calls, one storage per tensor), so that it can be written
  * as a .pt file. */
 
-static pk_node *node_str(pk_arena *a, const char *text)
-{
-    pk_node *n = pk_new(a, PK_STR);
-    if (n && (n->s = strdup(text))) n->len = strlen(text);
-    return n && n->s ? n : NULL;
-}
-
-static pk_node *node_int(pk_arena *a, int64_t v)
-{
-    pk_node *n = pk_new(a, PK_INT);
-    if (n) n->i = v;
-    return n;
-}
-
-static pk_node *node_global(pk_arena *a, const char *module, const char *name)
-{
-    pk_node *n = pk_new(a, PK_GLOBAL);
-    if (n && (n->s = strdup(module)) && (n->name = strdup(name))) return n;
-    return NULL;
-}
-
-static pk_node *node_call(pk_arena *a, pk_node *callable, pk_node *args)
-{
-    pk_node *n = pk_new(a, PK_REDUCE);
-    if (!n || !callable || !args || pk_append(a, n, callable) || pk_append(a, n, args)) return NULL;
-    return n;
-}
-
-static pk_node *node_tuple(pk_arena *a, pk_node **items, size_t count)
-{
-    pk_node *n = pk_new(a, PK_TUPLE);
-    for (size_t i = 0; n && i < count; i++)
-        if (!items[i] || pk_append(a, n, items[i])) return NULL;
-    return n;
-}
-
 widen_status widen_torch_synthesize(widen_checkpoint *c, widen_error *err)
 {
     if (c->format_state) return WIDEN_OK;
@@ -372,8 +336,8 @@ widen_status widen_torch_synthesize(widen_checkpoint *c, widen_error *err)
     if (!ts->prefix || !ts->arena || !ts->zip.entries || !ts->storages || !ts->tensors)
         return widen_fail(err, WIDEN_EIO, "out of memory");
     pk_arena *a = ts->arena;
-    pk_node *empty = node_tuple(a, NULL, 0);
-    ts->root = node_call(a, node_global(a, "collections", "OrderedDict"), empty);
+    pk_node *empty = pk_tuple(a, NULL, 0);
+    ts->root = pk_call(a, pk_global(a, "collections", "OrderedDict"), empty);
     if (!ts->root) return widen_fail(err, WIDEN_EIO, "out of memory");
     for (size_t i = 0; i < c->count; i++) {
         const widen_tensor_info *t = &c->tensors[i];
@@ -386,20 +350,20 @@ widen_status widen_torch_synthesize(widen_checkpoint *c, widen_error *err)
         uint64_t numel = t->nbytes / (widen_dtype_bits(t->dtype) / 8), stride = 1;
         pk_node *sizes[WIDEN_MAX_RANK], *strides[WIDEN_MAX_RANK];
         for (int d = t->rank - 1; d >= 0; d--) {
-            sizes[d] = node_int(a, (int64_t)t->shape[d]);
-            strides[d] = node_int(a, (int64_t)stride);
+            sizes[d] = pk_int(a, (int64_t)t->shape[d]);
+            strides[d] = pk_int(a, (int64_t)stride);
             stride *= t->shape[d] ? t->shape[d] : 1;
         }
-        pk_node *pid_items[] = {node_str(a, "storage"), node_global(a, "torch", type), node_str(a, key), node_str(a, "cpu"),
-                                node_int(a, (int64_t)numel)};
-        pk_node *pid = pk_new(a, PK_PERSID), *pid_tuple = node_tuple(a, pid_items, 5);
+        pk_node *pid_items[] = {pk_str(a, "storage"), pk_global(a, "torch", type), pk_str(a, key), pk_str(a, "cpu"),
+                                pk_int(a, (int64_t)numel)};
+        pk_node *pid = pk_new(a, PK_PERSID), *pid_tuple = pk_tuple(a, pid_items, 5);
         if (!pid || !pid_tuple || pk_append(a, pid, pid_tuple)) return widen_fail(err, WIDEN_EIO, "out of memory");
-        pk_node *hooks = node_call(a, node_global(a, "collections", "OrderedDict"), node_tuple(a, NULL, 0));
+        pk_node *hooks = pk_call(a, pk_global(a, "collections", "OrderedDict"), pk_tuple(a, NULL, 0));
         pk_node *requires_grad = pk_new(a, PK_BOOL);
-        pk_node *args_items[] = {pid, node_int(a, 0), node_tuple(a, sizes, (size_t)t->rank),
-                                 node_tuple(a, strides, (size_t)t->rank), requires_grad, hooks};
-        pk_node *call = node_call(a, node_global(a, "torch._utils", "_rebuild_tensor_v2"), node_tuple(a, args_items, 6));
-        pk_node *name = node_str(a, t->name);
+        pk_node *args_items[] = {pid, pk_int(a, 0), pk_tuple(a, sizes, (size_t)t->rank),
+                                 pk_tuple(a, strides, (size_t)t->rank), requires_grad, hooks};
+        pk_node *call = pk_call(a, pk_global(a, "torch._utils", "_rebuild_tensor_v2"), pk_tuple(a, args_items, 6));
+        pk_node *name = pk_str(a, t->name);
         if (!call || !name || pk_kv_append(ts->root, name, call)) return widen_fail(err, WIDEN_EIO, "out of memory");
         widen_zip_entry *e = &ts->zip.entries[ts->zip.count++];
         e->data_offset = t->offset;

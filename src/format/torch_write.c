@@ -30,28 +30,6 @@ typedef struct writer {
     widen_error *err;
 } writer;
 
-static pk_node *str_node(pk_arena *a, const char *text)
-{
-    pk_node *n = pk_new(a, PK_STR);
-    if (n && !(n->s = strdup(text))) return NULL;
-    if (n) n->len = strlen(text);
-    return n;
-}
-
-static pk_node *int_node(pk_arena *a, int64_t v)
-{
-    pk_node *n = pk_new(a, PK_INT);
-    if (n) n->i = v;
-    return n;
-}
-
-static pk_node *global_node(pk_arena *a, const char *module, const char *name)
-{
-    pk_node *n = pk_new(a, PK_GLOBAL);
-    if (n && (!(n->s = strdup(module)) || !(n->name = strdup(name)))) return NULL;
-    return n;
-}
-
 static long input_storage(const torch_state *ts, const pk_node *persid)
 {
     const char *key = persid->items[0]->items[2]->s;
@@ -81,7 +59,7 @@ static widen_status number(writer *w, pk_node *n)
         }
         char key[32];
         snprintf(key, sizeof key, "%ld", o->key);
-        pk_node *k = str_node(w->arena, key), *type = global_node(w->arena, "torch", widen_torch_storage_name(o->dtype));
+        pk_node *k = pk_str(w->arena, key), *type = pk_global(w->arena, "torch", widen_torch_storage_name(o->dtype));
         if (!k || !type) return widen_fail(w->err, WIDEN_EIO, "out of memory");
         t->items[2] = k;
         t->items[1] = type;
@@ -109,18 +87,18 @@ static widen_status rebind(writer *w, size_t index, const widen_plan_tensor *p, 
     tuple->i = -(int64_t)out - 1; /* marks the new storage until keys are assigned */
     if (pk_append(a, tuple, old_pid->items[0]) || pk_append(a, tuple, old_pid->items[1]) ||
         pk_append(a, tuple, old_pid->items[2]) || pk_append(a, tuple, old_pid->items[3]) ||
-        pk_append(a, tuple, int_node(a, (int64_t)numel)) || pk_append(a, pid, tuple))
+        pk_append(a, tuple, pk_int(a, (int64_t)numel)) || pk_append(a, pid, tuple))
         return widen_fail(w->err, WIDEN_EIO, "out of memory");
     uint64_t stride_v = 1;
     pk_node *strides[WIDEN_MAX_RANK];
     for (int d = p->rank - 1; d >= 0; d--) {
-        strides[d] = int_node(a, (int64_t)stride_v);
+        strides[d] = pk_int(a, (int64_t)stride_v);
         stride_v *= p->shape[d] ? p->shape[d] : 1;
     }
     for (int d = 0; d < p->rank; d++)
-        if (pk_append(a, size, int_node(a, (int64_t)p->shape[d])) || pk_append(a, stride, strides[d]))
+        if (pk_append(a, size, pk_int(a, (int64_t)p->shape[d])) || pk_append(a, stride, strides[d]))
             return widen_fail(w->err, WIDEN_EIO, "out of memory");
-    pk_node *items[] = {pid, int_node(a, 0), size, stride};
+    pk_node *items[] = {pid, pk_int(a, 0), size, stride};
     for (size_t i = 0; i < old_args->count; i++)
         if (pk_append(a, args, i < 4 ? items[i] : old_args->items[i])) return widen_fail(w->err, WIDEN_EIO, "out of memory");
     /* The same tensor object may sit under other names too (torch pickles it once): this name gets
