@@ -108,9 +108,9 @@ void BM_Remap(benchmark::State &state, widen_isa isa, widen_store store, Shape s
   Buffers b(s.rows * s.c * s.inner * d.size, s.rows * s.n * s.inner * d.size);
   std::vector<widen_map_entry> map(s.n);
   for (size_t i = 0; i < s.n; i++)
-    map[i] = i < s.c ? widen_map_entry{WIDEN_MAP_SOURCE, (uint32_t)i, 0} : widen_map_entry{WIDEN_MAP_ZERO, 0, 0};
+    map[i] = i < s.c ? widen_map_entry{WIDEN_MAP_SOURCE, (uint32_t)i, 0, 0} : widen_map_entry{WIDEN_MAP_ZERO, 0, 0, 0};
   widen_remap_job job{b.src, b.dst, d.dtype, d.dtype, s.rows, s.n, s.inner,
-                      s.c * s.inner, s.inner, s.n * s.inner, s.inner, map.data(), store};
+                      s.c * s.inner, s.inner, s.n * s.inner, s.inner, map.data(), store, s.c, 0};
   widen_error err;
   for (auto _ : state) {
     widen_remap(&job, isa, &err);
@@ -121,9 +121,9 @@ void BM_Remap(benchmark::State &state, widen_isa isa, widen_store store, Shape s
 
 void BM_Cast(benchmark::State &state, widen_isa isa, widen_store store, Dt from, Dt to) {
   Buffers b(kCastElements * from.size, kCastElements * to.size);
-  widen_map_entry identity{WIDEN_MAP_SOURCE, 0, 0};
+  widen_map_entry identity{WIDEN_MAP_SOURCE, 0, 0, 0};
   widen_remap_job job{b.src, b.dst, from.dtype, to.dtype, 1, 1, kCastElements, kCastElements, kCastElements,
-                      kCastElements, kCastElements, &identity, store};
+                      kCastElements, kCastElements, &identity, store, 1, 0};
   widen_error err;
   for (auto _ : state) {
     widen_remap(&job, isa, &err);

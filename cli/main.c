@@ -67,9 +67,12 @@ static const char usage_apply[] =
     "transform (one of --to and --map, and/or --cast; none for a plain --format conversion):\n"
     "  --to N                widen to N channels; old channels land at --at P.. (default 0)\n"
     "  --at P                position of the first old channel\n"
-    "  --init MODE           new channels: zeros (default) or const:V\n"
-    "  --map LIST            one entry per output channel: K (copy input channel K), zero, const:V\n"
-    "                        e.g. --map 2,1,0 (BGR<->RGB), --map 0,1,2 (drop alpha)\n"
+    "  --init MODE           new channels: zeros (default), const:V, mean (of the old channels),\n"
+    "                        copy:K, normal:STD[:SEED] (seeded, reproducible); or the whole tensor:\n"
+    "                        timm (channel i = i mod C, scaled by C/N; the sum for N = 1), cyclic\n"
+    "  --map LIST            one entry per output channel: K (copy input channel K), K*S (scaled),\n"
+    "                        zero, const:V, mean, sum, normal:STD[:SEED]\n"
+    "                        e.g. --map 2,1,0 (BGR<->RGB), --map 0,1,2 (drop alpha), --map 0,1,2,mean\n"
     "  --cast f32|f16|bf16   cast every F32/F16/BF16 tensor (round to nearest even)\n"
     "\n"
     "output options:\n"
@@ -429,10 +432,11 @@ static int build_maps(const apply_args *a, widen_checkpoint *c, widen_transform 
         names = &detected;
         count = 1;
     }
-    widen_map_entry *given = NULL, fill = {.kind = WIDEN_MAP_ZERO};
+    widen_map_entry *given = NULL;
+    widen_init init = {.kind = WIDEN_INIT_FILL, .fill = {.kind = WIDEN_MAP_ZERO}};
     size_t given_n = 0;
     if (a->map && widen_parse_map(a->map, &given, &given_n, &err)) return fail_err(&err);
-    if (a->init && widen_parse_init(a->init, &fill, &err)) return fail_err(&err);
+    if (a->init && widen_parse_init(a->init, &init, &err)) return fail_err(&err);
     int rc = 0;
     for (size_t i = 0; i < count && !rc; i++) {
         long k = widen_tensor_find(c, names[i]);
@@ -453,7 +457,7 @@ static int build_maps(const apply_args *a, widen_checkpoint *c, widen_transform 
                 break;
             }
             uint64_t ch = t->shape[axis];
-            if (ch > UINT32_MAX || widen_widen_map((uint32_t)ch, (uint32_t)a->to, (uint32_t)a->at, fill, m, &err))
+            if (ch > UINT32_MAX || widen_widen_map((uint32_t)ch, (uint32_t)a->to, (uint32_t)a->at, &init, m, &err))
                 rc = ch > UINT32_MAX ? fail(WIDEN_EUSAGE, "tensor '%s' has too many channels", t->name)
                                      : fail(WIDEN_EUSAGE, "%s: tensor '%s': %s", a->input, t->name, err.message);
             else if (widen_transform_add_map(tr, t->name, (int)a->axis, m, a->to, &err))

@@ -1,6 +1,7 @@
 /* avx2.c: AVX2 kernels (with F16C for F16 conversions). Compiled with -mavx2 -mfma -mf16c; called
  * only where dispatch found those features. Tails go through the scalar reference functions. */
 #include <immintrin.h>
+#include <sleef.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -159,6 +160,44 @@ size_t widen_rows_avx2(const widen_remap_job *job, int stream)
     return p.steps * p.rows_per_step;
 }
 
+static void mul_avx2(float *x, size_t n, float s)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(s)));
+    for (; i < n; i++) x[i] = x[i] * s;
+}
+
+static void add_avx2(float *acc, const float *x, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), _mm256_loadu_ps(x + i)));
+    for (; i < n; i++) acc[i] = acc[i] + x[i];
+}
+
+static void div_avx2(float *x, size_t n, float d)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_div_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(d)));
+    for (; i < n; i++) x[i] = x[i] / d;
+}
+
+static void normal_avx2(float *out, size_t n, float std, uint64_t seed, uint64_t index)
+{
+    enum { B = 64 };
+    float u1[B], u2[B];
+    size_t at = 0;
+    for (; at + B <= n; at += B) {
+        widen_normal_uniforms(u1, u2, B, seed, index + at);
+        for (size_t i = 0; i < B; i += 8) {
+            __m256 r = Sleef_cinz_sqrtf8_u05avx(
+                _mm256_mul_ps(_mm256_set1_ps(-2.0f), Sleef_cinz_logf8_u10avx(_mm256_loadu_ps(u1 + i))));
+            __m256 c = Sleef_cinz_sincosf8_u10avx(_mm256_mul_ps(_mm256_set1_ps(6.2831855f), _mm256_loadu_ps(u2 + i))).y;
+            _mm256_storeu_ps(out + at + i, _mm256_mul_ps(_mm256_set1_ps(std), _mm256_mul_ps(r, c)));
+        }
+    }
+    widen_normal_scalar(out + at, n - at, std, seed, index + at);
+}
+
 static void fence_avx2(void)
 {
     _mm_sfence();
@@ -172,6 +211,10 @@ const widen_kernels widen_kernels_avx2 = {
     .fill = fill_avx2,
     .convert = WIDEN_CONVERT_ENTRIES,
     .rows = widen_rows_avx2,
+    .mul_f32 = mul_avx2,
+    .add_f32 = add_avx2,
+    .div_f32 = div_avx2,
+    .normal_f32 = normal_avx2,
     .fence = fence_avx2,
     WIDEN_HASH_ENTRIES(avx2),
 };

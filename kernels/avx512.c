@@ -3,6 +3,7 @@
  * them. No AVX512-BF16 instruction is used: vcvtneps2bf16 flushes denormals, which the reference
  * keeps. Tails go through the scalar reference functions. */
 #include <immintrin.h>
+#include <sleef.h>
 #include <string.h>
 
 #include "../dispatch/cpu.h"
@@ -142,6 +143,45 @@ static size_t rows_avx512(const widen_remap_job *job, int stream)
     return widen_cpu_get()->avx512vbmi ? rows_vbmi(job, stream) : widen_rows_avx2(job, stream);
 }
 
+static void mul_avx512(float *x, size_t n, float s)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(s)));
+    for (; i < n; i++) x[i] = x[i] * s;
+}
+
+static void add_avx512(float *acc, const float *x, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(acc + i, _mm512_add_ps(_mm512_loadu_ps(acc + i), _mm512_loadu_ps(x + i)));
+    for (; i < n; i++) acc[i] = acc[i] + x[i];
+}
+
+static void div_avx512(float *x, size_t n, float d)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_div_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(d)));
+    for (; i < n; i++) x[i] = x[i] / d;
+}
+
+static void normal_avx512(float *out, size_t n, float std, uint64_t seed, uint64_t index)
+{
+    enum { B = 64 };
+    float u1[B], u2[B];
+    size_t at = 0;
+    for (; at + B <= n; at += B) {
+        widen_normal_uniforms(u1, u2, B, seed, index + at);
+        for (size_t i = 0; i < B; i += 16) {
+            __m512 r = Sleef_cinz_sqrtf16_u05avx512fnofma(
+                _mm512_mul_ps(_mm512_set1_ps(-2.0f), Sleef_cinz_logf16_u10avx512fnofma(_mm512_loadu_ps(u1 + i))));
+            __m512 c = Sleef_cinz_sincosf16_u10avx512fnofma(_mm512_mul_ps(_mm512_set1_ps(6.2831855f), _mm512_loadu_ps(u2 + i))).y;
+            _mm512_storeu_ps(out + at + i, _mm512_mul_ps(_mm512_set1_ps(std), _mm512_mul_ps(r, c)));
+        }
+    }
+    widen_normal_scalar(out + at, n - at, std, seed, index + at);
+}
+
 static void fence_avx512(void)
 {
     _mm_sfence();
@@ -155,6 +195,10 @@ const widen_kernels widen_kernels_avx512 = {
     .fill = fill_avx512,
     .convert = WIDEN_CONVERT_ENTRIES,
     .rows = rows_avx512,
+    .mul_f32 = mul_avx512,
+    .add_f32 = add_avx512,
+    .div_f32 = div_avx512,
+    .normal_f32 = normal_avx512,
     .fence = fence_avx512,
     WIDEN_HASH_ENTRIES(avx512),
 };

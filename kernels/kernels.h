@@ -49,6 +49,13 @@ typedef struct widen_kernels {
     /* convert[from][to], from != to: round to nearest even, NaN quieted, denormals kept */
     widen_convert_fn convert[WIDEN_CK_COUNT][WIDEN_CK_COUNT];
     size_t (*rows)(const widen_remap_job *job, int stream);
+    /* fp32 arithmetic on short cache-resident blocks (SCALE, MEAN, SUM, NORMAL): one IEEE operation
+     * per step, in this order, so every ISA rounds alike */
+    void (*mul_f32)(float *x, size_t n, float s);
+    void (*add_f32)(float *acc, const float *x, size_t n);
+    void (*div_f32)(float *x, size_t n, float d);
+    /* out[i] = std * (sqrt(-2 * log(u1)) * cos(6.2831855f * u2)) with SLEEF's cinz functions */
+    void (*normal_f32)(float *out, size_t n, float std, uint64_t seed, uint64_t index);
     void (*fence)(void); /* after streaming stores; NULL if none are needed */
     /* XXH3-128, streaming: the same digest on every ISA */
     void (*hash_reset)(widen_hash_state *state);
@@ -95,6 +102,11 @@ uint32_t widen_bf16_to_f32(uint16_t b);
 
 /* The bytes of a const fill `value` in `dtype` (F32, F16 or BF16), zero-padded to 8. */
 void widen_const_element(widen_dtype dtype, float value, unsigned char out[8]);
+
+/* The generator's uniforms for elements index .. index+n-1 (u1 in (0,1], u2 in [0,1)). */
+void widen_normal_uniforms(float *u1, float *u2, size_t n, uint64_t seed, uint64_t index);
+/* The scalar reference of normal_f32, which SIMD tails also use. */
+void widen_normal_scalar(float *out, size_t n, float std, uint64_t seed, uint64_t index);
 
 /* Scalar conversions of n elements (unaligned), for SIMD tails and the scalar table. */
 void widen_convert_scalar(int from, int to, void *dst, const void *src, size_t n);

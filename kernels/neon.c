@@ -2,6 +2,7 @@
  * convert instructions (round to nearest even under the default FPCR, NaN quieted, denormals kept);
  * short rows use one TBL byte lookup per 16-byte step. Tails go through the scalar reference. */
 #include <arm_neon.h>
+#include <sleef.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -88,11 +89,53 @@ static size_t rows_neon(const widen_remap_job *job, int stream)
 
 WIDEN_DEFINE_HASH(neon)
 
+static void mul_neon(float *x, size_t n, float s)
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), vdupq_n_f32(s)));
+    for (; i < n; i++) x[i] = x[i] * s;
+}
+
+static void add_neon(float *acc, const float *x, size_t n)
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(acc + i, vaddq_f32(vld1q_f32(acc + i), vld1q_f32(x + i)));
+    for (; i < n; i++) acc[i] = acc[i] + x[i];
+}
+
+static void div_neon(float *x, size_t n, float d)
+{
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(x + i, vdivq_f32(vld1q_f32(x + i), vdupq_n_f32(d)));
+    for (; i < n; i++) x[i] = x[i] / d;
+}
+
+static void normal_neon(float *out, size_t n, float std, uint64_t seed, uint64_t index)
+{
+    enum { B = 64 };
+    float u1[B], u2[B];
+    size_t at = 0;
+    for (; at + B <= n; at += B) {
+        widen_normal_uniforms(u1, u2, B, seed, index + at);
+        for (size_t i = 0; i < B; i += 4) {
+            float32x4_t r = Sleef_cinz_sqrtf4_u05advsimdnofma(
+                vmulq_f32(vdupq_n_f32(-2.0f), Sleef_cinz_logf4_u10advsimdnofma(vld1q_f32(u1 + i))));
+            float32x4_t c = Sleef_cinz_sincosf4_u10advsimdnofma(vmulq_f32(vdupq_n_f32(6.2831855f), vld1q_f32(u2 + i))).y;
+            vst1q_f32(out + at + i, vmulq_f32(vdupq_n_f32(std), vmulq_f32(r, c)));
+        }
+    }
+    widen_normal_scalar(out + at, n - at, std, seed, index + at);
+}
+
 const widen_kernels widen_kernels_neon = {
     .isa = WIDEN_ISA_NEON,
     .copy = copy_neon,
     .fill = fill_neon,
     .convert = WIDEN_CONVERT_ENTRIES,
     .rows = rows_neon,
+    .mul_f32 = mul_neon,
+    .add_f32 = add_neon,
+    .div_f32 = div_neon,
+    .normal_f32 = normal_neon,
     WIDEN_HASH_ENTRIES(neon),
 };

@@ -23,7 +23,7 @@ void widen_const_element(widen_dtype dtype, float value, unsigned char out[8])
 static size_t segment_length(const widen_remap_job *j, size_t n)
 {
     const widen_map_entry *e = &j->map[n];
-    int contiguous = j->src_chan_stride == j->inner && j->dst_chan_stride == j->inner;
+    int contiguous = j->src_chan_stride == j->inner && j->dst_chan_stride == j->inner && e->kind <= WIDEN_MAP_CONST;
     size_t len = 1;
     while (contiguous && n + len < j->channels) {
         const widen_map_entry *f = &j->map[n + len];
@@ -42,10 +42,65 @@ typedef struct segment {
     unsigned char pattern[WIDEN_PATTERN_BYTES]; /* fills */
 } segment;
 
+/* Elements of `dtype` (F32, F16, BF16) to fp32 and back, through the ISA's converts. */
+static void to_f32(const widen_kernels *k, widen_dtype dtype, float *out, const unsigned char *in, size_t n)
+{
+    if (dtype == WIDEN_F32) memcpy(out, in, n * 4);
+    else k->convert[widen_compute_index(dtype)][WIDEN_CK_F32](out, in, n, 0);
+}
+
+static void from_f32(const widen_kernels *k, widen_dtype dtype, unsigned char *out, const float *in, size_t n, int stream)
+{
+    if (dtype == WIDEN_F32) memcpy(out, in, n * 4);
+    else k->convert[WIDEN_CK_F32][widen_compute_index(dtype)](out, in, n, stream);
+}
+
+/* SCALE, MEAN, SUM, NORMAL: computed in fp32 blocks that stay in cache, rounded once on the way out. */
+static void run_arithmetic(const widen_kernels *k, const widen_remap_job *j, const segment *g, size_t r, int stream)
+{
+    enum { BLOCK = 256 };
+    float acc[BLOCK], tmp[BLOCK];
+    size_t ssz = widen_dtype_bits(j->src_dtype) / 8, dsz = widen_dtype_bits(j->dst_dtype) / 8;
+    const widen_map_entry *e = g->entry;
+    const unsigned char *row = (const unsigned char *)j->src + r * j->src_row_stride * ssz;
+    unsigned char *d = (unsigned char *)j->dst + (r * j->dst_row_stride + g->first * j->dst_chan_stride) * dsz;
+    for (size_t at = 0; at < g->count; at += BLOCK) {
+        size_t m = g->count - at < BLOCK ? g->count - at : BLOCK;
+        switch (e->kind) {
+        case WIDEN_MAP_SCALE:
+            to_f32(k, j->src_dtype, acc, row + ((size_t)e->channel * j->src_chan_stride + at) * ssz, m);
+            k->mul_f32(acc, m, e->value);
+            break;
+        case WIDEN_MAP_MEAN:
+        case WIDEN_MAP_SUM:
+            to_f32(k, j->src_dtype, acc, row + at * ssz, m);
+            for (size_t c = 1; c < j->src_channels; c++) {
+                to_f32(k, j->src_dtype, tmp, row + (c * j->src_chan_stride + at) * ssz, m);
+                k->add_f32(acc, tmp, m);
+            }
+            if (e->kind == WIDEN_MAP_MEAN) k->div_f32(acc, m, (float)j->src_channels);
+            break;
+        default: /* NORMAL */
+            k->normal_f32(acc, m, e->value, e->seed,
+                          j->index + r * j->dst_row_stride + g->first * j->dst_chan_stride + at);
+            break;
+        }
+        /* Which NaN an operation on two NaNs returns depends on operand order, which compilers and
+         * ISAs choose freely: NaN results of arithmetic become the one canonical quiet NaN. */
+        for (size_t i = 0; i < m; i++)
+            if (acc[i] != acc[i]) memcpy(&acc[i], &(uint32_t){0x7fc00000u}, 4);
+        from_f32(k, j->dst_dtype, d + at * dsz, acc, m, stream);
+    }
+}
+
 static void run_segment(const widen_kernels *k, const widen_remap_job *j, widen_convert_fn convert, const segment *g,
                         size_t r, size_t ssz, size_t dsz, int stream)
 {
     unsigned char *d = (unsigned char *)j->dst + (r * j->dst_row_stride + g->first * j->dst_chan_stride) * dsz;
+    if (g->entry->kind > WIDEN_MAP_CONST) {
+        run_arithmetic(k, j, g, r, stream);
+        return;
+    }
     if (g->entry->kind != WIDEN_MAP_SOURCE) {
         k->fill(d, g->count * dsz, g->pattern, dsz, stream);
         return;
@@ -116,11 +171,13 @@ static widen_status check_job(const widen_remap_job *j, widen_error *err)
                               widen_dtype_name(j->src_dtype));
     }
     for (size_t n = 0; n < j->channels; n++) {
-        if (j->map[n].kind == WIDEN_MAP_CONST && widen_compute_index(j->dst_dtype) < 0)
-            return widen_fail(err, WIDEN_EUSAGE, "remap: a const fill needs an F32, F16 or BF16 tensor, not %s",
-                              widen_dtype_name(j->dst_dtype));
-        if ((unsigned)j->map[n].kind > WIDEN_MAP_CONST)
-            return widen_fail(err, WIDEN_EUSAGE, "remap: unknown map entry kind");
+        widen_map_kind kind = j->map[n].kind;
+        if ((unsigned)kind > WIDEN_MAP_NORMAL) return widen_fail(err, WIDEN_EUSAGE, "remap: unknown map entry kind");
+        if (kind > WIDEN_MAP_ZERO && (widen_compute_index(j->dst_dtype) < 0 || widen_compute_index(j->src_dtype) < 0))
+            return widen_fail(err, WIDEN_EUSAGE, "remap: const, scaled, mean, sum and normal entries need F32, F16 or "
+                              "BF16 tensors, not %s", widen_dtype_name(j->src_dtype));
+        if ((kind == WIDEN_MAP_MEAN || kind == WIDEN_MAP_SUM) && j->src_channels == 0)
+            return widen_fail(err, WIDEN_EUSAGE, "remap: mean and sum entries need src_channels");
     }
     return WIDEN_OK;
 }

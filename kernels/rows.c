@@ -10,6 +10,8 @@ int widen_rows_plan_build(const widen_remap_job *j, size_t width, widen_rows_pla
     if (j->dst_chan_stride != j->inner || j->dst_row_stride != j->channels * j->inner) return 0;
     size_t in_row = j->src_row_stride * s, out_row = j->channels * j->inner * s;
     if (out_row == 0 || out_row > width || in_row > width) return 0;
+    for (size_t n = 0; n < j->channels; n++)
+        if (j->map[n].kind > WIDEN_MAP_CONST) return 0; /* arithmetic: the run-by-run path */
     size_t k = width / (in_row > out_row ? in_row : out_row);
     if (k == 0) return 0;
     memset(p, 0, sizeof *p);

@@ -1,4 +1,5 @@
 /* scalar.c: the scalar kernels, always built: the reference the SIMD kernels are tested against. */
+#include <sleef.h>
 #include <string.h>
 
 #define XXH_VECTOR XXH_SCALAR /* the reference: no vectors */
@@ -65,6 +66,36 @@ SCALAR_CONVERT(f16_to_bf16, F16, BF16)
 SCALAR_CONVERT(bf16_to_f32, BF16, F32)
 SCALAR_CONVERT(bf16_to_f16, BF16, F16)
 
+static void mul_scalar(float *x, size_t n, float s)
+{
+    for (size_t i = 0; i < n; i++) x[i] = x[i] * s;
+}
+
+static void add_scalar(float *acc, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) acc[i] = acc[i] + x[i];
+}
+
+static void div_scalar(float *x, size_t n, float d)
+{
+    for (size_t i = 0; i < n; i++) x[i] = x[i] / d;
+}
+
+void widen_normal_scalar(float *out, size_t n, float std, uint64_t seed, uint64_t index)
+{
+    enum { B = 64 };
+    float u1[B], u2[B];
+    for (size_t at = 0; at < n; at += B) {
+        size_t m = n - at < B ? n - at : B;
+        widen_normal_uniforms(u1, u2, m, seed, index + at);
+        for (size_t i = 0; i < m; i++) {
+            float r = Sleef_cinz_sqrtf1_u05purec(-2.0f * Sleef_cinz_logf1_u10purec(u1[i]));
+            float c = Sleef_cinz_sincosf1_u10purec(6.2831855f * u2[i]).y;
+            out[at + i] = std * (r * c);
+        }
+    }
+}
+
 WIDEN_DEFINE_HASH(scalar)
 
 const widen_kernels widen_kernels_scalar = {
@@ -72,5 +103,9 @@ const widen_kernels widen_kernels_scalar = {
     .copy = copy_scalar,
     .fill = fill_scalar,
     .convert = WIDEN_CONVERT_ENTRIES,
+    .mul_f32 = mul_scalar,
+    .add_f32 = add_scalar,
+    .div_f32 = div_scalar,
+    .normal_f32 = widen_normal_scalar,
     WIDEN_HASH_ENTRIES(scalar),
 };

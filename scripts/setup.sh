@@ -9,6 +9,11 @@ packages=(gcc g++ make cmake ninja-build pkg-config
           libxxhash-dev xxhash libjansson-dev zlib1g-dev libsleef-dev libbenchmark-dev libxnnpack-dev libpthreadpool-dev
           python3 python3-numpy python3-xxhash python3-pytest python3-torch python3-torchvision time
           gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
+# arm64 SLEEF for the cross-built NEON kernels (multiarch)
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+fi
+packages+=(libsleef-dev:arm64)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

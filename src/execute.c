@@ -63,10 +63,12 @@ static void run_part(void *user, size_t part)
         j.src = (const unsigned char *)j.src + lo * j.src_row_stride * ssz;
         j.dst = (unsigned char *)j.dst + lo * j.dst_row_stride * dsz;
         j.rows = hi - lo;
+        j.index += lo * j.dst_row_stride;
     } else {
         j.src = (const unsigned char *)j.src + lo * ssz;
         j.dst = (unsigned char *)j.dst + lo * dsz;
         j.inner = hi - lo;
+        j.index += lo;
     }
     if (hi == lo) return;
     widen_remap_run(sj->kernels, &j);
@@ -106,6 +108,7 @@ static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor 
     s->hasher->hash_reset(s->out_hash);
     s->in_cursor = 0;
     widen_remap_job job = {.src_dtype = t->dtype, .dst_dtype = p->dtype, .inner = p->inner,
+                           .src_channels = p->in_channels,
                            .src_row_stride = in_row, .src_chan_stride = p->inner,
                            .dst_row_stride = out_row, .dst_chan_stride = p->inner, .dst = s->buffer,
                            .store = WIDEN_STORE_CACHED /* the step's output is written out right away */};
@@ -118,6 +121,7 @@ static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor 
             uint64_t rows = p->outer - r < per ? p->outer - r : per;
             job.src = base + r * in_row * ssz;
             job.rows = (size_t)rows;
+            job.index = r * out_row;
             job.channels = p->channels;
             job.map = p->map;
             size_t len = (size_t)(rows * out_row * dsz);
@@ -141,12 +145,13 @@ static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor 
                     job.src = base + (r * in_row + i) * ssz;
                     job.inner = (size_t)count;
                     job.map = m;
+                    job.index = r * out_row + (uint64_t)n * p->inner + i;
                     size_t len = (size_t)(count * dsz);
                     run_job(s, &job, len);
                     uint64_t span = (r * in_row + (uint64_t)m->channel * p->inner + i) * ssz;
-                    if (m->kind == WIDEN_MAP_SOURCE) hash_input_span(s, t, span, count * ssz);
+                    if (m->kind == WIDEN_MAP_SOURCE || m->kind == WIDEN_MAP_SCALE) hash_input_span(s, t, span, count * ssz);
                     st = emit(s, index, out_off, s->buffer, len, err);
-                    if (m->kind == WIDEN_MAP_SOURCE) widen_release(s->ckpt, t->offset + span, count * ssz);
+                    if (m->kind == WIDEN_MAP_SOURCE || m->kind == WIDEN_MAP_SCALE) widen_release(s->ckpt, t->offset + span, count * ssz);
                     out_off += len;
                 }
             }

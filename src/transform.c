@@ -36,6 +36,30 @@ static widen_status parse_float(const char *text, float *out, const char *what, 
     return WIDEN_OK;
 }
 
+/* normal:STD[:SEED] */
+static widen_status parse_normal(const char *text, widen_map_entry *e, const char *what, widen_error *err)
+{
+    char std[64];
+    const char *colon = strchr(text, ':');
+    size_t len = colon ? (size_t)(colon - text) : strlen(text);
+    if (len >= sizeof std) return widen_fail(err, WIDEN_EUSAGE, "%s: '%s' is not STD[:SEED]", what, text);
+    memcpy(std, text, len);
+    std[len] = '\0';
+    e->kind = WIDEN_MAP_NORMAL;
+    widen_status st = parse_float(std, &e->value, what, err);
+    if (st) return st;
+    if (!(e->value >= 0) || e->value == INFINITY)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: the standard deviation must be finite and >= 0", what);
+    if (colon) {
+        char *end;
+        errno = 0;
+        e->seed = strtoull(colon + 1, &end, 10);
+        if (!colon[1] || *end || errno || colon[1] == '-')
+            return widen_fail(err, WIDEN_EUSAGE, "%s: seed '%s' is not an integer from 0 to 2^64-1", what, colon + 1);
+    }
+    return WIDEN_OK;
+}
+
 static widen_status parse_entry(const char *text, widen_map_entry *e, widen_error *err)
 {
     memset(e, 0, sizeof *e);
@@ -43,21 +67,27 @@ static widen_status parse_entry(const char *text, widen_map_entry *e, widen_erro
         e->kind = WIDEN_MAP_ZERO;
         return WIDEN_OK;
     }
+    if (strcmp(text, "mean") == 0 || strcmp(text, "sum") == 0) {
+        e->kind = text[0] == 'm' ? WIDEN_MAP_MEAN : WIDEN_MAP_SUM;
+        return WIDEN_OK;
+    }
     if (strncmp(text, "const:", 6) == 0) {
         e->kind = WIDEN_MAP_CONST;
         return parse_float(text + 6, &e->value, "--map const", err);
     }
+    if (strncmp(text, "normal:", 7) == 0) return parse_normal(text + 7, e, "--map normal", err);
     if (*text >= '0' && *text <= '9') {
         char *end;
         errno = 0;
         unsigned long k = strtoul(text, &end, 10);
-        if (!*end && errno == 0 && k <= UINT32_MAX) {
-            e->kind = WIDEN_MAP_SOURCE;
+        if (errno == 0 && k <= UINT32_MAX && (!*end || *end == '*')) {
+            e->kind = *end ? WIDEN_MAP_SCALE : WIDEN_MAP_SOURCE;
             e->channel = (uint32_t)k;
-            return WIDEN_OK;
+            return *end ? parse_float(end + 1, &e->value, "--map K*S", err) : WIDEN_OK;
         }
     }
-    return widen_fail(err, WIDEN_EUSAGE, "--map: cannot read entry '%s' (use K, zero or const:V)", text);
+    return widen_fail(err, WIDEN_EUSAGE,
+                      "--map: cannot read entry '%s' (use K, K*S, zero, const:V, mean, sum or normal:STD[:SEED])", text);
 }
 
 widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t *count, widen_error *err)
@@ -91,23 +121,61 @@ widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t
     return WIDEN_OK;
 }
 
-widen_status widen_parse_init(const char *mode, widen_map_entry *fill, widen_error *err)
+widen_status widen_parse_init(const char *mode, widen_init *init, widen_error *err)
 {
-    memset(fill, 0, sizeof *fill);
+    memset(init, 0, sizeof *init);
+    widen_map_entry *fill = &init->fill;
+    init->kind = WIDEN_INIT_FILL;
     if (strcmp(mode, "zeros") == 0) {
         fill->kind = WIDEN_MAP_ZERO;
+        return WIDEN_OK;
+    }
+    if (strcmp(mode, "mean") == 0) {
+        fill->kind = WIDEN_MAP_MEAN;
+        return WIDEN_OK;
+    }
+    if (strcmp(mode, "timm") == 0 || strcmp(mode, "cyclic") == 0) {
+        init->kind = mode[0] == 't' ? WIDEN_INIT_TIMM : WIDEN_INIT_CYCLIC;
         return WIDEN_OK;
     }
     if (strncmp(mode, "const:", 6) == 0) {
         fill->kind = WIDEN_MAP_CONST;
         return parse_float(mode + 6, &fill->value, "--init const", err);
     }
-    return widen_fail(err, WIDEN_EUSAGE, "--init: unknown mode '%s' (this version offers zeros and const:V)", mode);
+    if (strncmp(mode, "normal:", 7) == 0) return parse_normal(mode + 7, fill, "--init normal", err);
+    if (strncmp(mode, "copy:", 5) == 0) {
+        char *end;
+        errno = 0;
+        unsigned long k = strtoul(mode + 5, &end, 10);
+        if (mode[5] < '0' || mode[5] > '9' || *end || errno || k > UINT32_MAX)
+            return widen_fail(err, WIDEN_EUSAGE, "--init copy:K: '%s' is not a channel index", mode + 5);
+        fill->kind = WIDEN_MAP_SOURCE;
+        fill->channel = (uint32_t)k;
+        return WIDEN_OK;
+    }
+    return widen_fail(err, WIDEN_EUSAGE,
+                      "--init: unknown mode '%s' (use zeros, const:V, mean, copy:K, normal:STD[:SEED], timm or cyclic)", mode);
 }
 
-widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, widen_map_entry fill, widen_map_entry *entries,
+widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, const widen_init *init, widen_map_entry *entries,
                              widen_error *err)
 {
+    if (init->kind != WIDEN_INIT_FILL) {
+        if (c == 0) return widen_fail(err, WIDEN_EUSAGE, "--init %s needs at least one input channel",
+                                      init->kind == WIDEN_INIT_TIMM ? "timm" : "cyclic");
+        /* timm's adapt_input_conv: the scale is C/N in double, applied as an fp32 number */
+        float scale = (float)((double)c / (double)n);
+        for (uint32_t i = 0; i < n; i++) {
+            widen_map_entry e = {.kind = WIDEN_MAP_SOURCE, .channel = i % c};
+            if (init->kind == WIDEN_INIT_TIMM) {
+                if (n == 1) e = (widen_map_entry){.kind = WIDEN_MAP_SUM};
+                else if (n != c) e.kind = WIDEN_MAP_SCALE, e.value = scale;
+            }
+            entries[i] = e;
+        }
+        return WIDEN_OK;
+    }
+    widen_map_entry fill = init->fill;
     if (n < c)
         return widen_fail(err, WIDEN_EUSAGE, "--to %u is smaller than the tensor's %u channels (use --map to narrow)",
                           n, c);
@@ -170,6 +238,10 @@ void widen_map_entry_format(const widen_map_entry *e, char *out, size_t size)
     case WIDEN_MAP_SOURCE: snprintf(out, size, "%u", e->channel); break;
     case WIDEN_MAP_ZERO: snprintf(out, size, "zero"); break;
     case WIDEN_MAP_CONST: snprintf(out, size, "const:%.9g", (double)e->value); break;
+    case WIDEN_MAP_SCALE: snprintf(out, size, "%u*%.9g", e->channel, (double)e->value); break;
+    case WIDEN_MAP_MEAN: snprintf(out, size, "mean"); break;
+    case WIDEN_MAP_SUM: snprintf(out, size, "sum"); break;
+    case WIDEN_MAP_NORMAL: snprintf(out, size, "normal:%.9g:%llu", (double)e->value, (unsigned long long)e->seed); break;
     }
 }
 
@@ -285,12 +357,17 @@ static widen_status plan_remap(const widen_checkpoint *c, const widen_tensor_edi
     uint64_t channels = t->shape[axis];
     for (size_t k = 0; k < e->count; k++) {
         const widen_map_entry *m = &e->map[k];
-        if (m->kind == WIDEN_MAP_SOURCE && m->channel >= channels)
+        if ((m->kind == WIDEN_MAP_SOURCE || m->kind == WIDEN_MAP_SCALE) && m->channel >= channels)
             return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' has %llu channels on axis %d: no channel %u", c->path,
                               t->name, (unsigned long long)channels, axis, m->channel);
-        if (m->kind == WIDEN_MAP_CONST && !widen_dtype_is_computable(p->dtype))
-            return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' is %s: const fills need F32, F16 or BF16", c->path,
-                              t->name, widen_dtype_name(p->dtype));
+        char text[64];
+        widen_map_entry_format(m, text, sizeof text);
+        if (m->kind > WIDEN_MAP_ZERO && !widen_dtype_is_computable(t->dtype))
+            return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' is %s: '%s' needs an F32, F16 or BF16 tensor", c->path,
+                              t->name, widen_dtype_name(t->dtype), text);
+        if ((m->kind == WIDEN_MAP_MEAN || m->kind == WIDEN_MAP_SUM) && channels == 0)
+            return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' has no channels on axis %d to take the %s of", c->path,
+                              t->name, axis, text);
     }
     p->op = WIDEN_OP_REMAP;
     p->axis = axis;

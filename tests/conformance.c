@@ -79,15 +79,22 @@ static int run_case(widen_isa isa, int index, int verbose)
     }
     int computable = widen_dtype_bits(pr.dst) != 8 && pr.dst != WIDEN_I16 && pr.dst != WIDEN_I64;
     widen_map_entry *map = calloc(n, sizeof *map);
+    int arithmetic = computable && widen_dtype_bits(pr.src) != 8 && pr.src != WIDEN_I16 && pr.src != WIDEN_I64;
     for (size_t k = 0; k < n; k++) {
-        unsigned roll = (unsigned)(next() % 10);
-        if (roll < 7) map[k] = (widen_map_entry){WIDEN_MAP_SOURCE, (uint32_t)(next() % c), 0};
-        else if (roll < 8 || !computable) map[k] = (widen_map_entry){WIDEN_MAP_ZERO, 0, 0};
-        else map[k] = (widen_map_entry){WIDEN_MAP_CONST, 0, consts[next() % (sizeof consts / sizeof consts[0])]};
+        unsigned roll = (unsigned)(next() % 14);
+        float v = consts[next() % (sizeof consts / sizeof consts[0])];
+        if (roll < 7) map[k] = (widen_map_entry){.kind = WIDEN_MAP_SOURCE, .channel = (uint32_t)(next() % c)};
+        else if (roll < 8 || !computable) map[k] = (widen_map_entry){.kind = WIDEN_MAP_ZERO};
+        else if (roll < 9 || !arithmetic) map[k] = (widen_map_entry){.kind = WIDEN_MAP_CONST, .value = v};
+        else if (roll < 10) map[k] = (widen_map_entry){.kind = WIDEN_MAP_SCALE, .channel = (uint32_t)(next() % c), .value = v};
+        else if (roll < 11) map[k] = (widen_map_entry){.kind = WIDEN_MAP_MEAN};
+        else if (roll < 12) map[k] = (widen_map_entry){.kind = WIDEN_MAP_SUM};
+        else map[k] = (widen_map_entry){.kind = WIDEN_MAP_NORMAL, .value = 0.02f + (float)(next() % 100), .seed = next()};
     }
     if (next() % 4 == 0) /* the identity and the plain widening, the common cases */
         for (size_t k = 0; k < n; k++)
-            map[k] = k < c ? (widen_map_entry){WIDEN_MAP_SOURCE, (uint32_t)k, 0} : (widen_map_entry){WIDEN_MAP_ZERO, 0, 0};
+            map[k] = k < c ? (widen_map_entry){.kind = WIDEN_MAP_SOURCE, .channel = (uint32_t)k}
+                           : (widen_map_entry){.kind = WIDEN_MAP_ZERO};
     size_t ss = widen_dtype_bits(pr.src) / 8, ds = widen_dtype_bits(pr.dst) / 8;
     size_t in_bytes = rows * c * inner * ss, out_bytes = rows * n * inner * ds;
     size_t src_off = next() % 64, dst_off = next() % 64;
@@ -98,7 +105,7 @@ static int run_case(widen_isa isa, int index, int verbose)
     widen_remap_job job = {.src = src + src_off, .src_dtype = pr.src, .dst_dtype = pr.dst, .rows = rows,
                            .channels = n, .inner = inner, .src_row_stride = c * inner, .src_chan_stride = inner,
                            .dst_row_stride = n * inner, .dst_chan_stride = inner, .map = map,
-                           .store = (widen_store)(next() % 3)};
+                           .store = (widen_store)(next() % 3), .src_channels = c, .index = next() % 100000};
     widen_error err;
     job.dst = want + GUARD + dst_off;
     int ok = widen_remap(&job, WIDEN_ISA_SCALAR, &err) == WIDEN_OK;

@@ -234,7 +234,7 @@ def test_usage_errors_exit_2_and_leave_nothing(tmp_path, model):
         ["-t", "nope", "--to", "4"],                     # unknown tensor
         ["-t", "bn1.num_batches_tracked", "--axis", "0", "--to", "2"],  # rank 0 has no axis 0
         ["-t", "mask", "--axis", "0", "--to", "4", "--init", "const:1"],  # const on BOOL
-        ["--to", "4", "--init", "mean"],                 # not offered yet
+        ["--to", "4", "--init", "median"],               # no such mode
         ["--to", "4", "--map", "0,1,2,zero"],            # exclusive
         ["--cast", "f64"],
         [],                                              # nothing to do

@@ -15,7 +15,8 @@ SOURCE, ZERO, CONST = 0, 1, 2
 
 
 class MapEntry(ctypes.Structure):
-    _fields_ = [("kind", ctypes.c_int), ("channel", ctypes.c_uint32), ("value", ctypes.c_float)]
+    _fields_ = [("kind", ctypes.c_int), ("channel", ctypes.c_uint32), ("value", ctypes.c_float),
+                ("seed", ctypes.c_uint64)]
 
 
 class RemapJob(ctypes.Structure):
@@ -23,7 +24,8 @@ class RemapJob(ctypes.Structure):
                 ("dst_dtype", ctypes.c_int), ("rows", ctypes.c_size_t), ("channels", ctypes.c_size_t),
                 ("inner", ctypes.c_size_t), ("src_row_stride", ctypes.c_size_t),
                 ("src_chan_stride", ctypes.c_size_t), ("dst_row_stride", ctypes.c_size_t),
-                ("dst_chan_stride", ctypes.c_size_t), ("map", ctypes.POINTER(MapEntry)), ("store", ctypes.c_int)]
+                ("dst_chan_stride", ctypes.c_size_t), ("map", ctypes.POINTER(MapEntry)), ("store", ctypes.c_int),
+                ("src_channels", ctypes.c_size_t), ("index", ctypes.c_uint64)]
 
 
 class Error(ctypes.Structure):
@@ -55,7 +57,7 @@ def remap(isa, src_bytes, src_dtype, dst_dtype, rows, c, inner, entries, rng):
     before = dst_buf.copy()
     cmap = (MapEntry * max(n, 1))()
     for i, (kind, ch, val) in enumerate(entries):
-        cmap[i] = MapEntry(kind, ch, val)
+        cmap[i] = MapEntry(kind, ch, val, 0)
     job = RemapJob(src_buf.ctypes.data + 1, dst_buf.ctypes.data + start, DTYPES[src_dtype], DTYPES[dst_dtype],
                    rows, n, inner, c * inner, inner, n * inner, inner, cmap)
     err = Error()
@@ -185,11 +187,11 @@ def test_remap_rejects_bad_jobs():
     err = Error()
     src = np.zeros(16, dtype=np.uint8)
     dst = np.zeros(16, dtype=np.uint8)
-    cmap = (MapEntry * 1)(MapEntry(CONST, 0, 1.0))
+    cmap = (MapEntry * 1)(MapEntry(CONST, 0, 1.0, 0))
     job = RemapJob(src.ctypes.data, dst.ctypes.data, DTYPES["I32"], DTYPES["I32"], 1, 1, 2, 2, 2, 2, 2, cmap)
     assert lib.widen_remap(ctypes.byref(job), 0, ctypes.byref(err)) == 2
     assert b"const" in err.message
     job = RemapJob(src.ctypes.data, dst.ctypes.data, DTYPES["I32"], DTYPES["F32"], 1, 1, 2, 2, 2, 2, 2,
-                   (MapEntry * 1)(MapEntry(SOURCE, 0, 0)))
+                   (MapEntry * 1)(MapEntry(SOURCE, 0, 0, 0)))
     assert lib.widen_remap(ctypes.byref(job), 0, ctypes.byref(err)) == 2
     assert rng is not None

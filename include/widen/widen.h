@@ -83,16 +83,23 @@ widen_status widen_isa_init(widen_error *err);
 widen_isa widen_isa_active(void);
 
 /* One output channel of a channel map. */
+/* Arithmetic is done in fp32 and rounded once to the output dtype; the kinds past WIDEN_MAP_ZERO
+ * need an F32, F16 or BF16 tensor. */
 typedef enum widen_map_kind {
     WIDEN_MAP_SOURCE, /* copy input channel `channel` */
     WIDEN_MAP_ZERO,   /* all-zero bytes (+0.0 for floats, 0 for integers, false for BOOL) */
-    WIDEN_MAP_CONST   /* `value` rounded to the output dtype (F32/F16/BF16 only) */
+    WIDEN_MAP_CONST,  /* `value` */
+    WIDEN_MAP_SCALE,  /* input channel `channel` times `value` */
+    WIDEN_MAP_MEAN,   /* the input channels summed in order, divided by their count */
+    WIDEN_MAP_SUM,    /* the input channels summed in order */
+    WIDEN_MAP_NORMAL  /* Gaussian noise of standard deviation `value`, a function of (seed, element index) */
 } widen_map_kind;
 
 typedef struct widen_map_entry {
     widen_map_kind kind;
-    uint32_t channel; /* WIDEN_MAP_SOURCE: input channel index */
-    float value;      /* WIDEN_MAP_CONST: the fill, an fp32 number rounded once to the output dtype */
+    uint32_t channel; /* SOURCE, SCALE: input channel index */
+    float value;      /* CONST: the fill; SCALE: the factor; NORMAL: the standard deviation */
+    uint64_t seed;    /* NORMAL */
 } widen_map_entry;
 
 /* A remap job: for r < rows, n < channels, i < inner:
@@ -122,6 +129,10 @@ typedef struct widen_remap_job {
     size_t dst_row_stride, dst_chan_stride;
     const widen_map_entry *map; /* `channels` entries */
     widen_store store;          /* a hint: the bytes written do not depend on it */
+    size_t src_channels;        /* input channels per row: what MEAN and SUM read (0: MEAN/SUM unused) */
+    uint64_t index;             /* flat output index of the job's first element (row 0, channel 0,
+                                   element 0), for NORMAL: element (r, n, i) has index
+                                   index + r*dst_row_stride + n*dst_chan_stride + i */
 } widen_remap_job;
 
 /* Runs a remap job with the kernels of `isa` (WIDEN_ISA_COUNT: the active ISA). Returns WIDEN_EUSAGE
@@ -200,16 +211,28 @@ typedef struct widen_transform widen_transform;
 widen_transform *widen_transform_new(void);
 void widen_transform_free(widen_transform *transform);
 
-/* Parses "--map" syntax: comma-separated entries K (input channel), zero, const:V. On success
- * *entries is malloc'ed (free it) and holds *count entries. */
+/* Parses "--map" syntax: comma-separated entries K (input channel), K*S (scaled), zero, const:V,
+ * mean, sum, normal:STD[:SEED]. On success *entries is malloc'ed (free it) and holds *count entries. */
 widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t *count,
                              widen_error *err);
-/* Parses an --init mode for new channels: zeros or const:V. */
-widen_status widen_parse_init(const char *mode, widen_map_entry *fill, widen_error *err);
-/* Builds the map of "--to n --at at --init fill" for a tensor with c channels: entries at..at+c-1
- * copy channels 0..c-1, the others get `fill`. entries must hold n. WIDEN_EUSAGE if n < c or
- * at > n - c. */
-widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, widen_map_entry fill,
+/* An --init mode: a fill for the new channels, or a rule for the whole tensor. */
+typedef enum widen_init_kind {
+    WIDEN_INIT_FILL,   /* new channels get `fill` (zeros, const:V, mean, copy:K, normal:STD[:SEED]) */
+    WIDEN_INIT_TIMM,   /* out channel i = in channel (i mod C) * C/N; N = 1: the sum (timm's adapt_input_conv) */
+    WIDEN_INIT_CYCLIC  /* out channel i = in channel (i mod C) */
+} widen_init_kind;
+
+typedef struct widen_init {
+    widen_init_kind kind;
+    widen_map_entry fill;
+} widen_init;
+
+/* Parses an --init mode: zeros, const:V, mean, copy:K, normal:STD[:SEED], timm, cyclic. */
+widen_status widen_parse_init(const char *mode, widen_init *init, widen_error *err);
+/* Builds the map of "--to n --at at --init init" for a tensor with c channels. FILL: entries
+ * at..at+c-1 copy channels 0..c-1, the others get the fill (WIDEN_EUSAGE if n < c or at > n - c);
+ * TIMM and CYCLIC map every output channel and ignore `at`. entries must hold n. */
+widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, const widen_init *init,
                              widen_map_entry *entries, widen_error *err);
 
 /* Adds a remap of tensor `name` along `axis` (negative counts from the end). The map is copied. */
