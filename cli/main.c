@@ -64,7 +64,8 @@ static const char usage_apply[] =
     "  --from C              channel count auto-detection looks for (default 3)\n"
     "  --axis A              channel axis (default 1; negative counts from the end)\n"
     "\n"
-    "transform (one of --to and --map, and/or --cast; none for a plain --format conversion):\n"
+    "transform (--to or --map, both if they agree on N; and/or --cast; none for a plain --format\n"
+    "conversion):\n"
     "  --to N                widen to N channels; old channels land at --at P.. (default 0)\n"
     "  --at P                position of the first old channel\n"
     "  --init MODE           new channels: zeros (default), const:V, mean (of the old channels),\n"
@@ -401,7 +402,7 @@ static int parse_apply(int argc, char **argv, apply_args *a)
     if (argc - optind != 1) return fail(WIDEN_EUSAGE, "apply takes one INPUT (see widen apply --help)");
     a->input = argv[optind];
     if (!a->output) return fail(WIDEN_EUSAGE, "apply needs -o OUTPUT");
-    if (a->have_to && a->map) return fail(WIDEN_EUSAGE, "--to and --map are exclusive: a map gives every channel");
+    if (a->map && (a->init || a->have_at)) return fail(WIDEN_EUSAGE, "--init and --at go with --to, not --map");
     if ((a->init || a->have_at) && !a->have_to) return fail(WIDEN_EUSAGE, "--init and --at go with --to");
     if (a->ntensors && !a->have_to && !a->map) return fail(WIDEN_EUSAGE, "-t selects tensors for --to or --map");
     return 0;
@@ -436,6 +437,10 @@ static int build_maps(const apply_args *a, widen_checkpoint *c, widen_transform 
     widen_init init = {.kind = WIDEN_INIT_FILL, .fill = {.kind = WIDEN_MAP_ZERO}};
     size_t given_n = 0;
     if (a->map && widen_parse_map(a->map, &given, &given_n, &err)) return fail_err(&err);
+    if (a->map && a->have_to && given_n != a->to) {
+        free(given);
+        return fail(WIDEN_EUSAGE, "--map has %zu entries but --to asks for %llu channels", given_n, a->to);
+    }
     if (a->init && widen_parse_init(a->init, &init, &err)) return fail_err(&err);
     int rc = 0;
     for (size_t i = 0; i < count && !rc; i++) {
@@ -450,7 +455,7 @@ static int build_maps(const apply_args *a, widen_checkpoint *c, widen_transform 
             rc = fail(WIDEN_EUSAGE, "%s: tensor '%s' has rank %d: no axis %ld", a->input, t->name, t->rank, a->axis);
             break;
         }
-        if (a->have_to) {
+        if (a->have_to && !a->map) {
             widen_map_entry *m = calloc(a->to ? a->to : 1, sizeof *m);
             if (!m) {
                 rc = fail(WIDEN_EIO, "out of memory");

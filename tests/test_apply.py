@@ -235,7 +235,7 @@ def test_usage_errors_exit_2_and_leave_nothing(tmp_path, model):
         ["-t", "bn1.num_batches_tracked", "--axis", "0", "--to", "2"],  # rank 0 has no axis 0
         ["-t", "mask", "--axis", "0", "--to", "4", "--init", "const:1"],  # const on BOOL
         ["--to", "4", "--init", "median"],               # no such mode
-        ["--to", "4", "--map", "0,1,2,zero"],            # exclusive
+        ["--to", "5", "--map", "0,1,2,zero"],            # a map of the wrong length
         ["--cast", "f64"],
         [],                                              # nothing to do
         ["--to", "4", "--format", "npy"],

@@ -181,8 +181,10 @@ def test_impossible_requests_exit_2(tmp_path):
                  ["-t", "w", "--to", "4", "--init", "copy:3"], ["-t", "w", "--map", "0,5"],
                  ["-t", "w", "--to", "4", "--init", "normal:-1"], ["-t", "w", "--to", "4", "--init", "normal:1:x"],
                  ["-t", "w", "--to", "4", "--init", "mean", "--at", "2"], ["-t", "w", "--to", "2"],
-                 ["-t", "w", "--map", "0*x"], ["-t", "w", "--to", "4", "--init", "median"]):
+                 ["-t", "w", "--map", "0*x"], ["-t", "w", "--to", "4", "--init", "median"],
+                 ["-t", "w", "--to", "4", "--map", "0,1,2"], ["-t", "w", "--map", "0,1", "--at", "1"]):
         proc = run("apply", path, "-o", tmp_path / "o.safetensors", *args)
         assert proc.returncode == 2 and proc.stderr.startswith("widen: error: "), (args, proc.stderr)
+    run("apply", path, "-o", tmp_path / "o.safetensors", "-t", "w", "--to", "3", "--map", "2,1,0", check=0)
     doc = json.loads(run("inspect", path, "--json", check=0).stdout)
     assert len(doc["tensors"]) == 2
