@@ -19,6 +19,19 @@ static void on_signal(int sig)
     interrupted = 1;
 }
 
+/* A file shrank under its mapping (another process truncated it): remove the partial output, say
+ * so, exit 4. Only async-signal-safe calls. */
+static void on_bus_error(int sig)
+{
+    (void)sig;
+    static const char msg[] = "widen: error: an input file changed size while widen was reading it (SIGBUS); "
+                              "no output written\n";
+    widen_remove_temporaries();
+    ssize_t ignored = write(2, msg, sizeof msg - 1);
+    (void)ignored;
+    _exit(WIDEN_EIO);
+}
+
 static int fail(widen_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static int fail(widen_status status, const char *fmt, ...)
@@ -594,6 +607,9 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = on_bus_error;
+    sigaction(SIGBUS, &sa, NULL);
+    signal(SIGXFSZ, SIG_IGN); /* past a file size limit, write() fails with EFBIG: exit 4, not a kill */
     if (argc < 2) {
         fputs(usage_main, stderr);
         return WIDEN_EUSAGE;

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +19,46 @@ void widen_apply_options_init(widen_apply_options *o)
     o->fsync = 1;
 }
 
+/* The temporary files of applies in progress, for widen_remove_temporaries. The only process-wide
+ * state of the library besides the kernel table: a signal handler has nothing else to go by. */
+enum { MAX_TEMPORARIES = 16 };
+static char temporaries[MAX_TEMPORARIES][4096];
+static volatile sig_atomic_t temporary_used[MAX_TEMPORARIES];
+static pthread_mutex_t temporaries_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int temporary_register(const char *path)
+{
+    int slot = -1;
+    pthread_mutex_lock(&temporaries_lock);
+    for (int i = 0; i < MAX_TEMPORARIES && slot < 0; i++) {
+        if (!temporary_used[i] && strlen(path) < sizeof temporaries[i]) {
+            strcpy(temporaries[i], path);
+            temporary_used[i] = 1;
+            slot = i;
+        }
+    }
+    pthread_mutex_unlock(&temporaries_lock);
+    return slot;
+}
+
+static void temporary_unregister(int slot)
+{
+    if (slot < 0) return;
+    pthread_mutex_lock(&temporaries_lock);
+    temporary_used[slot] = 0;
+    pthread_mutex_unlock(&temporaries_lock);
+}
+
+void widen_remove_temporaries(void)
+{
+    for (int i = 0; i < MAX_TEMPORARIES; i++)
+        if (temporary_used[i]) unlink(temporaries[i]);
+}
+
 typedef struct temp_file {
     char *path; /* NULL once renamed into place or removed */
     int fd;
+    int slot;   /* in the table of temporaries */
 } temp_file;
 
 static widen_status temp_open(const char *target, temp_file *tf, widen_error *err)
@@ -27,6 +66,7 @@ static widen_status temp_open(const char *target, temp_file *tf, widen_error *er
     char *copy = strdup(target), *copy2 = strdup(target);
     tf->fd = -1;
     tf->path = NULL;
+    tf->slot = -1;
     if (!copy || !copy2) {
         free(copy);
         free(copy2);
@@ -41,6 +81,7 @@ static widen_status temp_open(const char *target, temp_file *tf, widen_error *er
     } else {
         snprintf(tf->path, size, "%s/.%s.widen-XXXXXX", dir, base);
         tf->fd = mkostemp(tf->path, O_CLOEXEC);
+        if (tf->fd >= 0) tf->slot = temporary_register(tf->path);
         if (tf->fd < 0) {
             st = widen_fail(err, WIDEN_EIO, "%s: cannot create a file in %s: %s", target, dir, strerror(errno));
             free(tf->path);
@@ -60,6 +101,8 @@ static void temp_discard(temp_file *tf)
 {
     if (tf->fd >= 0) close(tf->fd);
     if (tf->path) unlink(tf->path);
+    temporary_unregister(tf->slot);
+    tf->slot = -1;
     free(tf->path);
     tf->path = NULL;
     tf->fd = -1;
@@ -99,6 +142,8 @@ static widen_status temp_commit(temp_file *tf, const char *target, int do_fsync,
                           target, strerror(errno));
     free(tf->path);
     tf->path = NULL;
+    temporary_unregister(tf->slot);
+    tf->slot = -1;
     if (do_fsync) {
         char *copy = strdup(target);
         int dfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
@@ -210,7 +255,7 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
     char *provenance = NULL, *manifest = NULL;
     unsigned char *header = NULL;
     size_t header_len = 0;
-    temp_file out = {.fd = -1}, man = {.fd = -1};
+    temp_file out = {.fd = -1, .slot = -1}, man = {.fd = -1, .slot = -1};
     if ((st = widen_plan_build(ckpt, transform, &plan, err))) goto done_ckpt;
     if (transform->count == 0 && !transform->cast && strcmp(format, ckpt->format) == 0) {
         st = widen_fail(err, WIDEN_EUSAGE, "nothing to do: give --to, --map or --cast, or another --format");

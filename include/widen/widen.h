@@ -279,6 +279,11 @@ widen_status widen_apply(const char *input_path, const char *output_path,
                          const widen_transform *transform, const widen_apply_options *options,
                          widen_error *err);
 
+/* For a program's handler of fatal signals (SIGBUS when a file shrinks under its mapping): removes
+ * the temporary files of every widen_apply in progress, so that no partial output is left behind.
+ * Async-signal-safe; the process is expected to exit right after. */
+void widen_remove_temporaries(void);
+
 typedef struct widen_verify_report {
     size_t tensors;      /* tensors compared */
     size_t transformed;  /* of which remapped or cast */
