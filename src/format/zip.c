@@ -50,7 +50,7 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
     uint64_t count = rd16(m + eocd + 10), cd_size = rd32(m + eocd + 12), cd_offset = rd32(m + eocd + 16);
     if (eocd >= 20 && rd32(m + eocd - 20) == LOCATOR64) {
         uint64_t rec = rd64(m + eocd - 20 + 8);
-        if (rec > size - 56 || rd32(m + rec) != EOCD64) return BAD("%s: zip: bad ZIP64 end record", path);
+        if (size < 56 || rec > size - 56 || rd32(m + rec) != EOCD64) return BAD("%s: zip: bad ZIP64 end record", path);
         count = rd64(m + rec + 32);
         cd_size = rd64(m + rec + 40);
         cd_offset = rd64(m + rec + 48);
@@ -84,7 +84,7 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
         if (method != 0) st = BAD("%s: zip entry '%s' is compressed (method %u); torch.save stores entries", path, e->name, method);
         else if (flags & 1) st = BAD("%s: zip entry '%s' is encrypted", path, e->name);
         else if (csize != usize) st = BAD("%s: zip entry '%s': stored sizes disagree", path, e->name);
-        else if (local > size - 30 || rd32(m + local) != LOCAL) st = BAD("%s: zip entry '%s': bad local header", path, e->name);
+        else if (size < 30 || local > size - 30 || rd32(m + local) != LOCAL) st = BAD("%s: zip entry '%s': bad local header", path, e->name);
         if (st) break;
         e->data_offset = local + 30 + rd16(m + local + 26) + rd16(m + local + 28);
         e->size = usize;

@@ -1,0 +1,57 @@
+#!/usr/bin/python3
+"""Writes the fuzz targets' seed corpora (tests/fuzz/seeds/TARGET/): small valid inputs of each
+parser. Run from the repository root; needs python3-torch. The seeds are committed."""
+import io
+import os
+import shutil
+import sys
+import zipfile
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import numpy as np  # noqa: E402
+from reference import save  # noqa: E402
+
+
+def out(target, name, data):
+    folder = os.path.join(HERE, "seeds", target)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "wb") as f:
+        f.write(data)
+
+
+def main():
+    shutil.rmtree(os.path.join(HERE, "seeds"), ignore_errors=True)
+    with open(os.path.join(ROOT, "examples", "classic_rgb.safetensors"), "rb") as f:
+        out("safetensors", "classic_rgb", f.read())
+    buf = os.path.join(HERE, "tmp.safetensors")
+    save(buf, {"z": ("F32", np.zeros((2, 0), np.float32)), "s": ("I64", np.int64(3).reshape(())),
+               "h": ("F16", np.float16([1, 2, 3]))}, {"format": "pt"})
+    with open(buf, "rb") as f:
+        out("safetensors", "edge", f.read())
+    os.unlink(buf)
+    torch.manual_seed(0)
+    shared = torch.randn(4, 3)
+    checkpoints = {
+        "state_dict": torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2)).state_dict(),
+        "nested": {"model": {"w": torch.randn(2, 3, 1, 1)}, "epoch": 3, "lr": 0.1, "names": ["a", "b"],
+                   "flags": (True, None), "big": 2 ** 40},
+        "tied": {"a": shared, "b": shared, "t": shared.t(), "h": torch.ones(3, dtype=torch.float16)},
+    }
+    for name, obj in checkpoints.items():
+        data = io.BytesIO()
+        torch.save(obj, data)
+        out("torch", name, data.getvalue())
+        with zipfile.ZipFile(io.BytesIO(data.getvalue())) as z:
+            pkl = [n for n in z.namelist() if n.endswith("data.pkl")][0]
+            out("pickle", name, z.read(pkl))
+    for i, text in enumerate(["0,1,2,zero", "2,1,0", "0*0.5,mean,sum,normal:0.1:3,const:1", "timm", "cyclic",
+                              "normal:0.5:7", "copy:2", "const:-1e-3", "mean", "zeros"]):
+        out("map", f"map{i}", text.encode())
+
+
+if __name__ == "__main__":
+    main()
