@@ -159,7 +159,34 @@ static widen_status temp_commit(temp_file *tf, const char *target, int do_fsync,
 typedef struct write_sink {
     int fd;
     const char *target;
+    int in_fd;
+    int no_copy; /* copy_file_range is not available between these files */
 } write_sink;
+
+/* Untouched bytes go from the input's page cache to the output's inside the kernel, as cp does. */
+static widen_status sink_copy(void *user, size_t index, uint64_t offset, uint64_t in_offset, size_t len, widen_error *err)
+{
+    (void)index;
+    (void)offset;
+    write_sink *w = user;
+    if (w->no_copy || w->in_fd < 0) return WIDEN_EUSAGE;
+    loff_t from = (loff_t)in_offset;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = copy_file_range(w->in_fd, &from, w->fd, NULL, len - done, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            if (done == 0 && (n == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
+                              errno == EBADF)) {
+                w->no_copy = 1;
+                return WIDEN_EUSAGE;
+            }
+            return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", w->target, n < 0 ? strerror(errno) : "short copy");
+        }
+        done += (size_t)n;
+    }
+    return WIDEN_OK;
+}
 
 static widen_status sink_write(void *user, size_t index, uint64_t offset, const void *data, size_t len,
                                widen_error *err)
@@ -288,7 +315,8 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
                                 "to safetensors is not in this version", input, plan.tensors[i].name);
         if (st) goto done;
         widen_torch_conversion_notes(ckpt, options->warning, options->warning_user);
-        write_sink ws = {.fd = out.fd, .target = output};
+        write_sink ws = {.fd = out.fd, .target = output, .in_fd = widen_checkpoint_fd(ckpt)};
+        eo.copy = sink_copy;
         if (!(st = widen_safetensors_header(&plan, ckpt, provenance, &header, &header_len, err)) &&
             !(st = widen_write_all(out.fd, header, header_len, output, err)))
             st = widen_execute(ckpt, &plan, &eo, sink_write, &ws, err);

@@ -107,6 +107,7 @@ void widen_release(const widen_checkpoint *c, uint64_t offset, uint64_t len)
 }
 
 const char *widen_checkpoint_path(const widen_checkpoint *c) { return c->path; }
+int widen_checkpoint_fd(const widen_checkpoint *c) { return c->fd; }
 const char *widen_checkpoint_format(const widen_checkpoint *c) { return c->format; }
 uint64_t widen_checkpoint_size(const widen_checkpoint *c) { return c->size; }
 size_t widen_tensor_count(const widen_checkpoint *c) { return c->count; }

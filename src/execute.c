@@ -84,13 +84,24 @@ static void run_job(exec_state *s, const widen_remap_job *job, size_t out_bytes)
     widen_pool_run(s->pool, sj.parts, run_part, &sj);
 }
 
+/* Untouched bytes: hashed from the mapping, moved by the sink's copy where it has one (the kernel
+ * copies page cache to page cache), else sent through the sink. */
 static widen_status copy_tensor(exec_state *s, size_t index, widen_plan_tensor *p, widen_error *err)
 {
     const widen_tensor_info *t = p->in;
     s->hasher->hash_reset(s->out_hash);
     for (uint64_t off = 0; off < t->nbytes; off += CHUNK) {
         size_t len = (size_t)(t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK);
-        widen_status st = emit(s, index, off, s->ckpt->map + t->offset + off, len, err);
+        const unsigned char *data = s->ckpt->map + t->offset + off;
+        widen_status st = s->opt->copy ? s->opt->copy(s->sink_user, index, off, t->offset + off, len, err) : WIDEN_EUSAGE;
+        if (st == WIDEN_EUSAGE) {
+            st = emit(s, index, off, data, len, err); /* no copy here: the bytes go through the sink */
+        } else if (!st) {
+            s->hasher->hash_update(s->out_hash, data, len);
+            s->done += len;
+            if (s->opt->progress && s->opt->progress(s->opt->progress_user, s->done, s->total))
+                st = widen_fail(err, WIDEN_EINTERRUPTED, "interrupted");
+        }
         widen_release(s->ckpt, t->offset + off, len);
         if (st) return st;
     }

@@ -86,11 +86,18 @@ void widen_plan_free(widen_plan *plan);
 typedef widen_status (*widen_sink_fn)(void *user, size_t index, uint64_t offset, const void *data,
                                       size_t len, widen_error *err);
 
+/* Optional: moves `len` input bytes at file offset `in_offset` to the sink unchanged, without them
+ * passing through this process (copy_file_range); WIDEN_EUSAGE from it means "cannot here, send
+ * the bytes instead". */
+typedef widen_status (*widen_copy_fn)(void *user, size_t index, uint64_t offset, uint64_t in_offset, size_t len,
+                                      widen_error *err);
+
 typedef struct widen_exec_options {
     unsigned threads;
     widen_isa isa; /* WIDEN_ISA_COUNT: the active ISA */
     widen_progress_fn progress;
     void *progress_user;
+    widen_copy_fn copy; /* NULL: every byte goes through the sink */
 } widen_exec_options;
 
 /* Streams every plan tensor through the sink in output order, in bounded memory, and fills each
@@ -98,6 +105,9 @@ typedef struct widen_exec_options {
 widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan,
                            const widen_exec_options *options, widen_sink_fn sink, void *sink_user,
                            widen_error *err);
+
+/* The checkpoint's read-only file descriptor (for copy_file_range). */
+int widen_checkpoint_fd(const widen_checkpoint *ckpt);
 
 /* Releases the pages of [offset, offset+len) of the checkpoint's mapping from this process. */
 void widen_release(const widen_checkpoint *ckpt, uint64_t offset, uint64_t len);
