@@ -86,22 +86,77 @@ static void run_job(exec_state *s, const widen_remap_job *job, size_t out_bytes)
 
 /* Untouched bytes: hashed from the mapping, moved by the sink's copy where it has one (the kernel
  * copies page cache to page cache), else sent through the sink. */
+/* Hashes an untouched tensor that the sink's copy moves. */
+static void hash_copied(exec_state *s, widen_plan_tensor *p)
+{
+    const widen_tensor_info *t = p->in;
+    s->hasher->hash_reset(s->out_hash);
+    for (uint64_t off = 0; off < t->nbytes; off += CHUNK) {
+        size_t len = (size_t)(t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK);
+        s->hasher->hash_update(s->out_hash, s->ckpt->map + t->offset + off, len);
+        widen_release(s->ckpt, t->offset + off, len);
+    }
+    p->in_hash = p->out_hash = s->hasher->hash_digest(s->out_hash);
+}
+
+typedef struct copy_job {
+    exec_state *s;
+    widen_plan *plan;
+    size_t first, last;
+    uint64_t bytes;
+    widen_status st;
+    widen_error err;
+} copy_job;
+
+/* Part 0 moves the run (the kernel copies), part 1 hashes it from the mapping, side by side. */
+static void copy_part(void *user, size_t part)
+{
+    copy_job *j = user;
+    if (part == 0) {
+        j->st = j->s->opt->copy(j->s->sink_user, j->first, 0, j->plan->tensors[j->first].in->offset, j->bytes, &j->err);
+        return;
+    }
+    for (size_t i = j->first; i <= j->last; i++) hash_copied(j->s, &j->plan->tensors[i]);
+}
+
+/* Untouched tensors from `first` on that lie back to back in the input as in the output move in one
+ * copy (the kernel copies a long run far faster than many short ones); returns how many did, 0 if
+ * the sink has no copy here. */
+static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_status *st, widen_error *err)
+{
+    if (!s->opt->copy) return 0;
+    size_t last = first;
+    uint64_t bytes = plan->tensors[first].in->nbytes;
+    while (last + 1 < plan->count && plan->tensors[last + 1].op == WIDEN_OP_COPY &&
+           plan->tensors[last + 1].in->offset == plan->tensors[last].in->offset + plan->tensors[last].in->nbytes) {
+        last++;
+        bytes += plan->tensors[last].in->nbytes;
+    }
+    copy_job job = {.s = s, .plan = plan, .first = first, .last = last, .bytes = bytes};
+    if (widen_pool_threads(s->pool) > 1) {
+        widen_pool_run(s->pool, 2, copy_part, &job);
+    } else {
+        copy_part(&job, 0);
+        if (job.st == WIDEN_OK) copy_part(&job, 1);
+    }
+    if (job.st == WIDEN_EUSAGE) return 0; /* no copy here: the caller sends the bytes */
+    *st = job.st;
+    if (*st && err) *err = job.err;
+    if (!*st) {
+        s->done += bytes;
+        if (s->opt->progress && s->opt->progress(s->opt->progress_user, s->done, s->total))
+            *st = widen_fail(err, WIDEN_EINTERRUPTED, "interrupted");
+    }
+    return last - first + 1;
+}
+
 static widen_status copy_tensor(exec_state *s, size_t index, widen_plan_tensor *p, widen_error *err)
 {
     const widen_tensor_info *t = p->in;
     s->hasher->hash_reset(s->out_hash);
     for (uint64_t off = 0; off < t->nbytes; off += CHUNK) {
         size_t len = (size_t)(t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK);
-        const unsigned char *data = s->ckpt->map + t->offset + off;
-        widen_status st = s->opt->copy ? s->opt->copy(s->sink_user, index, off, t->offset + off, len, err) : WIDEN_EUSAGE;
-        if (st == WIDEN_EUSAGE) {
-            st = emit(s, index, off, data, len, err); /* no copy here: the bytes go through the sink */
-        } else if (!st) {
-            s->hasher->hash_update(s->out_hash, data, len);
-            s->done += len;
-            if (s->opt->progress && s->opt->progress(s->opt->progress_user, s->done, s->total))
-                st = widen_fail(err, WIDEN_EINTERRUPTED, "interrupted");
-        }
+        widen_status st = emit(s, index, off, s->ckpt->map + t->offset + off, len, err);
         widen_release(s->ckpt, t->offset + off, len);
         if (st) return st;
     }
@@ -194,9 +249,15 @@ widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan, const
     s.out_hash = s.in_hash ? s.in_hash + 1 : NULL;
     if (!s.kernels) st = widen_fail(err, WIDEN_EUSAGE, "no kernels for ISA %s", widen_isa_name(isa));
     else if (!s.pool || !s.buffer || !s.in_hash || !s.out_hash) st = widen_fail(err, WIDEN_EIO, "out of memory");
-    for (size_t i = 0; i < plan->count && !st; i++) {
+    for (size_t i = 0; i < plan->count && !st;) {
         widen_plan_tensor *p = &plan->tensors[i];
-        st = p->op == WIDEN_OP_COPY ? copy_tensor(&s, i, p, err) : remap_tensor(&s, i, p, err);
+        size_t moved = p->op == WIDEN_OP_COPY ? copy_run(&s, plan, i, &st, err) : 0;
+        if (moved) {
+            i += moved;
+            continue;
+        }
+        if (!st) st = p->op == WIDEN_OP_COPY ? copy_tensor(&s, i, p, err) : remap_tensor(&s, i, p, err);
+        i++;
     }
     if (s.pool) widen_pool_free(s.pool);
     free(s.buffer);
