@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""File-to-file benchmark on a real backbone: torchvision's vit_h_14 (random init, about 2.5 GB),
+saved with torch.save as .pt and converted to .safetensors. Measured in the same run, each command
+RUNS times interleaved, page cache warm, output removed and `sync` run before each timed command,
+wall time and peak RSS from /usr/bin/time; medians:
+
+    cp · the PyTorch recipe (load, build the 4-channel conv_proj weight, save) · widen apply --to 4
+    --no-fsync for pt -> pt, safetensors -> safetensors, pt -> safetensors · widen apply with fsync
+    against cp followed by sync
+
+    bench/torch_bench.py [RUNS=3] [DIR=/tmp]
+    bench/torch_bench.py --growth 1,4,16 [RUNS=3] [DIR=/tmp]   synthetic safetensors of 1, 4, 16 GiB
+"""
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WIDEN = os.environ.get("WIDEN", os.path.join(HERE, "..", "build", "release", "widen"))
+PY = "/usr/bin/python3"
+
+RECIPE = """
+import sys, torch
+sd = torch.load(sys.argv[1])
+w = sd["conv_proj.weight"]
+new = torch.zeros(w.shape[0], 4, *w.shape[2:], dtype=w.dtype)
+new[:, :3] = w
+sd["conv_proj.weight"] = new
+torch.save(sd, sys.argv[2])
+"""
+
+MAKE = """
+import sys, torch, torchvision
+torch.manual_seed(0)
+torch.save(torchvision.models.vit_h_14().state_dict(), sys.argv[1])
+"""
+
+
+def timed(cmd, shell=False):
+    full = ["/usr/bin/time", "-f", "%e %M", "sh", "-c", cmd] if shell else ["/usr/bin/time", "-f", "%e %M", *cmd]
+    proc = subprocess.run(full, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed: {cmd}\n{proc.stderr[-2000:]}")
+    wall, rss = proc.stderr.strip().split("\n")[-1].split()
+    return float(wall), int(rss)
+
+
+def measure(commands, outputs, runs):
+    results = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            for path in outputs:
+                if os.path.exists(path):
+                    os.unlink(path)
+            subprocess.run(["sync"], check=True)
+            results[name].append(timed(cmd, shell=isinstance(cmd, str)))
+    return results
+
+
+def table(results, base, note):
+    print(note)
+    print()
+    print("| command | median wall (s) | ratio to cp | peak RSS (MiB) |")
+    print("|---|---|---|---|")
+    b = statistics.median(w for w, _ in results[base])
+    for name, samples in results.items():
+        wall = statistics.median(w for w, _ in samples)
+        print(f"| {name} | {wall:.2f} | {wall / b:.2f} | {max(r for _, r in samples) / 1024:.1f} |")
+    print()
+
+
+def main_vit(runs, folder):
+    pt = os.path.join(folder, "vit_h_14.pt")
+    st = os.path.join(folder, "vit_h_14.safetensors")
+    if not os.path.exists(pt):
+        subprocess.run([PY, "-c", MAKE, pt], check=True)
+    if not os.path.exists(st):
+        subprocess.run([WIDEN, "apply", pt, "-o", st, "--no-progress"], check=True)
+    out = {k: os.path.join(folder, f"bench-out.{k}") for k in ("cp", "recipe", "pt", "st", "ptst", "fsync", "cpsync")}
+    commands = {
+        "cp (.pt)": ["cp", pt, out["cp"]],
+        "PyTorch recipe (.pt -> .pt)": [PY, "-c", RECIPE, pt, out["recipe"]],
+        "widen .pt -> .pt": [WIDEN, "apply", pt, "-o", out["pt"] + ".pt", "--to", "4", "--no-fsync", "--no-progress"],
+        "widen .safetensors -> .safetensors": [WIDEN, "apply", st, "-o", out["st"] + ".safetensors", "--to", "4",
+                                               "--no-fsync", "--no-progress"],
+        "widen .pt -> .safetensors": [WIDEN, "apply", pt, "-o", out["ptst"] + ".safetensors", "--to", "4",
+                                      "--no-fsync", "--no-progress"],
+        "cp + sync (.safetensors)": f"cp {st} {out['cpsync']} && sync",
+        "widen with fsync (.safetensors)": [WIDEN, "apply", st, "-o", out["fsync"] + ".safetensors", "--to", "4",
+                                            "--no-progress"],
+    }
+    paths = list(out.values()) + [out[k] + ext for k in ("pt", "st", "ptst", "fsync") for ext in (".pt", ".safetensors")]
+    subprocess.run(["cat", pt, st], stdout=subprocess.DEVNULL, check=True)
+    results = measure(commands, paths, runs)
+    size = os.path.getsize(pt)
+    table(results, "cp (.pt)", f"vit_h_14 (torchvision, random init): {size / 1e9:.2f} GB .pt, median of {runs} runs, "
+          f"{os.cpu_count()} CPUs; ratios to `cp` of the .pt (the fsync rows compare with `cp + sync`)")
+    for p in paths:
+        if os.path.exists(p):
+            os.unlink(p)
+
+
+def main_growth(sizes, runs, folder):
+    sys.path.insert(0, HERE)
+    import synthetic
+    print(f"growth: synthetic safetensors, `widen apply --to 4 --no-fsync` beside `cp`, median of {runs} runs")
+    print()
+    print("| size (GiB) | cp (s) | widen (s) | widen / cp | widen s per GiB | widen peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for gib in sizes:
+        src = os.path.join(folder, f"growth-{gib}.safetensors")
+        synthetic.make(src, gib << 30)
+        outs = [os.path.join(folder, "growth-cp"), os.path.join(folder, "growth-out.safetensors")]
+        res = measure({"cp": ["cp", src, outs[0]],
+                       "widen": [WIDEN, "apply", src, "-o", outs[1], "--to", "4", "--no-fsync", "--no-progress"]},
+                      outs, runs)
+        cp = statistics.median(w for w, _ in res["cp"])
+        w = statistics.median(x for x, _ in res["widen"])
+        rss = max(r for _, r in res["widen"]) / 1024
+        print(f"| {gib} | {cp:.2f} | {w:.2f} | {w / cp:.2f} | {w / gib:.2f} | {rss:.1f} |")
+        for p in outs + [src]:
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args and args[0] == "--growth":
+        sizes = [int(x) for x in (args[1] if len(args) > 1 else "1,4,16").split(",")]
+        main_growth(sizes, int(args[2]) if len(args) > 2 else 3, args[3] if len(args) > 3 else "/tmp")
+    else:
+        main_vit(int(args[0]) if args else 3, args[1] if len(args) > 1 else "/tmp")
