@@ -127,7 +127,7 @@ static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_stat
     if (!s->opt->copy) return 0;
     size_t last = first;
     uint64_t bytes = plan->tensors[first].in->nbytes;
-    while (last + 1 < plan->count && plan->tensors[last + 1].op == WIDEN_OP_COPY &&
+    while (!s->opt->copy_one_item && last + 1 < plan->count && plan->tensors[last + 1].op == WIDEN_OP_COPY &&
            plan->tensors[last + 1].in->offset == plan->tensors[last].in->offset + plan->tensors[last].in->nbytes) {
         last++;
         bytes += plan->tensors[last].in->nbytes;

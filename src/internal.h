@@ -98,6 +98,7 @@ typedef struct widen_exec_options {
     widen_progress_fn progress;
     void *progress_user;
     widen_copy_fn copy; /* NULL: every byte goes through the sink */
+    int copy_one_item;  /* the copy takes one item at a time (items are separate records) */
 } widen_exec_options;
 
 /* Streams every plan tensor through the sink in output order, in bounded memory, and fills each

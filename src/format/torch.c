@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
+#include <libdeflate.h>
 
 #include "../internal.h"
 #include "torch.h"
@@ -266,7 +266,7 @@ widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
     if (order && !(order->size == 6 && memcmp(c->map + order->data_offset, "little", 6) == 0))
         return BAD("%s: a big-endian PyTorch checkpoint (byteorder record), which widen does not read yet", c->path);
     /* CRCs are optional (writers may leave them zero); the pickle's is checked where present */
-    if (pkl->crc && (uint32_t)crc32(0, c->map + pkl->data_offset, (uInt)pkl->size) != pkl->crc)
+    if (pkl->crc && libdeflate_crc32(0, c->map + pkl->data_offset, (size_t)pkl->size) != pkl->crc)
         return BAD("%s: %sdata.pkl fails its CRC-32 check (a damaged file)", c->path, ts->prefix);
     char what[600];
     snprintf(what, sizeof what, "%s: %sdata.pkl", c->path, ts->prefix);

@@ -1,9 +1,11 @@
 /* torch_write.c: writing a torch.save zip checkpoint: the input's object tree with the transformed
  * tensors given storages of their own, storages renumbered in order of first appearance, and the
  * archive laid out as torch.save lays it out (FORMATS.md), streamed through the executor. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../../kernels/kernels.h"
 #include "../internal.h"
@@ -121,6 +123,8 @@ static widen_status rebind(writer *w, size_t index, const widen_plan_tensor *p, 
 }
 
 typedef struct archive_sink {
+    const widen_checkpoint *ckpt; /* the input: its mapping (for CRCs) and descriptor (for copies) */
+    int no_copy;
     int fd;
     const char *target;
     const char *prefix;
@@ -181,6 +185,35 @@ static widen_status sink_archive(void *user, size_t index, uint64_t offset, cons
     archive_sink *s = user;
     widen_status st = open_through(s, index, err);
     return st ? st : record_bytes(s, data, len, err);
+}
+
+/* An untouched storage: its record's CRC from the mapping, its bytes copied inside the kernel. */
+static widen_status sink_archive_copy(void *user, size_t index, uint64_t offset, uint64_t in_offset, size_t len,
+                                      widen_error *err)
+{
+    (void)offset;
+    archive_sink *s = user;
+    if (s->no_copy) return WIDEN_EUSAGE;
+    widen_status st = open_through(s, index, err);
+    if (st) return st;
+    loff_t from = (loff_t)in_offset;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = copy_file_range(widen_checkpoint_fd(s->ckpt), &from, s->fd, NULL, len - done, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            if (done == 0 && (n == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
+                              errno == EBADF)) {
+                s->no_copy = 1;
+                return WIDEN_EUSAGE; /* the record is open: the bytes follow through the sink */
+            }
+            return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", s->target, n < 0 ? strerror(errno) : "short copy");
+        }
+        done += (size_t)n;
+    }
+    /* the CRC and sizes of what was copied, without a second write */
+    widen_zip_data(s->zw, s->ckpt->map + in_offset, len);
+    return WIDEN_OK;
 }
 
 widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, const widen_plan *tensor_plan, int fd,
@@ -253,7 +286,10 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, c
         plan.data_bytes += p->nbytes;
     }
     plan.count = w.keys;
-    archive_sink sink = {.fd = fd, .target = target, .prefix = ts->prefix, .zw = &zw, .total = w.keys};
+    archive_sink sink = {.ckpt = c, .fd = fd, .target = target, .prefix = ts->prefix, .zw = &zw, .total = w.keys};
+    widen_exec_options copying = *eo;
+    copying.copy = sink_archive_copy;
+    copying.copy_one_item = 1;
     if (!st) {
         widen_status ws = record_begin(&sink, "data.pkl");
         st = ws ? widen_fail(err, WIDEN_EIO, "%s: write failed", target) : record_bytes(&sink, pickle.data, pickle.len, err);
@@ -262,7 +298,7 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, c
     if (!st) st = small_record(&sink, ".format_version", "1", err);
     if (!st) st = small_record(&sink, ".storage_alignment", "64", err);
     if (!st) st = small_record(&sink, "byteorder", "little", err);
-    if (!st) st = widen_execute(c, &plan, eo, sink_archive, &sink, err);
+    if (!st) st = widen_execute(c, &plan, &copying, sink_archive, &sink, err);
     if (!st && w.keys) st = open_through(&sink, w.keys - 1, err);
     if (!st && w.keys) st = record_end(&sink, err);
     if (!st) st = small_record(&sink, "version", "3\n", err);
