@@ -58,7 +58,9 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
             goto fail;
         }
         c->map = m;
-        madvise(m, (size_t)c->size, MADV_SEQUENTIAL);
+        /* headers first, read here and there (a zip's local headers lie all over the file): no
+         * read-around, so that only the pages read are mapped */
+        madvise(m, (size_t)c->size, MADV_RANDOM);
     }
     const char *kind = unsupported_kind(c->map, c->size);
     if (kind) {
@@ -73,6 +75,8 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
         st = widen_safetensors_read(c, err);
     }
     if (st) goto fail;
+    widen_release(c, 0, c->size); /* the pages reading the headers touched */
+    if (c->map) madvise((void *)c->map, (size_t)c->size, MADV_SEQUENTIAL); /* then the data, front to back */
     *out = c;
     return WIDEN_OK;
 fail:
@@ -100,6 +104,7 @@ void widen_close(widen_checkpoint *c)
 
 void widen_release(const widen_checkpoint *c, uint64_t offset, uint64_t len)
 {
+    if (c->fd < 0) return; /* not a mapping of ours (a buffer handed in by a fuzzer) */
     long page = sysconf(_SC_PAGESIZE);
     uint64_t begin = offset / (uint64_t)page * (uint64_t)page, end = offset + len;
     if (end > c->size) end = c->size;

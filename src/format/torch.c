@@ -241,13 +241,18 @@ void widen_torch_free(void *state)
     free(ts);
 }
 
+static void forget_pages(void *user, uint64_t offset, uint64_t len)
+{
+    widen_release(user, offset, len);
+}
+
 widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
 {
     torch_state *ts = calloc(1, sizeof *ts);
     if (!ts) return widen_fail(err, WIDEN_EIO, "out of memory");
     c->format_state = ts;
     c->format_free = widen_torch_free;
-    widen_status st = widen_zip_read(c->map, c->size, c->path, &ts->zip, err);
+    widen_status st = widen_zip_read(c->map, c->size, c->path, &ts->zip, forget_pages, c, err);
     if (st) return st;
     if (ts->zip.count == 0) return BAD("%s: an empty zip archive, not a PyTorch checkpoint", c->path);
     const char *first = ts->zip.entries[0].name, *slash = strchr(first, '/');

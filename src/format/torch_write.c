@@ -211,8 +211,12 @@ static widen_status sink_archive_copy(void *user, size_t index, uint64_t offset,
         }
         done += (size_t)n;
     }
-    /* the CRC and sizes of what was copied, without a second write */
-    widen_zip_data(s->zw, s->ckpt->map + in_offset, len);
+    /* the CRC and sizes of what was copied, without a second write, in bounded steps of the mapping */
+    for (size_t at = 0; at < len; at += 4u << 20) {
+        size_t step = len - at < (4u << 20) ? len - at : 4u << 20;
+        widen_zip_data(s->zw, s->ckpt->map + in_offset + at, step);
+        widen_release(s->ckpt, in_offset + at, step);
+    }
     return WIDEN_OK;
 }
 

@@ -38,7 +38,8 @@ static void zip64_extra(const unsigned char *extra, size_t len, uint64_t *usize,
     }
 }
 
-widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *path, widen_zip *zip, widen_error *err)
+widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *path, widen_zip *zip,
+                            void (*forget)(void *user, uint64_t offset, uint64_t len), void *forget_user, widen_error *err)
 {
     memset(zip, 0, sizeof *zip);
     if (size < 22) return BAD("%s: zip archive too short for an end record", path);
@@ -87,6 +88,7 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
         else if (size < 30 || local > size - 30 || rd32(m + local) != LOCAL) st = BAD("%s: zip entry '%s': bad local header", path, e->name);
         if (st) break;
         e->data_offset = local + 30 + rd16(m + local + 26) + rd16(m + local + 28);
+        if (forget) forget(forget_user, local, 30);
         e->size = usize;
         e->crc = rd32(m + at + 16);
         if (e->data_offset > size || e->size > size - e->data_offset)

@@ -21,8 +21,11 @@ typedef struct widen_zip {
 } widen_zip;
 
 /* Reads the central directory of the mapped file and every entry's local header. Rejects (exit 3)
- * compressed or encrypted entries, entries past the end of the file, overlapping entries. */
+ * compressed or encrypted entries, entries past the end of the file, overlapping entries. `forget`
+ * (may be NULL) is told each local header read: they lie all over the file, and a page fault may map
+ * far more than the bytes read (large page-cache folios), so the caller drops those pages. */
 widen_status widen_zip_read(const unsigned char *map, uint64_t size, const char *path, widen_zip *zip,
+                            void (*forget)(void *user, uint64_t offset, uint64_t len), void *forget_user,
                             widen_error *err);
 void widen_zip_free(widen_zip *zip);
 const widen_zip_entry *widen_zip_find(const widen_zip *zip, const char *name);
