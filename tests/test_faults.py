@@ -159,3 +159,19 @@ def test_pt_truncations_and_flips(tmp_path):
         bad.write_bytes(bytes(flipped))
         proc = run("apply", bad, "-o", tmp_path / "o.pt", "--to", "4", "--force")
         assert proc.returncode in (0, 2, 3), (pos, proc.returncode, proc.stderr)
+
+
+def test_read_only_output_folder_exits_4(tmp_path):
+    """A read-only bind mount in a private mount namespace: root's write permission does not help."""
+    src = tmp_path / "in.safetensors"
+    save(str(src), {"w": ("F32", np.ones((4, 3, 2, 2), np.float32))})
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && "
+              f"exec {WIDEN} apply {src} -o {ro}/o.safetensors --to 4")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    if "mount" in proc.stderr and proc.returncode not in (4,):
+        pytest.skip(f"no private mount namespace here: {proc.stderr.strip()}")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.startswith("widen: error: ") and "Read-only file system" in proc.stderr
+    assert os.listdir(ro) == []
