@@ -6,6 +6,7 @@
 
 #include "kernels.h"
 #include "xxh3.h"
+#include "arith.h"
 
 #define V 32     /* vector bytes */
 #define LINE 64 /* streaming stores start on a cache line: partial lines written that way are slow */
@@ -160,27 +161,6 @@ size_t widen_rows_avx2(const widen_remap_job *job, int stream)
     return p.steps * p.rows_per_step;
 }
 
-static void mul_avx2(float *x, size_t n, float s)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(s)));
-    for (; i < n; i++) x[i] = x[i] * s;
-}
-
-static void add_avx2(float *acc, const float *x, size_t n)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), _mm256_loadu_ps(x + i)));
-    for (; i < n; i++) acc[i] = acc[i] + x[i];
-}
-
-static void div_avx2(float *x, size_t n, float d)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_div_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(d)));
-    for (; i < n; i++) x[i] = x[i] / d;
-}
-
 static void normal_avx2(float *out, size_t n, float std, uint64_t seed, uint64_t index)
 {
     enum { B = 64 };
@@ -211,9 +191,7 @@ const widen_kernels widen_kernels_avx2 = {
     .fill = fill_avx2,
     .convert = WIDEN_CONVERT_ENTRIES,
     .rows = widen_rows_avx2,
-    .mul_f32 = mul_avx2,
-    .add_f32 = add_avx2,
-    .div_f32 = div_avx2,
+    WIDEN_ARITH_ENTRIES,
     .normal_f32 = normal_avx2,
     .fence = fence_avx2,
     WIDEN_HASH_ENTRIES(avx2),

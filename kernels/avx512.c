@@ -9,6 +9,7 @@
 #include "../dispatch/cpu.h"
 #include "kernels.h"
 #include "xxh3.h"
+#include "arith.h"
 
 #define V 64
 #define PREFETCH 1024 /* bytes ahead: streaming stores do not pull the source in early by themselves */
@@ -143,28 +144,6 @@ static size_t rows_avx512(const widen_remap_job *job, int stream)
     return widen_cpu_get()->avx512vbmi ? rows_vbmi(job, stream) : widen_rows_avx2(job, stream);
 }
 
-static void mul_avx512(float *x, size_t n, float s)
-{
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(s)));
-    for (; i < n; i++) x[i] = x[i] * s;
-}
-
-static void add_avx512(float *acc, const float *x, size_t n)
-{
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(acc + i, _mm512_add_ps(_mm512_loadu_ps(acc + i), _mm512_loadu_ps(x + i)));
-    for (; i < n; i++) acc[i] = acc[i] + x[i];
-}
-
-static void div_avx512(float *x, size_t n, float d)
-{
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_div_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(d)));
-    for (; i < n; i++) x[i] = x[i] / d;
-}
-
 static void normal_avx512(float *out, size_t n, float std, uint64_t seed, uint64_t index)
 {
     enum { B = 64 };
@@ -195,9 +174,7 @@ const widen_kernels widen_kernels_avx512 = {
     .fill = fill_avx512,
     .convert = WIDEN_CONVERT_ENTRIES,
     .rows = rows_avx512,
-    .mul_f32 = mul_avx512,
-    .add_f32 = add_avx512,
-    .div_f32 = div_avx512,
+    WIDEN_ARITH_ENTRIES,
     .normal_f32 = normal_avx512,
     .fence = fence_avx512,
     WIDEN_HASH_ENTRIES(avx512),

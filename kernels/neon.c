@@ -7,6 +7,7 @@
 
 #include "kernels.h"
 #include "xxh3.h"
+#include "arith.h"
 
 #define V 16
 
@@ -89,27 +90,6 @@ static size_t rows_neon(const widen_remap_job *job, int stream)
 
 WIDEN_DEFINE_HASH(neon)
 
-static void mul_neon(float *x, size_t n, float s)
-{
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), vdupq_n_f32(s)));
-    for (; i < n; i++) x[i] = x[i] * s;
-}
-
-static void add_neon(float *acc, const float *x, size_t n)
-{
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(acc + i, vaddq_f32(vld1q_f32(acc + i), vld1q_f32(x + i)));
-    for (; i < n; i++) acc[i] = acc[i] + x[i];
-}
-
-static void div_neon(float *x, size_t n, float d)
-{
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(x + i, vdivq_f32(vld1q_f32(x + i), vdupq_n_f32(d)));
-    for (; i < n; i++) x[i] = x[i] / d;
-}
-
 static void normal_neon(float *out, size_t n, float std, uint64_t seed, uint64_t index)
 {
     enum { B = 64 };
@@ -133,9 +113,7 @@ const widen_kernels widen_kernels_neon = {
     .fill = fill_neon,
     .convert = WIDEN_CONVERT_ENTRIES,
     .rows = rows_neon,
-    .mul_f32 = mul_neon,
-    .add_f32 = add_neon,
-    .div_f32 = div_neon,
+    WIDEN_ARITH_ENTRIES,
     .normal_f32 = normal_neon,
     WIDEN_HASH_ENTRIES(neon),
 };

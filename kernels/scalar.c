@@ -5,6 +5,7 @@
 #define XXH_VECTOR XXH_SCALAR /* the reference: no vectors */
 #include "kernels.h"
 #include "xxh3.h"
+#include "arith.h"
 
 static void copy_scalar(void *dst, const void *src, size_t bytes, int stream)
 {
@@ -66,21 +67,6 @@ SCALAR_CONVERT(f16_to_bf16, F16, BF16)
 SCALAR_CONVERT(bf16_to_f32, BF16, F32)
 SCALAR_CONVERT(bf16_to_f16, BF16, F16)
 
-static void mul_scalar(float *x, size_t n, float s)
-{
-    for (size_t i = 0; i < n; i++) x[i] = x[i] * s;
-}
-
-static void add_scalar(float *acc, const float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++) acc[i] = acc[i] + x[i];
-}
-
-static void div_scalar(float *x, size_t n, float d)
-{
-    for (size_t i = 0; i < n; i++) x[i] = x[i] / d;
-}
-
 void widen_normal_scalar(float *out, size_t n, float std, uint64_t seed, uint64_t index)
 {
     enum { B = 64 };
@@ -103,9 +89,7 @@ const widen_kernels widen_kernels_scalar = {
     .copy = copy_scalar,
     .fill = fill_scalar,
     .convert = WIDEN_CONVERT_ENTRIES,
-    .mul_f32 = mul_scalar,
-    .add_f32 = add_scalar,
-    .div_f32 = div_scalar,
+    WIDEN_ARITH_ENTRIES,
     .normal_f32 = widen_normal_scalar,
     WIDEN_HASH_ENTRIES(scalar),
 };
