@@ -56,6 +56,8 @@ BROKEN = {
     "legacy_torch": lambda p: open(p, "wb").write(bytes.fromhex("80028a0a6cfc9c46f9206aa85019") + b"\0" * 64),
     "zip_archive": lambda p: open(p, "wb").write(b"PK\x03\x04" + b"\0" * 64),
     "empty_file": lambda p: open(p, "wb").write(b""),
+    "shard_index_json": lambda p: open(p, "wb").write(b'{"metadata": {}, "weight_map": {}}'),
+    "npy": lambda p: open(p, "wb").write(b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'}"),
 }
 
 
@@ -74,7 +76,7 @@ def test_broken_file_exits_3_and_writes_nothing(tmp_path, case):
 
 
 def test_messages_say_what_is_wrong(tmp_path):
-    cases = {"legacy_torch": "legacy", "zip_archive": "zip", "gap": "gap", "overlap": "overlap",
+    cases = {"legacy_torch": "legacy", "zip_archive": "zip", "shard_index_json": "index.json", "npy": "NumPy", "gap": "gap", "overlap": "overlap",
              "trailing_bytes": "trailing", "duplicate_name": "duplicate", "unknown_dtype": "unknown dtype",
              "header_too_large": "100,000,000", "truncated_data": "truncated"}
     for case, words in cases.items():
@@ -127,4 +129,12 @@ def test_header_length_that_looks_like_a_pickle_opcode(tmp_path):
     header = json.dumps({"a": T, "__metadata__": {"k": "x" * pad}}).encode()
     path = raw_file(str(tmp_path / "p.safetensors"), header, b"\0" * 8)
     assert open(path, "rb").read(2) == b"\x80\x02"
+    assert [t["name"] for t in inspect_json(path)["tensors"]] == ["a"]
+
+
+def test_unpadded_header_of_123_bytes_is_not_taken_for_json(tmp_path):
+    header = json.dumps({"a": T}).encode()
+    header += b" " * (123 - len(header))
+    path = raw_file(str(tmp_path / "odd.safetensors"), header, b"\0" * 8, pad=False)
+    assert open(path, "rb").read(1) == b"{"
     assert [t["name"] for t in inspect_json(path)["tensors"]] == ["a"]
