@@ -161,22 +161,9 @@ size_t widen_rows_avx2(const widen_remap_job *job, int stream)
     return p.steps * p.rows_per_step;
 }
 
-static void normal_avx2(float *out, size_t n, float std, uint64_t seed, uint64_t index)
-{
-    enum { B = 64 };
-    float u1[B], u2[B];
-    size_t at = 0;
-    for (; at + B <= n; at += B) {
-        widen_normal_uniforms(u1, u2, B, seed, index + at);
-        for (size_t i = 0; i < B; i += 8) {
-            __m256 r = Sleef_cinz_sqrtf8_u05avx(
-                _mm256_mul_ps(_mm256_set1_ps(-2.0f), Sleef_cinz_logf8_u10avx(_mm256_loadu_ps(u1 + i))));
-            __m256 c = Sleef_cinz_sincosf8_u10avx(_mm256_mul_ps(_mm256_set1_ps(6.2831855f), _mm256_loadu_ps(u2 + i))).y;
-            _mm256_storeu_ps(out + at + i, _mm256_mul_ps(_mm256_set1_ps(std), _mm256_mul_ps(r, c)));
-        }
-    }
-    widen_normal_scalar(out + at, n - at, std, seed, index + at);
-}
+#define COS_AVX2(x) Sleef_cinz_sincosf8_u10avx(x).y
+WIDEN_DEFINE_NORMAL(normal_avx2, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_mul_ps,
+                    Sleef_cinz_logf8_u10avx, Sleef_cinz_sqrtf8_u05avx, COS_AVX2)
 
 static void fence_avx2(void)
 {

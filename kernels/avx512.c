@@ -144,22 +144,9 @@ static size_t rows_avx512(const widen_remap_job *job, int stream)
     return widen_cpu_get()->avx512vbmi ? rows_vbmi(job, stream) : widen_rows_avx2(job, stream);
 }
 
-static void normal_avx512(float *out, size_t n, float std, uint64_t seed, uint64_t index)
-{
-    enum { B = 64 };
-    float u1[B], u2[B];
-    size_t at = 0;
-    for (; at + B <= n; at += B) {
-        widen_normal_uniforms(u1, u2, B, seed, index + at);
-        for (size_t i = 0; i < B; i += 16) {
-            __m512 r = Sleef_cinz_sqrtf16_u05avx512fnofma(
-                _mm512_mul_ps(_mm512_set1_ps(-2.0f), Sleef_cinz_logf16_u10avx512fnofma(_mm512_loadu_ps(u1 + i))));
-            __m512 c = Sleef_cinz_sincosf16_u10avx512fnofma(_mm512_mul_ps(_mm512_set1_ps(6.2831855f), _mm512_loadu_ps(u2 + i))).y;
-            _mm512_storeu_ps(out + at + i, _mm512_mul_ps(_mm512_set1_ps(std), _mm512_mul_ps(r, c)));
-        }
-    }
-    widen_normal_scalar(out + at, n - at, std, seed, index + at);
-}
+#define COS_AVX512(x) Sleef_cinz_sincosf16_u10avx512fnofma(x).y
+WIDEN_DEFINE_NORMAL(normal_avx512, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_mul_ps,
+                    Sleef_cinz_logf16_u10avx512fnofma, Sleef_cinz_sqrtf16_u05avx512fnofma, COS_AVX512)
 
 static void fence_avx512(void)
 {

@@ -108,6 +108,25 @@ void widen_normal_uniforms(float *u1, float *u2, size_t n, uint64_t seed, uint64
 /* The scalar reference of normal_f32, which SIMD tails also use. */
 void widen_normal_scalar(float *out, size_t n, float std, uint64_t seed, uint64_t index);
 
+/* normal_f32 for an ISA: blocks of uniforms, then LANES at a time through that ISA's SLEEF cinz
+ * functions in the scalar reference's order of operations; the tail through the reference. */
+#define WIDEN_DEFINE_NORMAL(name, VEC, LANES, LOAD, STORE, SET1, MUL, LOG, SQRT, COS)               \
+    static void name(float *out, size_t n, float std, uint64_t seed, uint64_t index)               \
+    {                                                                                              \
+        enum { B = 64 };                                                                           \
+        float u1[B], u2[B];                                                                        \
+        size_t at = 0;                                                                             \
+        for (; at + B <= n; at += B) {                                                             \
+            widen_normal_uniforms(u1, u2, B, seed, index + at);                                    \
+            for (size_t i = 0; i < B; i += LANES) {                                                \
+                VEC r = SQRT(MUL(SET1(-2.0f), LOG(LOAD(u1 + i))));                                 \
+                VEC c = COS(MUL(SET1(6.2831855f), LOAD(u2 + i)));                                  \
+                STORE(out + at + i, MUL(SET1(std), MUL(r, c)));                                    \
+            }                                                                                      \
+        }                                                                                          \
+        widen_normal_scalar(out + at, n - at, std, seed, index + at);                              \
+    }
+
 /* Scalar conversions of n elements (unaligned), for SIMD tails and the scalar table. */
 void widen_convert_scalar(int from, int to, void *dst, const void *src, size_t n);
 

@@ -90,22 +90,9 @@ static size_t rows_neon(const widen_remap_job *job, int stream)
 
 WIDEN_DEFINE_HASH(neon)
 
-static void normal_neon(float *out, size_t n, float std, uint64_t seed, uint64_t index)
-{
-    enum { B = 64 };
-    float u1[B], u2[B];
-    size_t at = 0;
-    for (; at + B <= n; at += B) {
-        widen_normal_uniforms(u1, u2, B, seed, index + at);
-        for (size_t i = 0; i < B; i += 4) {
-            float32x4_t r = Sleef_cinz_sqrtf4_u05advsimdnofma(
-                vmulq_f32(vdupq_n_f32(-2.0f), Sleef_cinz_logf4_u10advsimdnofma(vld1q_f32(u1 + i))));
-            float32x4_t c = Sleef_cinz_sincosf4_u10advsimdnofma(vmulq_f32(vdupq_n_f32(6.2831855f), vld1q_f32(u2 + i))).y;
-            vst1q_f32(out + at + i, vmulq_f32(vdupq_n_f32(std), vmulq_f32(r, c)));
-        }
-    }
-    widen_normal_scalar(out + at, n - at, std, seed, index + at);
-}
+#define COS_NEON(x) Sleef_cinz_sincosf4_u10advsimdnofma(x).y
+WIDEN_DEFINE_NORMAL(normal_neon, float32x4_t, 4, vld1q_f32, vst1q_f32, vdupq_n_f32, vmulq_f32,
+                    Sleef_cinz_logf4_u10advsimdnofma, Sleef_cinz_sqrtf4_u05advsimdnofma, COS_NEON)
 
 const widen_kernels widen_kernels_neon = {
     .isa = WIDEN_ISA_NEON,

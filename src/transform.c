@@ -60,7 +60,8 @@ static widen_status parse_normal(const char *text, widen_map_entry *e, const cha
     return WIDEN_OK;
 }
 
-static widen_status parse_entry(const char *text, widen_map_entry *e, widen_error *err)
+/* One map entry; `what` names the option in messages. */
+static widen_status parse_entry(const char *text, widen_map_entry *e, const char *what, widen_error *err)
 {
     memset(e, 0, sizeof *e);
     if (strcmp(text, "zero") == 0) {
@@ -73,9 +74,9 @@ static widen_status parse_entry(const char *text, widen_map_entry *e, widen_erro
     }
     if (strncmp(text, "const:", 6) == 0) {
         e->kind = WIDEN_MAP_CONST;
-        return parse_float(text + 6, &e->value, "--map const", err);
+        return parse_float(text + 6, &e->value, what, err);
     }
-    if (strncmp(text, "normal:", 7) == 0) return parse_normal(text + 7, e, "--map normal", err);
+    if (strncmp(text, "normal:", 7) == 0) return parse_normal(text + 7, e, what, err);
     if (*text >= '0' && *text <= '9') {
         char *end;
         errno = 0;
@@ -83,11 +84,11 @@ static widen_status parse_entry(const char *text, widen_map_entry *e, widen_erro
         if (errno == 0 && k <= UINT32_MAX && (!*end || *end == '*')) {
             e->kind = *end ? WIDEN_MAP_SCALE : WIDEN_MAP_SOURCE;
             e->channel = (uint32_t)k;
-            return *end ? parse_float(end + 1, &e->value, "--map K*S", err) : WIDEN_OK;
+            return *end ? parse_float(end + 1, &e->value, what, err) : WIDEN_OK;
         }
     }
     return widen_fail(err, WIDEN_EUSAGE,
-                      "--map: cannot read entry '%s' (use K, K*S, zero, const:V, mean, sum or normal:STD[:SEED])", text);
+                      "%s: cannot read entry '%s' (use K, K*S, zero, const:V, mean, sum or normal:STD[:SEED])", what, text);
 }
 
 widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t *count, widen_error *err)
@@ -108,7 +109,7 @@ widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t
     for (size_t i = 0; i < n && !st; i++) {
         char *comma = strchr(cursor, ',');
         if (comma) *comma = '\0';
-        st = parse_entry(cursor, &m[i], err);
+        st = parse_entry(cursor, &m[i], "--map", err);
         cursor = comma ? comma + 1 : cursor + strlen(cursor);
     }
     free(copy);
@@ -124,35 +125,23 @@ widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t
 widen_status widen_parse_init(const char *mode, widen_init *init, widen_error *err)
 {
     memset(init, 0, sizeof *init);
-    widen_map_entry *fill = &init->fill;
     init->kind = WIDEN_INIT_FILL;
     if (strcmp(mode, "zeros") == 0) {
-        fill->kind = WIDEN_MAP_ZERO;
-        return WIDEN_OK;
-    }
-    if (strcmp(mode, "mean") == 0) {
-        fill->kind = WIDEN_MAP_MEAN;
+        init->fill.kind = WIDEN_MAP_ZERO;
         return WIDEN_OK;
     }
     if (strcmp(mode, "timm") == 0 || strcmp(mode, "cyclic") == 0) {
         init->kind = mode[0] == 't' ? WIDEN_INIT_TIMM : WIDEN_INIT_CYCLIC;
         return WIDEN_OK;
     }
-    if (strncmp(mode, "const:", 6) == 0) {
-        fill->kind = WIDEN_MAP_CONST;
-        return parse_float(mode + 6, &fill->value, "--init const", err);
-    }
-    if (strncmp(mode, "normal:", 7) == 0) return parse_normal(mode + 7, fill, "--init normal", err);
+    /* copy:K is the map entry K; const:V, mean and normal:STD[:SEED] are map entries as they are */
     if (strncmp(mode, "copy:", 5) == 0) {
-        char *end;
-        errno = 0;
-        unsigned long k = strtoul(mode + 5, &end, 10);
-        if (mode[5] < '0' || mode[5] > '9' || *end || errno || k > UINT32_MAX)
+        if (parse_entry(mode + 5, &init->fill, "--init copy:K", err) || init->fill.kind != WIDEN_MAP_SOURCE)
             return widen_fail(err, WIDEN_EUSAGE, "--init copy:K: '%s' is not a channel index", mode + 5);
-        fill->kind = WIDEN_MAP_SOURCE;
-        fill->channel = (uint32_t)k;
         return WIDEN_OK;
     }
+    if (strncmp(mode, "const:", 6) == 0 || strncmp(mode, "normal:", 7) == 0 || strcmp(mode, "mean") == 0)
+        return parse_entry(mode, &init->fill, "--init", err);
     return widen_fail(err, WIDEN_EUSAGE,
                       "--init: unknown mode '%s' (use zeros, const:V, mean, copy:K, normal:STD[:SEED], timm or cyclic)", mode);
 }
@@ -311,7 +300,7 @@ widen_status widen_transform_from_json(const char *text, widen_transform **out, 
                 st = widen_fail(err, WIDEN_EFORMAT, "recorded transform: map entries must be strings");
                 break;
             }
-            if ((st = parse_entry(json_string_value(item), &entries[k], err))) {
+            if ((st = parse_entry(json_string_value(item), &entries[k], "recorded transform", err))) {
                 st = WIDEN_EFORMAT;
                 if (err) err->status = st;
                 break;
