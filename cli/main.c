@@ -182,6 +182,16 @@ static void progress_end(progress_state *p)
 /* ---------------------------------------------------------------------------------------------- */
 /* inspect and hash                                                                                 */
 
+/* The tensor's element bytes (a strided torch tensor's nbytes is 0: its bytes are not one run). */
+static uint64_t tensor_bytes(const widen_checkpoint *c, size_t index)
+{
+    const widen_tensor_info *t = widen_tensor_at(c, index);
+    if (!widen_tensor_strided(c, index)) return t->nbytes;
+    uint64_t n = widen_dtype_bits(t->dtype);
+    for (int d = 0; d < t->rank; d++) n *= t->shape[d];
+    return n / 8;
+}
+
 static void shape_text(const widen_tensor_info *t, char *out, size_t size)
 {
     size_t used = (size_t)snprintf(out, size, "[");
@@ -271,7 +281,8 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
             if (!is_hash) {
                 json_object_set_new(obj, "dtype", json_string(widen_dtype_name(t->dtype)));
                 json_object_set_new(obj, "shape", shape_json(t));
-                json_object_set_new(obj, "bytes", json_integer((json_int_t)t->nbytes));
+                json_object_set_new(obj, "bytes", json_integer((json_int_t)tensor_bytes(c, i)));
+                if (widen_tensor_strided(c, i)) json_object_set_new(obj, "strided", json_true());
                 json_object_set_new(obj, "offset", json_integer((json_int_t)t->offset));
                 if (widen_tensor_storage(c, i))
                     json_object_set_new(obj, "storage", json_string(widen_tensor_storage(c, i)));
@@ -312,7 +323,7 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
             shape_text(t, shape, sizeof shape);
             if (want_hash) widen_hash128_hex(hashes[i], hex);
             printf("%-*s  %-11s  %-*s  %14llu%s%s\n", wn, t->name, widen_dtype_name(t->dtype), ws, shape,
-                   (unsigned long long)t->nbytes, want_hash ? "  " : "", want_hash ? hex : "");
+                   (unsigned long long)tensor_bytes(c, i), want_hash ? "  " : "", want_hash ? hex : "");
         }
         if (want_hash) {
             widen_hash128_hex(file_hash, hex);

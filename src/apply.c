@@ -203,6 +203,35 @@ static widen_status sink_none(void *user, size_t index, uint64_t offset, const v
     return WIDEN_OK;
 }
 
+/* The manifest's hashes of the tensors a .pt output did not hash whole (views into part of a
+ * storage, strided tensors): one more read of those tensors alone. */
+static widen_status hash_views(const widen_checkpoint *ckpt, widen_plan *plan, const widen_exec_options *eo,
+                               widen_error *err)
+{
+    widen_plan rest = *plan;
+    rest.tensors = malloc((plan->count + 1) * sizeof *rest.tensors);
+    if (!rest.tensors) return widen_fail(err, WIDEN_EIO, "out of memory");
+    rest.count = 0;
+    rest.data_bytes = 0;
+    widen_status st = WIDEN_OK;
+    for (size_t i = 0; i < plan->count && !st; i++) {
+        widen_plan_tensor *p = &plan->tensors[i];
+        if (p->strided) { /* untouched: its hash in row-major order, in and out */
+            st = widen_tensor_hash_strided(ckpt, (size_t)(p->in - ckpt->tensors), &p->in_hash, err);
+            p->out_hash = p->in_hash;
+            p->hashed = 1;
+        } else if (!p->hashed) {
+            rest.tensors[rest.count++] = plan->tensors[i];
+            rest.data_bytes += plan->tensors[i].nbytes;
+        }
+    }
+    if (!st && rest.count) st = widen_execute(ckpt, &rest, eo, sink_none, NULL, err);
+    for (size_t i = 0, k = 0; i < plan->count && !st; i++)
+        if (!plan->tensors[i].hashed) plan->tensors[i] = rest.tensors[k++];
+    free(rest.tensors);
+    return st;
+}
+
 static json_t *tensor_json(widen_dtype dtype, int rank, const uint64_t *shape, widen_hash128 hash)
 {
     char hex[33];
@@ -306,8 +335,7 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
             options->warning(options->warning_user, line);
         }
         st = widen_torch_write(ckpt, transform, &plan, out.fd, output, &eo, err);
-        /* the manifest's per-tensor hashes: one more read of the tensors */
-        if (!st && options->manifest_path) st = widen_execute(ckpt, &plan, &eo, sink_none, NULL, err);
+        if (!st && options->manifest_path) st = hash_views(ckpt, &plan, &eo, err);
     } else {
         for (size_t i = 0; i < plan.count && !st; i++)
             if (plan.tensors[i].strided)

@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libdeflate.h>
+
 #include "../kernels/kernels.h"
 #include "internal.h"
 
@@ -84,16 +86,23 @@ static void run_job(exec_state *s, const widen_remap_job *job, size_t out_bytes)
     widen_pool_run(s->pool, sj.parts, run_part, &sj);
 }
 
-/* Untouched bytes: hashed from the mapping, moved by the sink's copy where it has one (the kernel
- * copies page cache to page cache), else sent through the sink. */
-/* Hashes an untouched tensor that the sink's copy moves. */
-static void hash_copied(exec_state *s, widen_plan_tensor *p)
+/* Untouched bytes are moved by the sink's copy where it has one (the kernel copies page cache to
+ * page cache) while a second thread hashes them from the mapping, and computes their CRC-32 when the
+ * sink wants it: one read of each byte, in blocks small enough to stay in cache between the two. */
+enum { BLOCK = 256u << 10 };
+
+static void hash_copied(exec_state *s, widen_plan_tensor *p, uint32_t *crc)
 {
     const widen_tensor_info *t = p->in;
     s->hasher->hash_reset(s->out_hash);
     for (uint64_t off = 0; off < t->nbytes; off += CHUNK) {
         size_t len = (size_t)(t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK);
-        s->hasher->hash_update(s->out_hash, s->ckpt->map + t->offset + off, len);
+        for (size_t at = 0; at < len; at += BLOCK) {
+            const unsigned char *block = s->ckpt->map + t->offset + off + at;
+            size_t n = len - at < BLOCK ? len - at : BLOCK;
+            s->hasher->hash_update(s->out_hash, block, n);
+            if (crc) *crc = libdeflate_crc32(*crc, block, n);
+        }
         widen_release(s->ckpt, t->offset + off, len);
     }
     p->in_hash = p->out_hash = s->hasher->hash_digest(s->out_hash);
@@ -104,6 +113,7 @@ typedef struct copy_job {
     widen_plan *plan;
     size_t first, last;
     uint64_t bytes;
+    uint32_t crc;
     widen_status st;
     widen_error err;
 } copy_job;
@@ -116,7 +126,7 @@ static void copy_part(void *user, size_t part)
         j->st = j->s->opt->copy(j->s->sink_user, j->first, 0, j->plan->tensors[j->first].in->offset, j->bytes, &j->err);
         return;
     }
-    for (size_t i = j->first; i <= j->last; i++) hash_copied(j->s, &j->plan->tensors[i]);
+    for (size_t i = j->first; i <= j->last; i++) hash_copied(j->s, &j->plan->tensors[i], j->s->opt->copied ? &j->crc : NULL);
 }
 
 /* Untouched tensors from `first` on that lie back to back in the input as in the output move in one
@@ -142,6 +152,7 @@ static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_stat
     if (job.st == WIDEN_EUSAGE) return 0; /* no copy here: the caller sends the bytes */
     *st = job.st;
     if (*st && err) *err = job.err;
+    if (!*st && s->opt->copied) *st = s->opt->copied(s->sink_user, first, bytes, job.crc, err);
     if (!*st) {
         s->done += bytes;
         if (s->opt->progress && s->opt->progress(s->opt->progress_user, s->done, s->total))

@@ -58,9 +58,9 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
         for (; t < ckpt->count && !st; t++) {
             const widen_tensor_info *cur = &ckpt->tensors[t];
             if (widen_tensor_strided(ckpt, t)) {
-                st = widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' is stored with non-contiguous strides, which widen "
-                                "does not hash yet", ckpt->path, cur->name);
-                break;
+                widen_hash128 h;
+                if (!(st = widen_tensor_hash_strided(ckpt, t, &h, err)) && tensor_hashes) tensor_hashes[t] = h;
+                continue;
             }
             k->hash_reset(tensor);
             for (uint64_t off = 0; off < cur->nbytes; off += STEP) {

@@ -42,8 +42,9 @@ widen_status widen_write_all(int fd, const void *data, size_t len, const char *t
 void widen_torch_conversion_notes(const widen_checkpoint *ckpt, void (*warning)(void *user, const char *message),
                                   void *user);
 
-/* 1 for a torch checkpoint tensor stored with non-contiguous strides (its bytes are not one run). */
-int widen_tensor_strided(const widen_checkpoint *ckpt, size_t index);
+/* XXH3-128 of a strided tensor's elements in row-major order: the bytes it would have if it were
+ * contiguous, which is what its hash means everywhere else. */
+widen_status widen_tensor_hash_strided(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_error *err);
 
 /* One tensor of an output, in output order. */
 typedef enum widen_plan_op {
@@ -66,6 +67,7 @@ typedef struct widen_plan_tensor {
     int axis; /* normalised, -1 for a cast-only tensor */
     const widen_map_entry *map; /* NULL for a cast-only tensor (identity over one channel) */
     widen_hash128 in_hash, out_hash; /* filled by widen_execute */
+    int hashed;                      /* in_hash and out_hash are filled */
 } widen_plan_tensor;
 
 typedef struct widen_plan {
@@ -92,6 +94,11 @@ typedef widen_status (*widen_sink_fn)(void *user, size_t index, uint64_t offset,
 typedef widen_status (*widen_copy_fn)(void *user, size_t index, uint64_t offset, uint64_t in_offset, size_t len,
                                       widen_error *err);
 
+/* Optional, with a copy that takes one item at a time: told, once the item's copy and hashing are
+ * both done, the CRC-32 of the copied bytes, which the hashing pass computes from the same reads (a
+ * zip record needs it, and the copying thread then reads nothing). */
+typedef widen_status (*widen_copied_fn)(void *user, size_t index, uint64_t len, uint32_t crc32, widen_error *err);
+
 typedef struct widen_exec_options {
     unsigned threads;
     widen_isa isa; /* WIDEN_ISA_COUNT: the active ISA */
@@ -99,6 +106,7 @@ typedef struct widen_exec_options {
     void *progress_user;
     widen_copy_fn copy; /* NULL: every byte goes through the sink */
     int copy_one_item;  /* the copy takes one item at a time (items are separate records) */
+    widen_copied_fn copied;
 } widen_exec_options;
 
 /* Streams every plan tensor through the sink in output order, in bounded memory, and fills each
@@ -149,7 +157,7 @@ void widen_pool_run(widen_pool *pool, size_t parts, void (*fn)(void *user, size_
 
 /* Writes the torch zip checkpoint of `ckpt` (a torch input) with the tensors of `tensor_plan` that
  * have a map given new storages, and every storage cast if the transform casts. */
-widen_status widen_torch_write(widen_checkpoint *ckpt, const widen_transform *transform, const widen_plan *tensor_plan,
+widen_status widen_torch_write(widen_checkpoint *ckpt, const widen_transform *transform, widen_plan *tensor_plan,
                                int fd, const char *target, const widen_exec_options *options, widen_error *err);
 
 #endif

@@ -188,8 +188,10 @@ const widen_tensor_info *widen_tensor_at(const widen_checkpoint *ckpt, size_t in
 long widen_tensor_find(const widen_checkpoint *ckpt, const char *name);
 /* For a PyTorch checkpoint: the key of the storage tensor `index` views (tensors that share a
  * storage are views or tied weights), and whether it is stored with non-contiguous strides (its
- * nbytes is then 0). NULL / 0 for safetensors. */
+ * bytes are not one run: nbytes is then 0, and its hash is of its elements in row-major order, the
+ * bytes it would have if contiguous). NULL / 0 for safetensors. */
 const char *widen_tensor_storage(const widen_checkpoint *ckpt, size_t index);
+int widen_tensor_strided(const widen_checkpoint *ckpt, size_t index);
 
 /* String metadata (safetensors __metadata__), in file order. */
 size_t widen_metadata_count(const widen_checkpoint *ckpt);

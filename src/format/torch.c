@@ -5,6 +5,7 @@
 #include <string.h>
 #include <libdeflate.h>
 
+#include "../../kernels/kernels.h"
 #include "../internal.h"
 #include "torch.h"
 
@@ -157,6 +158,7 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *call, pk_no
         if (sz->kind != PK_INT || sd->kind != PK_INT || sz->i < 0 || sd->i < 0)
             return BAD("%s: tensor '%s': sizes and strides must be non-negative integers", c->path, name);
         t->shape[d] = (uint64_t)sz->i;
+        tt->strides[d] = (uint64_t)sd->i;
         if (t->shape[d] != 1 && (uint64_t)sd->i != expect) tt->contiguous = 0;
         if (__builtin_mul_overflow(expect, t->shape[d], &expect) || __builtin_mul_overflow(numel, t->shape[d], &numel))
             return BAD("%s: tensor '%s': element count overflows", c->path, name);
@@ -290,6 +292,49 @@ int widen_tensor_strided(const widen_checkpoint *c, size_t index)
 {
     const torch_state *ts = strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
     return ts && !ts->tensors[index].contiguous;
+}
+
+widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, widen_hash128 *out, widen_error *err)
+{
+    const torch_state *ts = c->format_state;
+    const torch_tensor *tt = &ts->tensors[index];
+    const widen_tensor_info *t = &c->tensors[index];
+    const widen_kernels *k = widen_kernels_for(widen_isa_active());
+    size_t esize = widen_dtype_bits(t->dtype) / 8;
+    enum { BUFFER = 64u << 10 };
+    unsigned char *buffer = malloc(BUFFER);
+    widen_hash_state *state = aligned_alloc(64, sizeof *state);
+    if (!buffer || !state) {
+        free(buffer);
+        free(state);
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
+    k->hash_reset(state);
+    uint64_t numel = 1, at[WIDEN_MAX_RANK] = {0};
+    for (int d = 0; d < t->rank; d++) numel *= t->shape[d];
+    size_t filled = 0;
+    uint64_t element = 0; /* storage element of index `at`, from the tensor's first */
+    for (uint64_t n = 0; n < numel; n++) {
+        /* the reader checked that every index stays inside the storage */
+        memcpy(buffer + filled, c->map + t->offset + element * esize, esize);
+        if ((filled += esize) + esize > BUFFER) {
+            k->hash_update(state, buffer, filled);
+            filled = 0;
+        }
+        for (int d = t->rank - 1; d >= 0; d--) { /* the next index, last dimension fastest */
+            if (++at[d] < t->shape[d]) {
+                element += tt->strides[d];
+                break;
+            }
+            element -= (at[d] - 1) * tt->strides[d];
+            at[d] = 0;
+        }
+    }
+    k->hash_update(state, buffer, filled);
+    *out = k->hash_digest(state);
+    free(buffer);
+    free(state);
+    return WIDEN_OK;
 }
 
 void widen_torch_conversion_notes(const widen_checkpoint *c, void (*warning)(void *user, const char *message),

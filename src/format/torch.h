@@ -20,6 +20,7 @@ typedef struct torch_tensor {
     size_t storage;
     uint64_t storage_offset; /* elements */
     int contiguous;
+    uint64_t strides[WIDEN_MAX_RANK]; /* elements */
 } torch_tensor;
 
 typedef struct torch_state {

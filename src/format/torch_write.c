@@ -187,7 +187,7 @@ static widen_status sink_archive(void *user, size_t index, uint64_t offset, cons
     return st ? st : record_bytes(s, data, len, err);
 }
 
-/* An untouched storage: its record's CRC from the mapping, its bytes copied inside the kernel. */
+/* An untouched storage: its bytes copied inside the kernel (sink_archive_copied gets the CRC). */
 static widen_status sink_archive_copy(void *user, size_t index, uint64_t offset, uint64_t in_offset, size_t len,
                                       widen_error *err)
 {
@@ -211,16 +211,45 @@ static widen_status sink_archive_copy(void *user, size_t index, uint64_t offset,
         }
         done += (size_t)n;
     }
-    /* the CRC and sizes of what was copied, without a second write, in bounded steps of the mapping */
-    for (size_t at = 0; at < len; at += 4u << 20) {
-        size_t step = len - at < (4u << 20) ? len - at : 4u << 20;
-        widen_zip_data(s->zw, s->ckpt->map + in_offset + at, step);
-        widen_release(s->ckpt, in_offset + at, step);
-    }
     return WIDEN_OK;
 }
 
-widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, const widen_plan *tensor_plan, int fd,
+/* The copied storage's CRC-32, computed by the executor's hashing pass over the same bytes. */
+static widen_status sink_archive_copied(void *user, size_t index, uint64_t len, uint32_t crc, widen_error *err)
+{
+    (void)index, (void)err;
+    archive_sink *s = user;
+    widen_zip_copied(s->zw, len, crc);
+    return WIDEN_OK;
+}
+
+/* Tensors whose bytes are exactly one output storage's get that storage's hashes, so that a manifest
+ * needs no second read of them: transformed tensors (their storage is new) and untouched tensors that
+ * view a whole storage from its start, contiguously (the usual state dict). */
+static void share_hashes(const writer *w, widen_plan *tensor_plan, const widen_plan *plan)
+{
+    for (size_t j = 0; j < w->out_count; j++) { /* transformed tensors: the storages after the input's */
+        const out_storage *o = &w->outs[j];
+        if (o->input >= 0 || o->key < 0) continue;
+        widen_plan_tensor *p = &tensor_plan->tensors[o->plan_index];
+        p->in_hash = plan->tensors[o->key].in_hash;
+        p->out_hash = plan->tensors[o->key].out_hash;
+        p->hashed = 1;
+    }
+    for (size_t i = 0; i < tensor_plan->count; i++) {
+        widen_plan_tensor *p = &tensor_plan->tensors[i];
+        const torch_tensor *tt = &w->ts->tensors[p->in - w->ckpt->tensors];
+        const out_storage *o = &w->outs[tt->storage]; /* the first storage_count outs are the input's, in order */
+        if (p->hashed || o->key < 0 || tt->storage_offset != 0 || !tt->contiguous || p->strided) continue;
+        const widen_plan_tensor *item = &plan->tensors[o->key];
+        if (p->in->nbytes != item->in->nbytes) continue;
+        p->in_hash = item->in_hash;
+        p->out_hash = item->out_hash;
+        p->hashed = 1;
+    }
+}
+
+widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, widen_plan *tensor_plan, int fd,
                                const char *target, const widen_exec_options *eo, widen_error *err)
 {
     widen_status st0 = widen_torch_synthesize(c, err); /* a safetensors input gets a state dict's tree */
@@ -294,6 +323,7 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, c
     widen_exec_options copying = *eo;
     copying.copy = sink_archive_copy;
     copying.copy_one_item = 1;
+    copying.copied = sink_archive_copied;
     if (!st) {
         widen_status ws = record_begin(&sink, "data.pkl");
         st = ws ? widen_fail(err, WIDEN_EIO, "%s: write failed", target) : record_bytes(&sink, pickle.data, pickle.len, err);
@@ -303,6 +333,7 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, c
     if (!st) st = small_record(&sink, ".storage_alignment", "64", err);
     if (!st) st = small_record(&sink, "byteorder", "little", err);
     if (!st) st = widen_execute(c, &plan, &copying, sink_archive, &sink, err);
+    if (!st) share_hashes(&w, tensor_plan, &plan);
     if (!st && w.keys) st = open_through(&sink, w.keys - 1, err);
     if (!st && w.keys) st = record_end(&sink, err);
     if (!st) st = small_record(&sink, "version", "3\n", err);

@@ -179,6 +179,13 @@ void widen_zip_data(widen_zip_writer *w, const void *data, size_t len)
     w->offset += len;
 }
 
+void widen_zip_copied(widen_zip_writer *w, uint64_t len, uint32_t crc)
+{
+    w->crc = crc;
+    w->size = len;
+    w->offset += len;
+}
+
 size_t widen_zip_end(widen_zip_writer *w, unsigned char *out)
 {
     widen_zip_entry *e = &w->entries[w->count - 1];

@@ -45,6 +45,9 @@ typedef struct widen_zip_writer {
  * bytes); returns its length. */
 size_t widen_zip_begin(widen_zip_writer *w, const char *name, unsigned char *out, size_t out_size);
 void widen_zip_data(widen_zip_writer *w, const void *data, size_t len);
+/* The current record's whole data, `len` bytes with CRC-32 `crc`, written without passing through
+ * widen_zip_data (copied inside the kernel). */
+void widen_zip_copied(widen_zip_writer *w, uint64_t len, uint32_t crc);
 /* Data descriptor of the current record into out (24 bytes); returns its length (0 if empty). */
 size_t widen_zip_end(widen_zip_writer *w, unsigned char *out);
 /* Central directory, ZIP64 end record and locator, end record: malloc'ed into *out. */
