@@ -10,6 +10,11 @@ wall time and peak RSS from /usr/bin/time; medians:
 
     bench/torch_bench.py [RUNS=3] [DIR=/tmp]
     bench/torch_bench.py --growth 1,4,16 [RUNS=3] [DIR=/tmp]   synthetic safetensors of 1, 4, 16 GiB
+    bench/torch_bench.py --threads 1,2,4,8,16 [RUNS=3] [DIR=/tmp]
+        vit_h_14 with --threads N: pt -> pt --to 4 (copy-bound) and safetensors --cast bf16 (every
+        tensor through the kernels), beside cp
+
+Environment: WIDEN (the binary), PYTHON (a python3 with torch and torchvision), TIME (GNU time).
 """
 import os
 import statistics
@@ -18,7 +23,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WIDEN = os.environ.get("WIDEN", os.path.join(HERE, "..", "build", "release", "widen"))
-PY = "/usr/bin/python3"
+PY = os.environ.get("PYTHON", "/usr/bin/python3")
+TIME = os.environ.get("TIME", "/usr/bin/time")
 
 RECIPE = """
 import sys, torch
@@ -38,7 +44,7 @@ torch.save(torchvision.models.vit_h_14().state_dict(), sys.argv[1])
 
 
 def timed(cmd, shell=False):
-    full = ["/usr/bin/time", "-f", "%e %M", "sh", "-c", cmd] if shell else ["/usr/bin/time", "-f", "%e %M", *cmd]
+    full = [TIME, "-f", "%e %M", "sh", "-c", cmd] if shell else [TIME, "-f", "%e %M", *cmd]
     proc = subprocess.run(full, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"failed: {cmd}\n{proc.stderr[-2000:]}")
@@ -70,13 +76,37 @@ def table(results, base, note):
     print()
 
 
-def main_vit(runs, folder):
+def vit_files(folder):
     pt = os.path.join(folder, "vit_h_14.pt")
     st = os.path.join(folder, "vit_h_14.safetensors")
     if not os.path.exists(pt):
         subprocess.run([PY, "-c", MAKE, pt], check=True)
     if not os.path.exists(st):
         subprocess.run([WIDEN, "apply", pt, "-o", st, "--no-progress"], check=True)
+    return pt, st
+
+
+def main_threads(counts, runs, folder):
+    pt, st = vit_files(folder)
+    outs = [os.path.join(folder, n) for n in ("threads-cp", "threads-out.pt", "threads-out.safetensors")]
+    commands = {"cp (.pt)": ["cp", pt, outs[0]]}
+    for n in counts:
+        commands[f"pt -> pt --to 4, --threads {n}"] = [WIDEN, "apply", pt, "-o", outs[1], "--to", "4", "--no-fsync",
+                                                     "--no-progress", "--threads", str(n)]
+    for n in counts:
+        commands[f"safetensors --cast bf16, --threads {n}"] = [WIDEN, "apply", st, "-o", outs[2], "--cast", "bf16",
+                                                             "--no-fsync", "--no-progress", "--threads", str(n)]
+    subprocess.run(["cat", pt, st], stdout=subprocess.DEVNULL, check=True)
+    results = measure(commands, outs, runs)
+    table(results, "cp (.pt)", f"vit_h_14 with --threads N, median of {runs} runs, {os.cpu_count()} CPUs; ratios to "
+          "`cp` of the .pt (the bf16 output is half the size)")
+    for p in outs:
+        if os.path.exists(p):
+            os.unlink(p)
+
+
+def main_vit(runs, folder):
+    pt, st = vit_files(folder)
     out = {k: os.path.join(folder, f"bench-out.{k}") for k in ("cp", "recipe", "pt", "st", "ptst", "fsync", "cpsync")}
     commands = {
         "cp (.pt)": ["cp", pt, out["cp"]],
@@ -126,7 +156,10 @@ def main_growth(sizes, runs, folder):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args and args[0] == "--growth":
+    if args and args[0] == "--threads":
+        counts = [int(x) for x in (args[1] if len(args) > 1 else "1,2,4,8,16").split(",")]
+        main_threads(counts, int(args[2]) if len(args) > 2 else 3, args[3] if len(args) > 3 else "/tmp")
+    elif args and args[0] == "--growth":
         sizes = [int(x) for x in (args[1] if len(args) > 1 else "1,4,16").split(",")]
         main_growth(sizes, int(args[2]) if len(args) > 2 else 3, args[3] if len(args) > 3 else "/tmp")
     else:
