@@ -207,6 +207,44 @@ def test_pt_manifest_hashes_views_and_whole_storages(tmp_path, cast):
     assert proc.returncode == 1 and "'transposed' (strided) differs" in proc.stdout + proc.stderr
 
 
+def test_pt_output_same_bytes_and_valid_crcs_at_any_thread_count(tmp_path):
+    """Untouched storages are copied inside the kernel while the hashing thread computes their CRC-32
+    (or, with one thread, after the copy): every thread count must give the same file, and Python's
+    zipfile must find every record's CRC right."""
+    torch.manual_seed(0)
+    sd = {"stem.weight": torch.randn(16, 3, 3, 3), "big": torch.randn(3, 700_000), "half": torch.randn(5000).half(),
+          "empty": torch.zeros(0, 4), "tail": torch.randn(7)}
+    path = tmp_path / "m.pt"
+    torch.save(sd, path)
+    outputs = []
+    for threads in ["1", "2", "5"]:
+        out = tmp_path / f"o{threads}.pt"
+        run("apply", path, "-o", out, "-t", "stem.weight", "--to", "4", "--threads", threads, "--no-fsync", check=0)
+        with zipfile.ZipFile(out) as z:
+            assert z.testzip() is None
+        outputs.append(out.read_bytes())
+    assert outputs[1] == outputs[0] and outputs[2] == outputs[0]
+    got = torch.load(tmp_path / "o1.pt", weights_only=True)
+    for name in ("big", "half", "empty", "tail"):
+        assert torch.equal(got[name], sd[name]), name
+    assert torch.equal(got["stem.weight"], torch.cat([sd["stem.weight"], torch.zeros(16, 1, 3, 3)], 1))
+
+
+def test_expanded_tensors_hash_their_elements_and_huge_views_are_refused(tmp_path):
+    """Zero strides (expand) are hashed element by element; a view of a few bytes that claims more than
+    256 times the file's size is refused with exit 3 instead of hashing for ever."""
+    import xxhash
+    torch.manual_seed(0)
+    small = torch.randn(3).expand(100, 3)
+    torch.save({"small": small}, tmp_path / "ok.pt")
+    lines = run("hash", tmp_path / "ok.pt", check=0).stdout.splitlines()
+    assert lines[1].split()[0] == xxhash.xxh3_128_hexdigest(small.contiguous().numpy().tobytes())
+    torch.save({"small": small, "huge": torch.randn(2).expand(1_000_000, 100_000, 2)}, tmp_path / "huge.pt")
+    proc = run("hash", tmp_path / "huge.pt")
+    assert proc.returncode == 3 and "'huge'" in proc.stderr and "256 times" in proc.stderr
+    assert run("inspect", tmp_path / "huge.pt").returncode == 0
+
+
 def zip_with_pickle(path, data, extra=None):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", data)

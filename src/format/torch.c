@@ -312,6 +312,14 @@ widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, 
     k->hash_reset(state);
     uint64_t numel = 1, at[WIDEN_MAX_RANK] = {0};
     for (int d = 0; d < t->rank; d++) numel *= t->shape[d];
+    /* Zero strides let a few bytes stand for any number of elements; a file crafted that way would
+     * keep this loop busy for ever, so views larger than 256 times the file are refused. */
+    if (numel > c->size / esize * 256) {
+        free(buffer);
+        free(state);
+        return widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' views %llu elements through its strides, over 256 times "
+                          "the file's size; widen does not hash it", c->path, t->name, (unsigned long long)numel);
+    }
     size_t filled = 0;
     uint64_t element = 0; /* storage element of index `at`, from the tensor's first */
     for (uint64_t n = 0; n < numel; n++) {

@@ -40,6 +40,7 @@ def main():
         "nested": {"model": {"w": torch.randn(2, 3, 1, 1)}, "epoch": 3, "lr": 0.1, "names": ["a", "b"],
                    "flags": (True, None), "big": 2 ** 40},
         "tied": {"a": shared, "b": shared, "t": shared.t(), "h": torch.ones(3, dtype=torch.float16)},
+        "strided": {"expanded": torch.randn(3).expand(4, 2, 3), "offset": shared[1:, ::2], "scalar": torch.tensor(2.0)},
     }
     for name, obj in checkpoints.items():
         data = io.BytesIO()
