@@ -213,19 +213,12 @@ static widen_status hash_views(const widen_checkpoint *ckpt, widen_plan *plan, c
     if (!rest.tensors) return widen_fail(err, WIDEN_EIO, "out of memory");
     rest.count = 0;
     rest.data_bytes = 0;
-    widen_status st = WIDEN_OK;
-    for (size_t i = 0; i < plan->count && !st; i++) {
-        widen_plan_tensor *p = &plan->tensors[i];
-        if (p->strided) { /* untouched: its hash in row-major order, in and out */
-            st = widen_tensor_hash_strided(ckpt, (size_t)(p->in - ckpt->tensors), &p->in_hash, err);
-            p->out_hash = p->in_hash;
-            p->hashed = 1;
-        } else if (!p->hashed) {
+    for (size_t i = 0; i < plan->count; i++)
+        if (!plan->tensors[i].hashed) {
             rest.tensors[rest.count++] = plan->tensors[i];
             rest.data_bytes += plan->tensors[i].nbytes;
         }
-    }
-    if (!st && rest.count) st = widen_execute(ckpt, &rest, eo, sink_none, NULL, err);
+    widen_status st = rest.count ? widen_execute(ckpt, &rest, eo, sink_none, NULL, err) : WIDEN_OK;
     for (size_t i = 0, k = 0; i < plan->count && !st; i++)
         if (!plan->tensors[i].hashed) plan->tensors[i] = rest.tensors[k++];
     free(rest.tensors);
@@ -337,11 +330,6 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
         st = widen_torch_write(ckpt, transform, &plan, out.fd, output, &eo, err);
         if (!st && options->manifest_path) st = hash_views(ckpt, &plan, &eo, err);
     } else {
-        for (size_t i = 0; i < plan.count && !st; i++)
-            if (plan.tensors[i].strided)
-                st = widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' is stored with non-contiguous strides; writing it "
-                                "to safetensors is not in this version", input, plan.tensors[i].name);
-        if (st) goto done;
         widen_torch_conversion_notes(ckpt, options->warning, options->warning_user);
         write_sink ws = {.fd = out.fd, .target = output, .in_fd = widen_checkpoint_fd(ckpt)};
         eo.copy = sink_copy;

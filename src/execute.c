@@ -138,6 +138,7 @@ static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_stat
     size_t last = first;
     uint64_t bytes = plan->tensors[first].in->nbytes;
     while (!s->opt->copy_one_item && last + 1 < plan->count && plan->tensors[last + 1].op == WIDEN_OP_COPY &&
+           !plan->tensors[last + 1].strided &&
            plan->tensors[last + 1].in->offset == plan->tensors[last].in->offset + plan->tensors[last].in->nbytes) {
         last++;
         bytes += plan->tensors[last].in->nbytes;
@@ -171,6 +172,27 @@ static widen_status copy_tensor(exec_state *s, size_t index, widen_plan_tensor *
         widen_release(s->ckpt, t->offset + off, len);
         if (st) return st;
     }
+    p->in_hash = p->out_hash = s->hasher->hash_digest(s->out_hash);
+    return WIDEN_OK;
+}
+
+/* A strided torch tensor: its elements gathered in row-major order, a step at a time; its input
+ * and output hashes are both of those bytes. The pages of its storage span stay mapped until the
+ * end, since a transposed view walks them many times. */
+static widen_status gather_tensor(exec_state *s, size_t index, widen_plan_tensor *p, widen_error *err)
+{
+    size_t t = (size_t)(p->in - s->ckpt->tensors);
+    widen_status st = widen_tensor_check_strided(s->ckpt, t, err);
+    size_t esize = widen_dtype_bits(p->in->dtype) / 8;
+    uint64_t numel = widen_tensor_elements(s->ckpt, t), per = CHUNK / esize;
+    s->hasher->hash_reset(s->out_hash);
+    for (uint64_t n = 0; n < numel && !st; n += per) {
+        uint64_t count = numel - n < per ? numel - n : per;
+        widen_tensor_gather(s->ckpt, t, n, count, s->buffer);
+        st = emit(s, index, n * esize, s->buffer, (size_t)(count * esize), err);
+    }
+    widen_release(s->ckpt, p->in->offset, widen_tensor_span(s->ckpt, t));
+    if (st) return st;
     p->in_hash = p->out_hash = s->hasher->hash_digest(s->out_hash);
     return WIDEN_OK;
 }
@@ -262,12 +284,13 @@ widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan, const
     else if (!s.pool || !s.buffer || !s.in_hash || !s.out_hash) st = widen_fail(err, WIDEN_EIO, "out of memory");
     for (size_t i = 0; i < plan->count && !st;) {
         widen_plan_tensor *p = &plan->tensors[i];
-        size_t moved = p->op == WIDEN_OP_COPY ? copy_run(&s, plan, i, &st, err) : 0;
+        size_t moved = p->op == WIDEN_OP_COPY && !p->strided ? copy_run(&s, plan, i, &st, err) : 0;
         if (moved) {
             i += moved;
             continue;
         }
-        if (!st) st = p->op == WIDEN_OP_COPY ? copy_tensor(&s, i, p, err) : remap_tensor(&s, i, p, err);
+        if (!st) st = p->strided ? gather_tensor(&s, i, p, err)
+                                 : p->op == WIDEN_OP_COPY ? copy_tensor(&s, i, p, err) : remap_tensor(&s, i, p, err);
         i++;
     }
     if (s.pool) widen_pool_free(s.pool);

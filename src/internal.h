@@ -42,8 +42,15 @@ widen_status widen_write_all(int fd, const void *data, size_t len, const char *t
 void widen_torch_conversion_notes(const widen_checkpoint *ckpt, void (*warning)(void *user, const char *message),
                                   void *user);
 
-/* XXH3-128 of a strided tensor's elements in row-major order: the bytes it would have if it were
- * contiguous, which is what its hash means everywhere else. */
+/* Strided torch tensors, read in row-major order: the bytes they would have if contiguous, which is
+ * what they are hashed as and written to safetensors as. */
+uint64_t widen_tensor_elements(const widen_checkpoint *ckpt, size_t index);
+/* Bytes of the storage from the tensor's first element to its last, which a gather reads. */
+uint64_t widen_tensor_span(const widen_checkpoint *ckpt, size_t index);
+/* WIDEN_EFORMAT for a view whose zero strides claim more than 256 times the file's size. */
+widen_status widen_tensor_check_strided(const widen_checkpoint *ckpt, size_t index, widen_error *err);
+/* Elements [first, first+count) in row-major order into out (count × element size bytes). */
+void widen_tensor_gather(const widen_checkpoint *ckpt, size_t index, uint64_t first, uint64_t count, void *out);
 widen_status widen_tensor_hash_strided(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_error *err);
 
 /* One tensor of an output, in output order. */

@@ -408,9 +408,10 @@ widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *
         p->dtype = t->dtype;
         p->rank = t->rank;
         memcpy(p->shape, t->shape, sizeof p->shape);
-        p->nbytes = t->nbytes;
         p->axis = -1;
         p->strided = widen_tensor_strided(c, i);
+        /* a strided tensor's output is its elements in row-major order (the executor gathers them) */
+        p->nbytes = p->strided ? widen_tensor_elements(c, i) * (widen_dtype_bits(t->dtype) / 8) : t->nbytes;
         bool cast = tr->cast && widen_dtype_is_computable(t->dtype) && t->dtype != tr->cast_to;
         if (cast) p->dtype = tr->cast_to;
         const widen_tensor_edit *e = widen_transform_edit(tr, t->name);

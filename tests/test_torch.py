@@ -245,6 +245,41 @@ def test_expanded_tensors_hash_their_elements_and_huge_views_are_refused(tmp_pat
     assert run("inspect", tmp_path / "huge.pt").returncode == 0
 
 
+def test_strided_tensors_are_written_to_safetensors_in_row_major_order(tmp_path):
+    """A transposed, a permuted, an expanded and a stepped view go to safetensors as their elements in
+    row-major order (what .contiguous() holds), next to a widened conv; verify checks them byte for byte
+    and finds a flipped byte; the file converts back to .pt with the same values."""
+    torch.manual_seed(0)
+    base = torch.randn(6, 40)
+    sd = {"conv.weight": torch.randn(8, 3, 3, 3), "transposed": torch.randn(70, 50).t(),
+          "permuted": torch.randn(2, 3, 4, 5).permute(2, 0, 3, 1), "expanded": torch.randn(3).expand(5, 3),
+          "stepped": base[1:, ::3], "half": torch.randn(9, 4).half().t(), "plain": base}
+    path = tmp_path / "strided.pt"
+    torch.save(sd, path)
+    out = tmp_path / "o.safetensors"
+    run("apply", path, "-o", out, "-t", "conv.weight", "--to", "4", "--manifest", tmp_path / "m.json", check=0)
+    _, got, _, _ = load(str(out))
+    for name, t in sd.items():
+        if name != "conv.weight":
+            assert got[name][1].shape == tuple(t.shape), name
+            assert got[name][1].tobytes() == t.contiguous().numpy().tobytes(), name
+    assert got["conv.weight"][1].tobytes() == torch.cat([sd["conv.weight"], torch.zeros(8, 1, 3, 3)], 1).numpy().tobytes()
+    run("verify", path, out, "--manifest", tmp_path / "m.json", check=0)
+    back = tmp_path / "back.pt"
+    run("apply", out, "-o", back, check=0)
+    loaded = torch.load(back, weights_only=True)
+    assert all(torch.equal(loaded[n], sd[n]) for n in sd if n != "conv.weight")
+    info = {t["name"]: t for t in json.loads(run("inspect", out, "--json", check=0).stdout)["tensors"]}
+    data = bytearray(out.read_bytes())
+    data[info["transposed"]["offset"] + 4 * 51] ^= 0x01  # element [1, 1]
+    out.write_bytes(bytes(data))
+    proc = run("verify", path, out)
+    assert proc.returncode == 1 and "transposed" in proc.stdout + proc.stderr
+    # transforming a strided tensor is still refused
+    proc = run("apply", path, "-o", tmp_path / "c.safetensors", "--cast", "bf16")
+    assert proc.returncode == 3 and "non-contiguous strides" in proc.stderr
+
+
 def zip_with_pickle(path, data, extra=None):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", data)

@@ -294,41 +294,54 @@ int widen_tensor_strided(const widen_checkpoint *c, size_t index)
     return ts && !ts->tensors[index].contiguous;
 }
 
-widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, widen_hash128 *out, widen_error *err)
+uint64_t widen_tensor_elements(const widen_checkpoint *c, size_t index)
+{
+    const widen_tensor_info *t = &c->tensors[index];
+    uint64_t numel = 1;
+    for (int d = 0; d < t->rank; d++) numel *= t->shape[d]; /* the reader checked for overflow */
+    return numel;
+}
+
+uint64_t widen_tensor_span(const widen_checkpoint *c, size_t index)
+{
+    const torch_state *ts = c->format_state;
+    const widen_tensor_info *t = &c->tensors[index];
+    uint64_t last = 0;
+    for (int d = 0; d < t->rank; d++) {
+        if (!t->shape[d]) return 0;
+        last += (t->shape[d] - 1) * ts->tensors[index].strides[d]; /* inside the storage: the reader checked */
+    }
+    return (last + 1) * (widen_dtype_bits(t->dtype) / 8);
+}
+
+widen_status widen_tensor_check_strided(const widen_checkpoint *c, size_t index, widen_error *err)
+{
+    const widen_tensor_info *t = &c->tensors[index];
+    uint64_t numel = widen_tensor_elements(c, index);
+    /* Zero strides let a few bytes stand for any number of elements; a file crafted that way would
+     * keep a gather busy for ever, so views larger than 256 times the file are refused. */
+    if (numel > c->size / (widen_dtype_bits(t->dtype) / 8) * 256)
+        return widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' views %llu elements through its strides, over 256 times "
+                          "the file's size; widen does not read it", c->path, t->name, (unsigned long long)numel);
+    return WIDEN_OK;
+}
+
+void widen_tensor_gather(const widen_checkpoint *c, size_t index, uint64_t first, uint64_t count, void *out)
 {
     const torch_state *ts = c->format_state;
     const torch_tensor *tt = &ts->tensors[index];
     const widen_tensor_info *t = &c->tensors[index];
-    const widen_kernels *k = widen_kernels_for(widen_isa_active());
     size_t esize = widen_dtype_bits(t->dtype) / 8;
-    enum { BUFFER = 64u << 10 };
-    unsigned char *buffer = malloc(BUFFER);
-    widen_hash_state *state = aligned_alloc(64, sizeof *state);
-    if (!buffer || !state) {
-        free(buffer);
-        free(state);
-        return widen_fail(err, WIDEN_EIO, "out of memory");
+    uint64_t at[WIDEN_MAX_RANK] = {0}, element = 0, rest = first;
+    for (int d = t->rank - 1; d >= 0; d--) { /* the index of element `first`, and its storage element */
+        at[d] = rest % t->shape[d];
+        rest /= t->shape[d];
+        element += at[d] * tt->strides[d];
     }
-    k->hash_reset(state);
-    uint64_t numel = 1, at[WIDEN_MAX_RANK] = {0};
-    for (int d = 0; d < t->rank; d++) numel *= t->shape[d];
-    /* Zero strides let a few bytes stand for any number of elements; a file crafted that way would
-     * keep this loop busy for ever, so views larger than 256 times the file are refused. */
-    if (numel > c->size / esize * 256) {
-        free(buffer);
-        free(state);
-        return widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' views %llu elements through its strides, over 256 times "
-                          "the file's size; widen does not hash it", c->path, t->name, (unsigned long long)numel);
-    }
-    size_t filled = 0;
-    uint64_t element = 0; /* storage element of index `at`, from the tensor's first */
-    for (uint64_t n = 0; n < numel; n++) {
+    unsigned char *dst = out;
+    for (uint64_t n = 0; n < count; n++, dst += esize) {
         /* the reader checked that every index stays inside the storage */
-        memcpy(buffer + filled, c->map + t->offset + element * esize, esize);
-        if ((filled += esize) + esize > BUFFER) {
-            k->hash_update(state, buffer, filled);
-            filled = 0;
-        }
+        memcpy(dst, c->map + t->offset + element * esize, esize);
         for (int d = t->rank - 1; d >= 0; d--) { /* the next index, last dimension fastest */
             if (++at[d] < t->shape[d]) {
                 element += tt->strides[d];
@@ -338,7 +351,29 @@ widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, 
             at[d] = 0;
         }
     }
-    k->hash_update(state, buffer, filled);
+}
+
+widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, widen_hash128 *out, widen_error *err)
+{
+    widen_status st = widen_tensor_check_strided(c, index, err);
+    if (st) return st;
+    const widen_kernels *k = widen_kernels_for(widen_isa_active());
+    size_t esize = widen_dtype_bits(c->tensors[index].dtype) / 8;
+    enum { BUFFER = 64u << 10 };
+    unsigned char *buffer = malloc(BUFFER);
+    widen_hash_state *state = aligned_alloc(64, sizeof *state);
+    if (!buffer || !state) {
+        free(buffer);
+        free(state);
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
+    k->hash_reset(state);
+    uint64_t numel = widen_tensor_elements(c, index), per = BUFFER / esize;
+    for (uint64_t n = 0; n < numel; n += per) {
+        uint64_t count = numel - n < per ? numel - n : per;
+        widen_tensor_gather(c, index, n, count, buffer);
+        k->hash_update(state, buffer, (size_t)(count * esize));
+    }
     *out = k->hash_digest(state);
     free(buffer);
     free(state);
