@@ -176,24 +176,41 @@ static widen_status copy_tensor(exec_state *s, size_t index, widen_plan_tensor *
     return WIDEN_OK;
 }
 
-/* A strided torch tensor: its elements gathered in row-major order, a step at a time; its input
- * and output hashes are both of those bytes. The pages of its storage span stay mapped until the
- * end, since a transposed view walks them many times. */
+/* A strided torch tensor: its elements gathered in row-major order, a step at a time, and cast
+ * through the kernels when the plan casts it (the only transform a strided tensor takes). Its input
+ * hash is of the gathered bytes. The pages of its storage span stay mapped until the end, since a
+ * transposed view walks them many times. */
 static widen_status gather_tensor(exec_state *s, size_t index, widen_plan_tensor *p, widen_error *err)
 {
     size_t t = (size_t)(p->in - s->ckpt->tensors);
     widen_status st = widen_tensor_check_strided(s->ckpt, t, err);
-    size_t esize = widen_dtype_bits(p->in->dtype) / 8;
-    uint64_t numel = widen_tensor_elements(s->ckpt, t), per = CHUNK / esize;
+    if (st) return st;
+    size_t ssz = widen_dtype_bits(p->in->dtype) / 8, dsz = widen_dtype_bits(p->dtype) / 8;
+    uint64_t numel = widen_tensor_elements(s->ckpt, t), per = CHUNK / (ssz > dsz ? ssz : dsz);
+    int cast = p->op != WIDEN_OP_COPY;
+    unsigned char *gathered = cast ? malloc(CHUNK) : s->buffer;
+    if (!gathered) return widen_fail(err, WIDEN_EIO, "out of memory");
+    widen_remap_job job = {.src_dtype = p->in->dtype, .dst_dtype = p->dtype, .rows = 1, .channels = 1,
+                           .src_channels = 1, .map = p->map, .src = gathered, .dst = s->buffer,
+                           .store = WIDEN_STORE_CACHED};
+    s->hasher->hash_reset(s->in_hash);
     s->hasher->hash_reset(s->out_hash);
     for (uint64_t n = 0; n < numel && !st; n += per) {
         uint64_t count = numel - n < per ? numel - n : per;
-        widen_tensor_gather(s->ckpt, t, n, count, s->buffer);
-        st = emit(s, index, n * esize, s->buffer, (size_t)(count * esize), err);
+        widen_tensor_gather(s->ckpt, t, n, count, gathered);
+        s->hasher->hash_update(s->in_hash, gathered, (size_t)(count * ssz));
+        if (cast) {
+            job.inner = job.src_row_stride = job.src_chan_stride = job.dst_row_stride = job.dst_chan_stride = (size_t)count;
+            job.index = n;
+            run_job(s, &job, (size_t)(count * dsz));
+        }
+        st = emit(s, index, n * dsz, s->buffer, (size_t)(count * dsz), err);
     }
     widen_release(s->ckpt, p->in->offset, widen_tensor_span(s->ckpt, t));
+    if (cast) free(gathered);
     if (st) return st;
-    p->in_hash = p->out_hash = s->hasher->hash_digest(s->out_hash);
+    p->in_hash = s->hasher->hash_digest(s->in_hash);
+    p->out_hash = s->hasher->hash_digest(s->out_hash);
     return WIDEN_OK;
 }
 

@@ -392,11 +392,10 @@ widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *
     plan->identity->kind = WIDEN_MAP_SOURCE;
     for (size_t i = 0; i < c->count; i++) {
         const widen_tensor_info *t = &c->tensors[i];
-        int cast = tr->cast && widen_dtype_is_computable(t->dtype) && t->dtype != tr->cast_to;
-        if (widen_tensor_strided(c, i) && (cast || widen_transform_edit(tr, t->name))) {
+        if (widen_tensor_strided(c, i) && widen_transform_edit(tr, t->name)) {
             widen_plan_free(plan);
             return widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' is stored with non-contiguous strides, which widen "
-                              "does not transform yet", c->path, t->name);
+                              "does not remap yet (--cast is fine)", c->path, t->name);
         }
     }
     for (size_t i = 0; i < c->count; i++) {
@@ -426,7 +425,7 @@ widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *
             p->map = plan->identity;
             p->in_channels = p->channels = 1;
             p->outer = 1;
-            p->inner = t->nbytes / (widen_dtype_bits(t->dtype) / 8);
+            p->inner = p->nbytes / (widen_dtype_bits(t->dtype) / 8); /* the elements, gathered if strided */
             p->nbytes = p->inner * (widen_dtype_bits(p->dtype) / 8);
         }
         plan->data_bytes += p->nbytes;

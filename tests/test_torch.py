@@ -173,8 +173,6 @@ def test_pt_manifest_hashes_views_and_whole_storages(tmp_path, cast):
     base = torch.randn(6, 40)
     sd = {"conv.weight": torch.randn(8, 3, 3, 3), "tied.a": base, "tied.b": base, "slice.first": base[:2],
           "slice.offset": base[3:5], "transposed": torch.randn(5, 7).t(), "bias": torch.randn(8).to(torch.float16)}
-    if cast:
-        del sd["transposed"]  # strided tensors pass through untouched: they cannot be cast (exit 3)
     path = tmp_path / "views.pt"
     torch.save(sd, path)
     out, manifest = tmp_path / "o.pt", tmp_path / "o.json"
@@ -275,8 +273,19 @@ def test_strided_tensors_are_written_to_safetensors_in_row_major_order(tmp_path)
     out.write_bytes(bytes(data))
     proc = run("verify", path, out)
     assert proc.returncode == 1 and "transposed" in proc.stdout + proc.stderr
-    # transforming a strided tensor is still refused
-    proc = run("apply", path, "-o", tmp_path / "c.safetensors", "--cast", "bf16")
+    # --cast gathers then casts (safetensors) or casts the storages under the views (.pt)
+    run("apply", path, "-o", tmp_path / "c.safetensors", "--cast", "bf16", check=0)
+    _, cast, _, _ = load(str(tmp_path / "c.safetensors"))
+    run("apply", path, "-o", tmp_path / "c.pt", "--cast", "bf16", "--manifest", tmp_path / "c.json", check=0)
+    cast_pt = torch.load(tmp_path / "c.pt", weights_only=True)
+    for name, t in sd.items():
+        want = t.contiguous().to(torch.bfloat16)
+        assert cast[name][0] == "BF16" and cast[name][1].tobytes() == want.view(torch.int16).numpy().tobytes(), name
+        assert torch.equal(cast_pt[name], want), name
+    run("verify", path, tmp_path / "c.safetensors", check=0)
+    run("verify", path, tmp_path / "c.pt", "--manifest", tmp_path / "c.json", check=0)
+    # remapping the channels of a strided tensor is still refused
+    proc = run("apply", path, "-o", tmp_path / "r.safetensors", "-t", "transposed", "--from", "70", "--to", "71")
     assert proc.returncode == 3 and "non-contiguous strides" in proc.stderr
 
 
