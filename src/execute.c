@@ -176,8 +176,9 @@ static widen_status copy_tensor(exec_state *s, size_t index, widen_plan_tensor *
     return WIDEN_OK;
 }
 
-/* A strided torch tensor: its elements gathered in row-major order, a step at a time, and cast
- * through the kernels when the plan casts it (the only transform a strided tensor takes). Its input
+/* A strided torch tensor left alone or only cast: its elements gathered in row-major order, a step
+ * at a time, and cast through the kernels when the plan casts it (remap_tensor gathers the ones
+ * whose channels are remapped). Its input
  * hash is of the gathered bytes. The pages of its storage span stay mapped until the end, since a
  * transposed view walks them many times. */
 static widen_status gather_tensor(exec_state *s, size_t index, widen_plan_tensor *p, widen_error *err)
@@ -230,22 +231,42 @@ static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor 
                            .store = WIDEN_STORE_CACHED /* the step's output is written out right away */};
     widen_status st = WIDEN_OK;
     uint64_t out_off = 0;
+    /* a strided input is gathered, a step's rows at a time, in row-major order */
+    size_t ti = (size_t)(t - s->ckpt->tensors);
+    unsigned char *gathered = NULL;
+    if (p->strided) {
+        if (out_row * dsz > CHUNK || in_row * ssz > CHUNK)
+            return widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' is strided and its rows are over %u MiB; widen does "
+                              "not remap it", s->ckpt->path, p->name, CHUNK >> 20);
+        if ((st = widen_tensor_check_strided(s->ckpt, ti, err))) return st;
+        if (!(gathered = malloc(CHUNK))) return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
     if (out_row * dsz <= CHUNK) {
         /* whole rows per step: the input of a step is one contiguous span */
         uint64_t per = out_row ? CHUNK / (out_row * dsz) : p->outer;
+        if (gathered && in_row && CHUNK / (in_row * ssz) < per) per = CHUNK / (in_row * ssz);
         for (uint64_t r = 0; r < p->outer && !st; r += per) {
             uint64_t rows = p->outer - r < per ? p->outer - r : per;
             job.src = base + r * in_row * ssz;
+            if (gathered) {
+                widen_tensor_gather(s->ckpt, ti, r * in_row, rows * in_row, gathered);
+                s->hasher->hash_update(s->in_hash, gathered, (size_t)(rows * in_row * ssz));
+                job.src = gathered;
+            }
             job.rows = (size_t)rows;
             job.index = r * out_row;
             job.channels = p->channels;
             job.map = p->map;
             size_t len = (size_t)(rows * out_row * dsz);
             run_job(s, &job, len);
-            hash_input_span(s, t, r * in_row * ssz, rows * in_row * ssz);
+            if (!gathered) hash_input_span(s, t, r * in_row * ssz, rows * in_row * ssz);
             st = emit(s, index, out_off, s->buffer, len, err);
-            widen_release(s->ckpt, t->offset + r * in_row * ssz, rows * in_row * ssz);
+            if (!gathered) widen_release(s->ckpt, t->offset + r * in_row * ssz, rows * in_row * ssz);
             out_off += len;
+        }
+        if (gathered) {
+            widen_release(s->ckpt, t->offset, widen_tensor_span(s->ckpt, ti));
+            free(gathered);
         }
     } else {
         /* a row is larger than a step: one channel's run at a time, in output order */
@@ -306,8 +327,9 @@ widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan, const
             i += moved;
             continue;
         }
-        if (!st) st = p->strided ? gather_tensor(&s, i, p, err)
-                                 : p->op == WIDEN_OP_COPY ? copy_tensor(&s, i, p, err) : remap_tensor(&s, i, p, err);
+        if (!st) st = p->op == WIDEN_OP_REMAP && p->axis >= 0 ? remap_tensor(&s, i, p, err) /* gathers if strided */
+                      : p->strided ? gather_tensor(&s, i, p, err) /* copied or cast */
+                      : p->op == WIDEN_OP_COPY ? copy_tensor(&s, i, p, err) : remap_tensor(&s, i, p, err);
         i++;
     }
     if (s.pool) widen_pool_free(s.pool);

@@ -67,7 +67,7 @@ typedef struct widen_plan_tensor {
     int rank;
     uint64_t shape[WIDEN_MAX_RANK];
     uint64_t nbytes; /* output bytes */
-    int strided;     /* a torch tensor with non-contiguous strides, passed through with its storage */
+    int strided;     /* a torch tensor with non-contiguous strides: the executor gathers its elements */
     /* WIDEN_OP_REMAP: the input seen as [outer, in_channels, inner], output [outer, channels, inner] */
     uint64_t outer, inner;
     uint32_t in_channels, channels;

@@ -392,14 +392,6 @@ widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *
     plan->identity->kind = WIDEN_MAP_SOURCE;
     for (size_t i = 0; i < c->count; i++) {
         const widen_tensor_info *t = &c->tensors[i];
-        if (widen_tensor_strided(c, i) && widen_transform_edit(tr, t->name)) {
-            widen_plan_free(plan);
-            return widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' is stored with non-contiguous strides, which widen "
-                              "does not remap yet (--cast is fine)", c->path, t->name);
-        }
-    }
-    for (size_t i = 0; i < c->count; i++) {
-        const widen_tensor_info *t = &c->tensors[i];
         widen_plan_tensor *p = &plan->tensors[i];
         p->in = t;
         p->name = t->name;

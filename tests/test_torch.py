@@ -284,9 +284,26 @@ def test_strided_tensors_are_written_to_safetensors_in_row_major_order(tmp_path)
         assert torch.equal(cast_pt[name], want), name
     run("verify", path, tmp_path / "c.safetensors", check=0)
     run("verify", path, tmp_path / "c.pt", "--manifest", tmp_path / "c.json", check=0)
-    # remapping the channels of a strided tensor is still refused
-    proc = run("apply", path, "-o", tmp_path / "r.safetensors", "-t", "transposed", "--from", "70", "--to", "71")
-    assert proc.returncode == 3 and "non-contiguous strides" in proc.stderr
+    # channel remaps gather the strided input a step of rows at a time (.pt gives the result a storage)
+    for ext in ("safetensors", "pt"):
+        r = tmp_path / f"r.{ext}"
+        run("apply", path, "-o", r, "-t", "transposed", "--from", "70", "--to", "72", "--at", "1", "--init",
+            "const:0.25", "--manifest", tmp_path / f"r{ext}.json", check=0)
+        got_t = load(str(r))[1]["transposed"][1] if ext == "safetensors" else \
+            torch.load(r, weights_only=True)["transposed"].numpy()
+        q = np.full((50, 1), 0.25, np.float32)
+        want = np.concatenate([q, sd["transposed"].contiguous().numpy(), q], 1)
+        assert got_t.shape == (50, 72) and got_t.tobytes() == want.tobytes(), ext
+        run("verify", path, r, "--manifest", tmp_path / f"r{ext}.json", check=0)
+    run("apply", path, "-o", tmp_path / "p.safetensors", "-t", "permuted", "--from", "2", "--to", "3",
+        "--map", "1,0*2,zero", check=0)
+    p = sd["permuted"].contiguous().numpy()  # [4, 2, 5, 3]
+    want = np.stack([p[:, 1], p[:, 0] * 2, np.zeros_like(p[:, 0])], 1)
+    assert load(str(tmp_path / "p.safetensors"))[1]["permuted"][1].tobytes() == want.tobytes()
+    # a strided tensor whose rows are over one 4 MiB step is refused
+    torch.save({"wide": torch.randn(400_000, 3, 2).permute(2, 1, 0)}, tmp_path / "wide.pt")
+    proc = run("apply", tmp_path / "wide.pt", "-o", tmp_path / "w.safetensors", "--to", "4")
+    assert proc.returncode == 3 and "strided" in proc.stderr and not (tmp_path / "w.safetensors").exists()
 
 
 def zip_with_pickle(path, data, extra=None):
