@@ -72,7 +72,7 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
         }
         pos = size;
     }
-    while (pos < size || t < ckpt->count) {
+    while (!st && (pos < size || t < ckpt->count)) {
         /* the next boundary: the end of the current tensor or of the step */
         uint64_t end = pos + STEP < size ? pos + STEP : size;
         const widen_tensor_info *cur = t < ckpt->count ? &ckpt->tensors[t] : NULL;

@@ -151,18 +151,17 @@ static void check_manifest_hashes(json_t *manifest, const char *path, const wide
     }
 }
 
-/* A strided input tensor is gathered by the executor (its elements in row-major order). Where the
- * output holds it strided too (.pt), those bytes are not one run there: the output's elements are
- * hashed the same way and compared with the input's. */
-static widen_status compare_strided(const widen_checkpoint *out, const widen_plan *plan, widen_verify_report *r,
-                                    widen_error *err)
+/* An output tensor stored strided (.pt) is not one run of bytes: its elements, in row-major order,
+ * are hashed and compared with the hash of what the executor produced for it (strided_out[i] holds
+ * its index in the output, or -1). */
+static widen_status compare_strided(const widen_checkpoint *out, const widen_plan *plan, const long *strided_out,
+                                    widen_verify_report *r, widen_error *err)
 {
     for (size_t i = 0; i < plan->count; i++) {
+        if (strided_out[i] < 0) continue;
         const widen_plan_tensor *p = &plan->tensors[i];
-        long k = p->strided ? widen_tensor_find(out, p->name) : -1;
-        if (k < 0 || !widen_tensor_strided(out, (size_t)k)) continue;
         widen_hash128 have;
-        widen_status st = widen_tensor_hash_strided(out, (size_t)k, &have, err);
+        widen_status st = widen_tensor_hash_strided(out, (size_t)strided_out[i], &have, err);
         if (st) return st;
         if (memcmp(&have, &p->out_hash, sizeof have) != 0)
             difference(r, "%s: tensor '%s' (strided) differs from the input", out->path, p->name);
@@ -178,6 +177,7 @@ widen_status widen_verify(const char *input, const char *output, const char *man
     widen_transform *tr = NULL;
     json_t *manifest = NULL;
     const widen_tensor_info **targets = NULL;
+    long *strided_out = NULL;
     widen_plan plan = {0};
     widen_status st;
     if ((st = widen_open(input, &in, err)) || (st = widen_open(output, &out, err))) goto done;
@@ -201,13 +201,15 @@ widen_status widen_verify(const char *input, const char *output, const char *man
     if (st) goto done;
     if ((st = widen_plan_build(in, tr, &plan, err))) goto done;
     targets = calloc(plan.count + 1, sizeof *targets);
-    if (!targets) {
+    strided_out = malloc((plan.count + 1) * sizeof *strided_out);
+    if (!targets || !strided_out) {
         st = widen_fail(err, WIDEN_EIO, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < plan.count; i++) {
         const widen_plan_tensor *p = &plan.tensors[i];
         long k = widen_tensor_find(out, p->name);
+        strided_out[i] = -1;
         char want[256], have[256];
         if (k < 0) {
             difference(report, "%s: tensor '%s' is missing", output, p->name);
@@ -222,7 +224,8 @@ widen_status widen_verify(const char *input, const char *output, const char *man
             continue;
         }
         /* a strided output tensor is not one run of bytes: compare_strided checks it */
-        targets[i] = widen_tensor_strided(out, (size_t)k) ? NULL : t;
+        if (widen_tensor_strided(out, (size_t)k)) strided_out[i] = k;
+        else targets[i] = t;
         report->tensors++;
         if (p->op != WIDEN_OP_COPY) report->transformed++;
     }
@@ -234,11 +237,12 @@ widen_status widen_verify(const char *input, const char *output, const char *man
     compare_sink cs = {.out = out, .plan = &plan, .targets = targets, .report = report};
     widen_exec_options eo = {.threads = 1, .isa = WIDEN_ISA_SCALAR};
     if ((st = widen_execute(in, &plan, &eo, sink_compare, &cs, err))) goto done;
-    if ((st = compare_strided(out, &plan, report, err))) goto done;
+    if ((st = compare_strided(out, &plan, strided_out, report, err))) goto done;
     if (manifest) check_manifest_hashes(manifest, manifest_path, &plan, report);
     st = report->differences ? WIDEN_DIFFERENT : WIDEN_OK;
 done:
     free(targets);
+    free(strided_out);
     widen_plan_free(&plan);
     widen_transform_free(tr);
     json_decref(manifest);

@@ -1,8 +1,10 @@
 """PyTorch zip checkpoints: real torchvision models judged by PyTorch itself (the classic recipe's
 "Err: 0"), training checkpoints, tied weights, and malicious or broken files."""
+import collections
 import io
 import json
 import os
+import pickle
 import struct
 import zipfile
 
@@ -304,6 +306,72 @@ def test_strided_tensors_are_written_to_safetensors_in_row_major_order(tmp_path)
     torch.save({"wide": torch.randn(400_000, 3, 2).permute(2, 1, 0)}, tmp_path / "wide.pt")
     proc = run("apply", tmp_path / "wide.pt", "-o", tmp_path / "w.safetensors", "--to", "4")
     assert proc.returncode == 3 and "strided" in proc.stderr and not (tmp_path / "w.safetensors").exists()
+
+
+class _Storage:
+    def __init__(self, key, kind, numel):
+        self.key, self.kind, self.numel = key, kind, numel
+
+
+class _View:
+    """Pickles as torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, {})."""
+    def __init__(self, storage, size, stride):
+        self.args = (storage, 0, tuple(size), tuple(stride), False, collections.OrderedDict())
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+def crafted_pt(path, views, storage_numel=4):
+    """A .pt whose tensors have hand-picked sizes and strides over one float storage of 4 elements
+    (torch.save would never write these)."""
+    storage = _Storage("0", torch.FloatStorage, storage_numel)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", obj.kind, obj.key, "cpu", obj.numel) if isinstance(obj, _Storage) else None
+
+    data = io.BytesIO()
+    Pickler(data, protocol=2).dump({name: _View(storage, size, stride) for name, (size, stride) in views.items()})
+    zip_with_pickle(path, data.getvalue(), {"archive/byteorder": "little",
+                                            "archive/data/0": struct.pack("<4f", 1, 2, 3, 4)})
+    return path
+
+
+def test_crafted_strides_exit_3_without_reading_outside(tmp_path):
+    """Strides whose reach wraps around 2^64, element bytes that overflow, and a zero-stride view over
+    the 256x bound next to an ordinary tensor: each a clean exit 3 for every command, never a crash."""
+    wrap = crafted_pt(tmp_path / "wrap.pt", {"w": ((3, 3), (3 * 2 ** 61, 2 ** 61))})
+    bytes_overflow = crafted_pt(tmp_path / "bytes.pt", {"w": ((2 ** 62,), (0,))})
+    for path in (wrap, bytes_overflow):
+        for args in (("inspect", path), ("hash", path), ("apply", path, "-o", tmp_path / "o.safetensors", "--cast",
+                                                          "f16")):
+            proc = run(*args)
+            assert proc.returncode == 3 and "'w'" in proc.stderr, (path, args, proc.stderr)
+    huge = crafted_pt(tmp_path / "huge.pt", {"w": ((2 ** 40,), (0,)), "v": ((2, 2), (2, 1))})
+    proc = run("hash", huge)
+    assert proc.returncode == 3 and "256 times" in proc.stderr
+    proc = run("apply", huge, "-o", tmp_path / "h.safetensors", "--cast", "f16")
+    assert proc.returncode == 3 and not (tmp_path / "h.safetensors").exists()
+    assert run("inspect", huge).returncode == 0
+
+
+def test_zero_size_tensors_remap_and_verify_compares_strided_outputs(tmp_path):
+    """Empty tensors are contiguous whatever their strides (nothing to gather); and verify compares an
+    output tensor stored strided even when the input's is contiguous."""
+    torch.save({"w": torch.zeros(3, 0), "v": torch.zeros(3, 4, 0)}, tmp_path / "z.pt")
+    assert "strided" not in run("inspect", tmp_path / "z.pt", "--json", check=0).stdout
+    run("apply", tmp_path / "z.pt", "-o", tmp_path / "z.safetensors", "-t", "v", "--map", "0,zero,1", check=0)
+    assert load(str(tmp_path / "z.safetensors"))[1]["v"][1].shape == (3, 3, 0)
+    run("apply", tmp_path / "z.pt", "-o", tmp_path / "z2.pt", "-t", "w", "--axis", "0", "--map", "2,1,0", check=0)
+    assert torch.load(tmp_path / "z2.pt", weights_only=True)["w"].shape == (3, 0)
+    torch.manual_seed(0)
+    torch.save({"w": torch.randn(3, 4)}, tmp_path / "in.pt")
+    run("apply", tmp_path / "in.pt", "-o", tmp_path / "x.pt", "--cast", "bf16", "--manifest", tmp_path / "m.json",
+        check=0)
+    torch.save({"w": torch.randn(4, 3).t().bfloat16()}, tmp_path / "other.pt")  # same shape, strided, other values
+    proc = run("verify", tmp_path / "in.pt", tmp_path / "other.pt", "--manifest", tmp_path / "m.json")
+    assert proc.returncode == 1 and "'w' (strided) differs" in proc.stdout + proc.stderr
 
 
 def zip_with_pickle(path, data, extra=None):

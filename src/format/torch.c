@@ -162,8 +162,15 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *call, pk_no
         if (t->shape[d] != 1 && (uint64_t)sd->i != expect) tt->contiguous = 0;
         if (__builtin_mul_overflow(expect, t->shape[d], &expect) || __builtin_mul_overflow(numel, t->shape[d], &numel))
             return BAD("%s: tensor '%s': element count overflows", c->path, name);
-        if (t->shape[d]) extent += ((uint64_t)t->shape[d] - 1) * (uint64_t)sd->i;
+        uint64_t reach;
+        if (t->shape[d] && (__builtin_mul_overflow(t->shape[d] - 1, (uint64_t)sd->i, &reach) ||
+                            __builtin_add_overflow(extent, reach, &extent)))
+            return BAD("%s: tensor '%s' reaches past the end of its storage '%s'", c->path, name, sto->key);
     }
+    uint64_t bytes;
+    if (__builtin_mul_overflow(numel, (uint64_t)esize, &bytes))
+        return BAD("%s: tensor '%s': byte count overflows", c->path, name);
+    if (numel == 0) tt->contiguous = 1; /* no bytes: whatever its strides say */
     tt->node = call;
     tt->holder = holder;
     tt->slot = slot;
@@ -328,6 +335,7 @@ widen_status widen_tensor_check_strided(const widen_checkpoint *c, size_t index,
 
 void widen_tensor_gather(const widen_checkpoint *c, size_t index, uint64_t first, uint64_t count, void *out)
 {
+    if (count == 0) return; /* an empty tensor may have a zero dimension to divide by */
     const torch_state *ts = c->format_state;
     const torch_tensor *tt = &ts->tensors[index];
     const widen_tensor_info *t = &c->tensors[index];
