@@ -22,6 +22,7 @@ typedef struct exec_state {
     uint64_t done, total;
     widen_sink_fn sink;
     void *sink_user;
+    int no_copy; /* the sink's copy said it cannot copy here (another filesystem): stop asking */
 } exec_state;
 
 /* Hashes the part of input span [begin, begin+len) of the current tensor that continues the
@@ -134,7 +135,7 @@ static void copy_part(void *user, size_t part)
  * the sink has no copy here. */
 static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_status *st, widen_error *err)
 {
-    if (!s->opt->copy) return 0;
+    if (!s->opt->copy || s->no_copy) return 0;
     size_t last = first;
     uint64_t bytes = plan->tensors[first].in->nbytes;
     while (!s->opt->copy_one_item && last + 1 < plan->count && plan->tensors[last + 1].op == WIDEN_OP_COPY &&
@@ -150,7 +151,10 @@ static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_stat
         copy_part(&job, 0);
         if (job.st == WIDEN_OK) copy_part(&job, 1);
     }
-    if (job.st == WIDEN_EUSAGE) return 0; /* no copy here: the caller sends the bytes */
+    if (job.st == WIDEN_EUSAGE) { /* no copy here: the caller sends the bytes, these and all that follow */
+        s->no_copy = 1;
+        return 0;
+    }
     *st = job.st;
     if (*st && err) *err = job.err;
     if (!*st && s->opt->copied) *st = s->opt->copied(s->sink_user, first, bytes, job.crc, err);
