@@ -121,6 +121,24 @@ widen_status widen_write_all(int fd, const void *data, size_t len, const char *t
     return WIDEN_OK;
 }
 
+widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err)
+{
+    loff_t from = (loff_t)in_offset;
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = copy_file_range(in_fd, &from, fd, NULL, (size_t)(len - done), 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            if (done == 0 && (n == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
+                              errno == EBADF))
+                return WIDEN_EUSAGE;
+            return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", target, n < 0 ? strerror(errno) : "short copy");
+        }
+        done += (uint64_t)n;
+    }
+    return WIDEN_OK;
+}
+
 /* Closes (after fsync) and renames into place; without overwrite, never replaces a file that
  * appeared meanwhile. */
 static widen_status temp_commit(temp_file *tf, const char *target, int do_fsync, int overwrite, widen_error *err)
@@ -160,7 +178,6 @@ typedef struct write_sink {
     int fd;
     const char *target;
     int in_fd;
-    int no_copy; /* copy_file_range is not available between these files */
 } write_sink;
 
 /* Untouched bytes go from the input's page cache to the output's inside the kernel, as cp does. */
@@ -169,23 +186,7 @@ static widen_status sink_copy(void *user, size_t index, uint64_t offset, uint64_
     (void)index;
     (void)offset;
     write_sink *w = user;
-    if (w->no_copy || w->in_fd < 0) return WIDEN_EUSAGE;
-    loff_t from = (loff_t)in_offset;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = copy_file_range(w->in_fd, &from, w->fd, NULL, len - done, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            if (done == 0 && (n == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
-                              errno == EBADF)) {
-                w->no_copy = 1;
-                return WIDEN_EUSAGE;
-            }
-            return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", w->target, n < 0 ? strerror(errno) : "short copy");
-        }
-        done += (size_t)n;
-    }
-    return WIDEN_OK;
+    return w->in_fd < 0 ? WIDEN_EUSAGE : widen_copy_all(w->in_fd, in_offset, w->fd, len, w->target, err);
 }
 
 static widen_status sink_write(void *user, size_t index, uint64_t offset, const void *data, size_t len,

@@ -181,10 +181,9 @@ static widen_status copy_tensor(exec_state *s, size_t index, widen_plan_tensor *
 }
 
 /* A strided torch tensor left alone or only cast: its elements gathered in row-major order, a step
- * at a time, and cast through the kernels when the plan casts it (remap_tensor gathers the ones
- * whose channels are remapped). Its input
- * hash is of the gathered bytes. The pages of its storage span stay mapped until the end, since a
- * transposed view walks them many times. */
+ * at a time, and cast through the kernels when the plan casts it. Its input hash is of the gathered
+ * bytes. The pages of its storage span stay mapped until the end, since a transposed view walks
+ * them many times. */
 static widen_status gather_tensor(exec_state *s, size_t index, widen_plan_tensor *p, widen_error *err)
 {
     size_t t = (size_t)(p->in - s->ckpt->tensors);
@@ -331,8 +330,8 @@ widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan, const
             i += moved;
             continue;
         }
-        if (!st) st = p->op == WIDEN_OP_REMAP && p->axis >= 0 ? remap_tensor(&s, i, p, err) /* gathers if strided */
-                      : p->strided ? gather_tensor(&s, i, p, err) /* copied or cast */
+        /* strided tensors are gathered: here when copied or cast, in remap_tensor when remapped */
+        if (!st) st = p->strided && p->axis < 0 ? gather_tensor(&s, i, p, err)
                       : p->op == WIDEN_OP_COPY ? copy_tensor(&s, i, p, err) : remap_tensor(&s, i, p, err);
         i++;
     }

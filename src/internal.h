@@ -36,6 +36,10 @@ widen_status widen_torch_read(widen_checkpoint *ckpt, widen_error *err);
 
 /* Writes all of `len` bytes to fd; WIDEN_EIO naming `target` on failure. */
 widen_status widen_write_all(int fd, const void *data, size_t len, const char *target, widen_error *err);
+/* Copies `len` bytes at in_offset of in_fd to fd's position inside the kernel (copy_file_range);
+ * WIDEN_EUSAGE, with nothing written, where the kernel cannot copy between these files (another
+ * filesystem), WIDEN_EIO naming `target` on failure. */
+widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err);
 
 /* Notices for converting a torch checkpoint to safetensors: the non-tensor values it drops and the
  * tensors that shared a storage (each gets its own copy). */

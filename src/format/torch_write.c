@@ -1,11 +1,9 @@
 /* torch_write.c: writing a torch.save zip checkpoint: the input's object tree with the transformed
  * tensors given storages of their own, storages renumbered in order of first appearance, and the
  * archive laid out as torch.save lays it out (FORMATS.md), streamed through the executor. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "../../kernels/kernels.h"
 #include "../internal.h"
@@ -123,8 +121,7 @@ static widen_status rebind(writer *w, size_t index, const widen_plan_tensor *p, 
 }
 
 typedef struct archive_sink {
-    const widen_checkpoint *ckpt; /* the input: its mapping (for CRCs) and descriptor (for copies) */
-    int no_copy;
+    const widen_checkpoint *ckpt; /* the input: its descriptor, for copies */
     int fd;
     const char *target;
     const char *prefix;
@@ -193,25 +190,9 @@ static widen_status sink_archive_copy(void *user, size_t index, uint64_t offset,
 {
     (void)offset;
     archive_sink *s = user;
-    if (s->no_copy) return WIDEN_EUSAGE;
     widen_status st = open_through(s, index, err);
-    if (st) return st;
-    loff_t from = (loff_t)in_offset;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = copy_file_range(widen_checkpoint_fd(s->ckpt), &from, s->fd, NULL, len - done, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            if (done == 0 && (n == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
-                              errno == EBADF)) {
-                s->no_copy = 1;
-                return WIDEN_EUSAGE; /* the record is open: the bytes follow through the sink */
-            }
-            return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", s->target, n < 0 ? strerror(errno) : "short copy");
-        }
-        done += (size_t)n;
-    }
-    return WIDEN_OK;
+    /* WIDEN_EUSAGE leaves the record open: the bytes follow through the sink */
+    return st ? st : widen_copy_all(widen_checkpoint_fd(s->ckpt), in_offset, s->fd, len, s->target, err);
 }
 
 /* The copied storage's CRC-32, computed by the executor's hashing pass over the same bytes. */
