@@ -8,10 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
+#include "format/torch.h"
+#include "write.h"
 
 void widen_apply_options_init(widen_apply_options *o)
 {
@@ -61,6 +64,9 @@ typedef struct temp_file {
     int slot;   /* in the table of temporaries */
 } temp_file;
 
+/* The temporary file beside the target: ".<target's name>.widen-<random>", its name cut to fit
+ * NAME_MAX, created with mode 0666 so that the process umask applies (as for any new file) without
+ * this library touching the process-wide umask. */
 static widen_status temp_open(const char *target, temp_file *tf, widen_error *err)
 {
     char *copy = strdup(target), *copy2 = strdup(target);
@@ -74,23 +80,24 @@ static widen_status temp_open(const char *target, temp_file *tf, widen_error *er
     }
     const char *dir = dirname(copy), *base = basename(copy2);
     size_t size = strlen(dir) + strlen(base) + 32;
-    tf->path = malloc(size);
     widen_status st = WIDEN_OK;
-    if (!tf->path) {
-        st = widen_fail(err, WIDEN_EIO, "out of memory");
-    } else {
-        snprintf(tf->path, size, "%s/.%s.widen-XXXXXX", dir, base);
-        tf->fd = mkostemp(tf->path, O_CLOEXEC);
-        if (tf->fd >= 0) tf->slot = temporary_register(tf->path);
-        if (tf->fd < 0) {
+    if (!(tf->path = malloc(size))) st = widen_fail(err, WIDEN_EIO, "out of memory");
+    for (int attempt = 0; !st && tf->fd < 0; attempt++) {
+        unsigned char r[6];
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) memset(r, attempt, sizeof r);
+        char suffix[16];
+        static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+        for (int i = 0; i < 6; i++) suffix[i] = digits[r[i] % 36];
+        suffix[6] = '\0';
+        snprintf(tf->path, size, "%s/.%.200s.widen-%s", dir, base, suffix);
+        tf->fd = open(tf->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
+        if (tf->fd < 0 && (errno != EEXIST || attempt > 100))
             st = widen_fail(err, WIDEN_EIO, "%s: cannot create a file in %s: %s", target, dir, strerror(errno));
-            free(tf->path);
-            tf->path = NULL;
-        } else {
-            mode_t mask = umask(0);
-            umask(mask);
-            fchmod(tf->fd, 0666 & ~mask);
-        }
+    }
+    if (!st) tf->slot = temporary_register(tf->path);
+    else {
+        free(tf->path);
+        tf->path = NULL;
     }
     free(copy);
     free(copy2);
@@ -106,37 +113,6 @@ static void temp_discard(temp_file *tf)
     free(tf->path);
     tf->path = NULL;
     tf->fd = -1;
-}
-
-widen_status widen_write_all(int fd, const void *data, size_t len, const char *target, widen_error *err)
-{
-    const unsigned char *p = data;
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", target, strerror(n < 0 ? errno : EIO));
-        p += n;
-        len -= (size_t)n;
-    }
-    return WIDEN_OK;
-}
-
-widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err)
-{
-    loff_t from = (loff_t)in_offset;
-    uint64_t done = 0;
-    while (done < len) {
-        ssize_t n = copy_file_range(in_fd, &from, fd, NULL, (size_t)(len - done), 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            if (done == 0 && (n == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
-                              errno == EBADF))
-                return WIDEN_EUSAGE;
-            return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", target, n < 0 ? strerror(errno) : "short copy");
-        }
-        done += (uint64_t)n;
-    }
-    return WIDEN_OK;
 }
 
 /* Closes (after fsync) and renames into place; without overwrite, never replaces a file that
@@ -174,57 +150,6 @@ static widen_status temp_commit(temp_file *tf, const char *target, int do_fsync,
     return WIDEN_OK;
 }
 
-typedef struct write_sink {
-    int fd;
-    const char *target;
-    int in_fd;
-} write_sink;
-
-/* Untouched bytes go from the input's page cache to the output's inside the kernel, as cp does. */
-static widen_status sink_copy(void *user, size_t index, uint64_t offset, uint64_t in_offset, size_t len, widen_error *err)
-{
-    (void)index;
-    (void)offset;
-    write_sink *w = user;
-    return w->in_fd < 0 ? WIDEN_EUSAGE : widen_copy_all(w->in_fd, in_offset, w->fd, len, w->target, err);
-}
-
-static widen_status sink_write(void *user, size_t index, uint64_t offset, const void *data, size_t len,
-                               widen_error *err)
-{
-    (void)index;
-    (void)offset;
-    write_sink *w = user;
-    return widen_write_all(w->fd, data, len, w->target, err);
-}
-
-static widen_status sink_none(void *user, size_t index, uint64_t offset, const void *data, size_t len, widen_error *err)
-{
-    (void)user, (void)index, (void)offset, (void)data, (void)len, (void)err;
-    return WIDEN_OK;
-}
-
-/* The manifest's hashes of the tensors a .pt output did not hash whole (views into part of a
- * storage, strided tensors): one more read of those tensors alone. */
-static widen_status hash_views(const widen_checkpoint *ckpt, widen_plan *plan, const widen_exec_options *eo,
-                               widen_error *err)
-{
-    widen_plan rest = *plan;
-    rest.tensors = malloc((plan->count + 1) * sizeof *rest.tensors);
-    if (!rest.tensors) return widen_fail(err, WIDEN_EIO, "out of memory");
-    rest.count = 0;
-    rest.data_bytes = 0;
-    for (size_t i = 0; i < plan->count; i++)
-        if (!plan->tensors[i].hashed) {
-            rest.tensors[rest.count++] = plan->tensors[i];
-            rest.data_bytes += plan->tensors[i].nbytes;
-        }
-    widen_status st = rest.count ? widen_execute(ckpt, &rest, eo, sink_none, NULL, err) : WIDEN_OK;
-    for (size_t i = 0, k = 0; i < plan->count && !st; i++)
-        if (!plan->tensors[i].hashed) plan->tensors[i] = rest.tensors[k++];
-    free(rest.tensors);
-    return st;
-}
 
 static json_t *tensor_json(widen_dtype dtype, int rank, const uint64_t *shape, widen_hash128 hash)
 {
@@ -261,58 +186,111 @@ static char *manifest_text(const char *input, const char *output, const char *tr
     return text;
 }
 
-/* Refuses an output that is the input (by inode, so links count) or that exists without overwrite. */
-static widen_status check_target(const char *input, const char *output, int overwrite, widen_error *err)
+/* The path a name will have once created: its folder resolved (links, "..") and its own name. */
+static char *resolved(const char *path)
+{
+    char *copy = strdup(path), *copy2 = strdup(path), *dir = NULL, *out = NULL;
+    if (copy && copy2 && (dir = realpath(dirname(copy), NULL))) {
+        const char *base = basename(copy2);
+        size_t size = strlen(dir) + strlen(base) + 2;
+        if ((out = malloc(size))) snprintf(out, size, "%s/%s", dir, base);
+    }
+    free(dir);
+    free(copy);
+    free(copy2);
+    return out;
+}
+
+/* Refuses an output that is empty, "-", the input (by inode, so links count), or that exists without
+ * overwrite, or exists and is not a regular file (a link, a FIFO, a device: --force replaces files). */
+static widen_status check_target(const char *input, const char *output, const char *what, int overwrite,
+                                 widen_error *err)
 {
     struct stat in, out;
-    if (stat(output, &out) != 0) return WIDEN_OK;
-    if (stat(input, &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino)
-        return widen_fail(err, WIDEN_EUSAGE, "%s: the output is the input file; widen never overwrites its input", output);
+    if (!*output) return widen_fail(err, WIDEN_EUSAGE, "the %s path is empty", what);
+    if (strcmp(output, "-") == 0)
+        return widen_fail(err, WIDEN_EUSAGE, "-: widen does not write to standard output yet; name a file");
+    if (stat(output, &out) == 0 && stat(input, &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: the %s is the input file; widen never overwrites its input", output, what);
+    if (lstat(output, &out) != 0) return WIDEN_OK;
     if (S_ISDIR(out.st_mode)) return widen_fail(err, WIDEN_EUSAGE, "%s: is a directory", output);
+    if (!S_ISREG(out.st_mode))
+        return widen_fail(err, WIDEN_EUSAGE, "%s: exists and is not a regular file (%s); widen replaces only files",
+                          output, S_ISLNK(out.st_mode) ? "a symbolic link" : S_ISFIFO(out.st_mode) ? "a FIFO"
+                          : S_ISCHR(out.st_mode) || S_ISBLK(out.st_mode) ? "a device" : "a special file");
     if (!overwrite) return widen_fail(err, WIDEN_EUSAGE, "%s: exists (use --force to replace it)", output);
     return WIDEN_OK;
+}
+
+/* The output format: the option, else the output's extension, else the input's. */
+static const char *output_format(const char *option, const char *output, const char *input_format)
+{
+    if (option) return option;
+    size_t n = strlen(output);
+    static const char *const pt[] = {".pt", ".pth", ".bin"};
+    const char *format = n >= 12 && strcmp(output + n - 12, ".safetensors") == 0 ? "safetensors" : input_format;
+    for (int i = 0; i < 3; i++)
+        if (n >= strlen(pt[i]) && strcmp(output + n - strlen(pt[i]), pt[i]) == 0) format = "pt";
+    return format;
+}
+
+/* safetensors metadata a .pt output drops: everything but the provenance key and {"format": "pt"}
+ * (which a .pt file says by being one). */
+static void metadata_notice(const widen_checkpoint *ckpt, const widen_apply_options *options)
+{
+    size_t dropped = 0;
+    for (size_t i = 0; i < ckpt->metadata_count; i++) {
+        const widen_metadata_entry *m = &ckpt->metadata[i];
+        dropped += !(strcmp(m->key, WIDEN_PROVENANCE_KEY) == 0 || (strcmp(m->key, "format") == 0 && strcmp(m->value, "pt") == 0));
+    }
+    if (!dropped || !options->warning) return;
+    char line[600];
+    snprintf(line, sizeof line, "%s: a .pt state dict has no place for safetensors metadata: dropping %zu key%s",
+             ckpt->path, dropped, dropped == 1 ? "" : "s");
+    options->warning(options->warning_user, line);
 }
 
 widen_status widen_apply(const char *input, const char *output, const widen_transform *transform,
                          const widen_apply_options *options, widen_error *err)
 {
     widen_apply_options defaults;
+    if (!input || !output || !transform)
+        return widen_fail(err, WIDEN_EUSAGE, "widen_apply needs an input path, an output path and a transform");
     if (!options) {
         widen_apply_options_init(&defaults);
         options = &defaults;
     }
     widen_status st = widen_isa_init(err);
     if (st) return st;
-    if (options->manifest_path && (st = check_target(input, options->manifest_path, options->overwrite, err)))
-        return st;
-    if ((st = check_target(input, output, options->overwrite, err))) return st;
+    if ((st = check_target(input, output, "output", options->overwrite, err))) return st;
+    if (options->manifest_path) {
+        if ((st = check_target(input, options->manifest_path, "manifest", options->overwrite, err))) return st;
+        char *a = resolved(output), *b = resolved(options->manifest_path);
+        int same = a && b && strcmp(a, b) == 0;
+        free(a);
+        free(b);
+        if (same) return widen_fail(err, WIDEN_EUSAGE, "%s: the manifest and the output are the same file", output);
+    }
     widen_checkpoint *ckpt = NULL;
     if ((st = widen_open(input, &ckpt, err))) return st;
-    const char *format = options->format;
-    if (!format) {
-        size_t n = strlen(output);
-        static const char *const pt[] = {".pt", ".pth", ".bin"};
-        format = n >= 12 && strcmp(output + n - 12, ".safetensors") == 0 ? "safetensors" : ckpt->format;
-        for (int i = 0; i < 3; i++)
-            if (n >= strlen(pt[i]) && strcmp(output + n - strlen(pt[i]), pt[i]) == 0) format = "pt";
-    }
+    const char *format = output_format(options->format, output, ckpt->format);
     if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0) {
         widen_close(ckpt);
-        return widen_fail(err, WIDEN_EUSAGE, "--format: '%s' is not safetensors or pt", format);
+        return widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors or pt", format);
     }
     int to_pt = strcmp(format, "pt") == 0;
     widen_plan plan;
     char *provenance = NULL, *manifest = NULL;
-    unsigned char *header = NULL;
-    size_t header_len = 0;
     temp_file out = {.fd = -1, .slot = -1}, man = {.fd = -1, .slot = -1};
     if ((st = widen_plan_build(ckpt, transform, &plan, err))) goto done_ckpt;
     if (transform->count == 0 && !transform->cast && strcmp(format, ckpt->format) == 0) {
-        st = widen_fail(err, WIDEN_EUSAGE, "nothing to do: give --to, --map or --cast, or another --format");
+        st = widen_fail(err, WIDEN_EUSAGE, "nothing to do: no tensor is remapped, nothing is cast, and the format "
+                        "stays the same");
         goto done;
     }
-    provenance = widen_transform_to_json(transform);
-    if (!provenance) {
+    /* a file the output format cannot hold is refused before any notice about it */
+    if (to_pt && (st = widen_torch_synthesize(ckpt, err))) goto done;
+    if (!(provenance = widen_transform_to_json(transform))) {
         st = widen_fail(err, WIDEN_EIO, "out of memory");
         goto done;
     }
@@ -321,22 +299,16 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
                              .isa = WIDEN_ISA_COUNT, .progress = options->progress,
                              .progress_user = options->progress_user};
     if ((st = temp_open(output, &out, err))) goto done;
+    widen_file_output file;
+    widen_file_output_init(&file, out.fd, output);
     if (to_pt) {
-        if (ckpt->metadata_count && options->warning) {
-            char line[600];
-            snprintf(line, sizeof line, "%s: a .pt state dict has no place for safetensors metadata: dropping %zu "
-                     "key%s", input, ckpt->metadata_count, ckpt->metadata_count == 1 ? "" : "s");
-            options->warning(options->warning_user, line);
-        }
-        st = widen_torch_write(ckpt, transform, &plan, out.fd, output, &eo, err);
-        if (!st && options->manifest_path) st = hash_views(ckpt, &plan, &eo, err);
+        metadata_notice(ckpt, options);
+        widen_torch_notes(ckpt, transform, options->warning, options->warning_user);
+        st = widen_torch_write(ckpt, transform, &plan, &file.base, &eo, NULL, err);
+        if (!st && options->manifest_path) st = widen_torch_hash_views(ckpt, &plan, &eo, err);
     } else {
         widen_torch_conversion_notes(ckpt, options->warning, options->warning_user);
-        write_sink ws = {.fd = out.fd, .target = output, .in_fd = widen_checkpoint_fd(ckpt)};
-        eo.copy = sink_copy;
-        if (!(st = widen_safetensors_header(&plan, ckpt, provenance, &header, &header_len, err)) &&
-            !(st = widen_write_all(out.fd, header, header_len, output, err)))
-            st = widen_execute(ckpt, &plan, &eo, sink_write, &ws, err);
+        st = widen_safetensors_write(ckpt, &plan, provenance, &file.base, &eo, err);
     }
     if (st) {
         if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; no output written", output);
@@ -358,7 +330,6 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
 done:
     temp_discard(&out);
     temp_discard(&man);
-    free(header);
     free(provenance);
     free(manifest);
     widen_plan_free(&plan);

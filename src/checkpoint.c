@@ -1,6 +1,7 @@
 /* checkpoint.c: opening a checkpoint read-only, telling formats apart, and the tensor list. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -9,19 +10,41 @@
 
 #include "internal.h"
 
-static const unsigned char torch_legacy_magic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c,
-                                                   0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
+/* The LONG1 that begins a legacy torch.save file: torch's magic number 0x1950a86a20f9469cfc6c. */
+static const unsigned char legacy_magic[] = {0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
 
-/* Names the formats widen recognises but does not read yet; NULL for anything else. */
-static const char *unsupported_kind(const unsigned char *p, uint64_t size)
+/* Names the files widen recognises but does not read; NULL for anything else. */
+/* A safetensors file whose header length's low bytes happen to read as something else (0x280 bytes
+ * of header start the file with 80 02, as a pickle does): the length fits and JSON follows. */
+static int plausible_safetensors(const unsigned char *p, uint64_t size)
 {
-    if (size >= sizeof torch_legacy_magic && memcmp(p, torch_legacy_magic, sizeof torch_legacy_magic) == 0)
-        return "a legacy (pre-1.6, non-zip) PyTorch checkpoint, which widen does not read: re-save it with a "
-               "current torch.save";
+    if (size < 9) return 0;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = n << 8 | p[i];
+    return n <= size - 8 && (p[8] == '{' || p[8] == ' ' || p[8] == '\t' || p[8] == '\n' || p[8] == '\r');
+}
+
+static const char *unsupported_kind(const unsigned char *p, uint64_t size, char *buf, size_t bufsize)
+{
+    if (size >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5 && !plausible_safetensors(p, size)) {
+        /* protocols 4 and 5 start with a FRAME (0x95 and an 8-byte length) before the magic */
+        size_t at = p[1] >= 4 && size >= 11 && p[2] == 0x95 ? 11 : 2;
+        if (size >= at + sizeof legacy_magic && memcmp(p + at, legacy_magic, sizeof legacy_magic) == 0) {
+            snprintf(buf, bufsize, "a legacy (pre-1.6, non-zip) PyTorch checkpoint written with pickle protocol %u, "
+                     "which widen does not read yet: re-save it with a current torch.save", p[1]);
+            return buf;
+        }
+        snprintf(buf, bufsize, "a raw pickle (protocol %u), not a PyTorch checkpoint", p[1]);
+        return buf;
+    }
+    if (size >= 27 && memcmp(p, "L119547037146038801333356L\n", 27) == 0)
+        return "a legacy (pre-1.6, non-zip) PyTorch checkpoint written with pickle protocol 0 or 1, which widen does "
+               "not read: re-save it with a current torch.save";
     if (size >= 8 && memcmp(p, "PYTORCH1", 8) == 0)
-        return "a TorchScript/PYTORCH1 file, which widen does not read";
-    if (size >= 6 && memcmp(p, "\x93NUMPY", 6) == 0)
-        return "a NumPy .npy file, which this version of widen does not read yet";
+        return "a TorchScript file of the pre-zip format (PYTORCH1), which widen does not read";
+    if (size >= 262 && memcmp(p + 257, "ustar", 5) == 0)
+        return "a tar archive (the oldest torch.save format, or not a checkpoint at all), which widen does not read";
+    if (size >= 6 && memcmp(p, "\x93NUMPY", 6) == 0) return "a NumPy .npy file, which this version of widen does not read yet";
     /* a safetensors header length ending in 0x7b or 0x5b has zero high bytes; JSON text does not */
     if (size >= 1 && (p[0] == '{' || p[0] == '[') && (size < 8 || memcmp(p + 1, "\0\0\0\0\0\0\0", 7) != 0))
         return "a JSON file (a sharded checkpoint's .safetensors.index.json?), which this version of widen does not "
@@ -39,7 +62,8 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
     }
     c->fd = -1;
     widen_status st;
-    c->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a file) */
+    c->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (c->fd < 0) {
         st = widen_fail(err, WIDEN_EIO,
                         "%s: cannot open: %s", path, strerror(errno));
@@ -51,7 +75,9 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
         goto fail;
     }
     if (!S_ISREG(sb.st_mode)) {
-        st = widen_fail(err, WIDEN_EFORMAT, "%s: not a regular file", path);
+        st = widen_fail(err, S_ISDIR(sb.st_mode) ? WIDEN_EUSAGE : WIDEN_EFORMAT, "%s: %s", path,
+                        S_ISDIR(sb.st_mode) ? "is a directory" : S_ISFIFO(sb.st_mode) ? "is a FIFO, not a regular file"
+                        : "is not a regular file");
         goto fail;
     }
     c->size = (uint64_t)sb.st_size;
@@ -66,7 +92,8 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
          * read-around, so that only the pages read are mapped */
         madvise(m, (size_t)c->size, MADV_RANDOM);
     }
-    const char *kind = unsupported_kind(c->map, c->size);
+    char buf[256];
+    const char *kind = unsupported_kind(c->map, c->size, buf, sizeof buf);
     if (kind) {
         st = widen_fail(err, WIDEN_EFORMAT, "%s: this is %s", path, kind);
         goto fail;
@@ -79,6 +106,14 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
         st = widen_safetensors_read(c, err);
     }
     if (st) goto fail;
+    for (size_t i = 0; i < c->count; i++) { /* the readers refused repeated names */
+        int r = widen_table_put(&c->by_name, c->tensors[i].name, strlen(c->tensors[i].name), i, NULL);
+        if (r <= 0) {
+            st = r < 0 ? widen_fail(err, WIDEN_EIO, "out of memory")
+                       : widen_fail(err, WIDEN_EFORMAT, "%s: two tensors are named '%s'", path, c->tensors[i].name);
+            goto fail;
+        }
+    }
     widen_release(c, 0, c->size); /* the pages reading the headers touched */
     if (c->map) madvise((void *)c->map, (size_t)c->size, MADV_SEQUENTIAL); /* then the data, front to back */
     *out = c;
@@ -102,20 +137,28 @@ void widen_close(widen_checkpoint *c)
         free(c->metadata[i].value);
     }
     free(c->metadata);
+    widen_table_free(&c->by_name);
     free(c->path);
     free(c);
 }
 
-void widen_release(const widen_checkpoint *c, uint64_t offset, uint64_t len)
+widen_status widen_checkpoint_check_work(const widen_checkpoint *c, widen_error *err)
 {
-    if (c->fd < 0) return; /* not a mapping of ours (a buffer handed in by a fuzzer) */
-    /* From the start of the 2 MiB block holding `offset`: a fault maps more than the page it hits
-     * (fault-around windows, large folios, all inside that block), so reading the start of one item
-     * maps the end of the item before it, which that item's release has already passed. */
-    const uint64_t block = 2u << 20;
-    uint64_t begin = offset / block * block, end = offset + len;
-    if (end > c->size) end = c->size;
-    if (end > begin) madvise((void *)(c->map + begin), (size_t)(end - begin), MADV_DONTNEED);
+    uint64_t limit;
+    if (__builtin_mul_overflow(c->size, (uint64_t)WIDEN_WORK_FACTOR, &limit) ||
+        __builtin_add_overflow(limit, WIDEN_WORK_SLACK, &limit))
+        limit = UINT64_MAX;
+    if (c->logical_bytes <= limit) return WIDEN_OK;
+    size_t largest = 0;
+    uint64_t most = 0;
+    for (size_t i = 0; i < c->count; i++) {
+        uint64_t bytes = widen_tensor_elements(c, i) * (widen_dtype_bits(c->tensors[i].dtype) / 8);
+        if (bytes > most) most = bytes, largest = i;
+    }
+    return widen_fail(err, WIDEN_EFORMAT, "%s: its tensor names describe %llu bytes of elements (views and names of "
+                      "one storage each count), over %u times the file's size (the largest: '%s'); widen does not read "
+                      "them", c->path, (unsigned long long)c->logical_bytes, WIDEN_WORK_FACTOR,
+                      c->count ? c->tensors[largest].name : "");
 }
 
 const char *widen_checkpoint_path(const widen_checkpoint *c) { return c->path; }
@@ -131,9 +174,9 @@ const widen_tensor_info *widen_tensor_at(const widen_checkpoint *c, size_t index
 
 long widen_tensor_find(const widen_checkpoint *c, const char *name)
 {
-    for (size_t i = 0; i < c->count; i++)
-        if (strcmp(c->tensors[i].name, name) == 0) return (long)i;
-    return -1;
+    size_t index;
+    if (!c || !name || !widen_table_get(&c->by_name, name, strlen(name), &index)) return -1;
+    return (long)index;
 }
 
 size_t widen_metadata_count(const widen_checkpoint *c) { return c->metadata_count; }

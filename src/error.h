@@ -8,4 +8,8 @@
 widen_status widen_fail(widen_error *err, widen_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Escapes text in place (within size bytes): control characters, bytes that are not UTF-8, C1
+ * controls, line separators and bidirectional overrides become \n, \x1b, \u202e ... */
+void widen_escape(char *text, size_t size);
+
 #endif

@@ -277,7 +277,7 @@ static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor 
         job.rows = 1;
         job.channels = 1;
         for (uint64_t r = 0; r < p->outer && !st; r++) {
-            for (uint32_t n = 0; n < p->channels && !st; n++) {
+            for (uint64_t n = 0; n < p->channels && !st; n++) {
                 const widen_map_entry *m = &p->map[n];
                 for (uint64_t i = 0; i < p->inner && !st; i += per) {
                     uint64_t count = p->inner - i < per ? p->inner - i : per;

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 
 #include "error.h"
+#include "io.h"
+#include "table.h"
 #include "widen/widen.h"
 
 /* Metadata key under which apply records the transform in a safetensors output. */
@@ -26,25 +28,35 @@ struct widen_checkpoint {
     size_t count;
     widen_metadata_entry *metadata;
     size_t metadata_count;
-    void *format_state; /* what a format reader keeps (torch: the archive and the object tree) */
+    void *format_state; /* what a format reader keeps (torch: the archive and the object graph) */
     void (*format_free)(void *state);
+    widen_table by_name;    /* tensor name -> index */
+    uint64_t logical_bytes; /* the element bytes of every named tensor (views and tied names each count) */
 };
+
+/* The work a checkpoint describes (what converting or hashing every name reads) may be at most this
+ * many times its size, plus WIDEN_WORK_SLACK: more is a file crafted to describe huge work from few
+ * bytes (one zero-stride view under many names), refused with exit 3. */
+#define WIDEN_WORK_FACTOR 256u
+#define WIDEN_WORK_SLACK (64ull << 20)
+widen_status widen_checkpoint_check_work(const widen_checkpoint *ckpt, widen_error *err);
+/* 0 where a .pt rewrite cannot cast tensor `index` (its storage is shared with a value widen does
+ * not model, or its dtype is an argument of _rebuild_tensor_v3): --cast then leaves it as it is. */
+int widen_tensor_castable(const widen_checkpoint *ckpt, size_t index);
 
 /* Format readers: fill ckpt->tensors and ckpt->metadata from the mapped file. */
 widen_status widen_safetensors_read(widen_checkpoint *ckpt, widen_error *err);
 widen_status widen_torch_read(widen_checkpoint *ckpt, widen_error *err);
 
-/* Writes all of `len` bytes to fd; WIDEN_EIO naming `target` on failure. */
-widen_status widen_write_all(int fd, const void *data, size_t len, const char *target, widen_error *err);
-/* Copies `len` bytes at in_offset of in_fd to fd's position inside the kernel (copy_file_range);
- * WIDEN_EUSAGE, with nothing written, where the kernel cannot copy between these files (another
- * filesystem), WIDEN_EIO naming `target` on failure. */
-widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err);
-
 /* Notices for converting a torch checkpoint to safetensors: the non-tensor values it drops and the
  * tensors that shared a storage (each gets its own copy). */
 void widen_torch_conversion_notes(const widen_checkpoint *ckpt, void (*warning)(void *user, const char *message),
                                   void *user);
+/* Notices for a .pt rewrite: archive entries torch.load does not read (not written), storages a
+ * cast leaves as they are. */
+struct widen_transform;
+void widen_torch_notes(const widen_checkpoint *ckpt, const struct widen_transform *transform,
+                       void (*warning)(void *user, const char *message), void *user);
 
 /* Strided torch tensors, read in row-major order: the bytes they would have if contiguous, which is
  * what they are hashed as and written to safetensors as. */
@@ -74,7 +86,7 @@ typedef struct widen_plan_tensor {
     int strided;     /* a torch tensor with non-contiguous strides: the executor gathers its elements */
     /* WIDEN_OP_REMAP: the input seen as [outer, in_channels, inner], output [outer, channels, inner] */
     uint64_t outer, inner;
-    uint32_t in_channels, channels;
+    uint64_t in_channels, channels;
     int axis; /* normalised, -1 for a cast-only tensor */
     const widen_map_entry *map; /* NULL for a cast-only tensor (identity over one channel) */
     widen_hash128 in_hash, out_hash; /* filled by widen_execute */
@@ -130,7 +142,11 @@ widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan,
 int widen_checkpoint_fd(const widen_checkpoint *ckpt);
 
 /* Releases the pages of [offset, offset+len) of the checkpoint's mapping from this process. */
-void widen_release(const widen_checkpoint *ckpt, uint64_t offset, uint64_t len);
+static inline void widen_release(const widen_checkpoint *ckpt, uint64_t offset, uint64_t len)
+{
+    widen_mapping m = {ckpt->map, ckpt->size, ckpt->fd};
+    widen_mapping_release(&m, offset, len);
+}
 
 /* Transform internals shared by plan, apply and verify. */
 typedef struct widen_tensor_edit {
@@ -143,6 +159,7 @@ typedef struct widen_tensor_edit {
 struct widen_transform {
     widen_tensor_edit *edits;
     size_t count;
+    widen_table by_name; /* edit name -> index */
     bool cast;
     widen_dtype cast_to;
 };
@@ -165,10 +182,5 @@ widen_pool *widen_pool_new(unsigned threads);
 void widen_pool_free(widen_pool *pool);
 unsigned widen_pool_threads(const widen_pool *pool);
 void widen_pool_run(widen_pool *pool, size_t parts, void (*fn)(void *user, size_t part), void *user);
-
-/* Writes the torch zip checkpoint of `ckpt` (a torch input) with the tensors of `tensor_plan` that
- * have a map given new storages, and every storage cast if the transform casts. */
-widen_status widen_torch_write(widen_checkpoint *ckpt, const widen_transform *transform, widen_plan *tensor_plan,
-                               int fd, const char *target, const widen_exec_options *options, widen_error *err);
 
 #endif

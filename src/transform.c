@@ -22,6 +22,7 @@ void widen_transform_free(widen_transform *t)
         free(t->edits[i].map);
     }
     free(t->edits);
+    widen_table_free(&t->by_name);
     free(t);
 }
 
@@ -182,6 +183,9 @@ widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, const widen_in
 widen_status widen_transform_add_map(widen_transform *t, const char *name, int axis, const widen_map_entry *map,
                                      size_t count, widen_error *err)
 {
+    if (!t || !name || !map) return widen_fail(err, WIDEN_EUSAGE, "widen_transform_add_map needs a transform, a name and a map");
+    if (axis < -WIDEN_MAX_RANK || axis >= WIDEN_MAX_RANK)
+        return widen_fail(err, WIDEN_EUSAGE, "tensor '%s': axis %d is not an axis of any tensor", name, axis);
     if (widen_transform_edit(t, name))
         return widen_fail(err, WIDEN_EUSAGE, "tensor '%s' is selected twice", name);
     if (count == 0 || count > UINT32_MAX)
@@ -200,12 +204,18 @@ widen_status widen_transform_add_map(widen_transform *t, const char *name, int a
     memcpy(e->map, map, count * sizeof *map);
     e->count = count;
     e->axis = axis;
+    if (widen_table_put(&t->by_name, e->name, strlen(e->name), t->count, NULL) < 0) {
+        free(e->name);
+        free(e->map);
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
     t->count++;
     return WIDEN_OK;
 }
 
 widen_status widen_transform_set_cast(widen_transform *t, widen_dtype to, widen_error *err)
 {
+    if (!t) return widen_fail(err, WIDEN_EUSAGE, "widen_transform_set_cast needs a transform");
     if (!widen_dtype_is_computable(to))
         return widen_fail(err, WIDEN_EUSAGE, "--cast: widen casts to F32, F16 or BF16, not %s",
                           widen_dtype_name(to) ? widen_dtype_name(to) : "?");
@@ -216,9 +226,8 @@ widen_status widen_transform_set_cast(widen_transform *t, widen_dtype to, widen_
 
 const widen_tensor_edit *widen_transform_edit(const widen_transform *t, const char *name)
 {
-    for (size_t i = 0; i < t->count; i++)
-        if (strcmp(t->edits[i].name, name) == 0) return &t->edits[i];
-    return NULL;
+    size_t index;
+    return widen_table_get(&t->by_name, name, strlen(name), &index) ? &t->edits[index] : NULL;
 }
 
 void widen_map_entry_format(const widen_map_entry *e, char *out, size_t size)
@@ -288,6 +297,11 @@ widen_status widen_transform_from_json(const char *text, widen_transform **out, 
             st = widen_fail(err, WIDEN_EFORMAT, "recorded transform: tensor entry %zu lacks name, axis or map", i);
             break;
         }
+        if (json_integer_value(axis) < -WIDEN_MAX_RANK || json_integer_value(axis) >= WIDEN_MAX_RANK) {
+            st = widen_fail(err, WIDEN_EFORMAT, "recorded transform: tensor entry %zu has axis %lld", i,
+                            (long long)json_integer_value(axis));
+            break;
+        }
         size_t n = json_array_size(map), k;
         json_t *item;
         widen_map_entry *entries = calloc(n, sizeof *entries);
@@ -309,6 +323,10 @@ widen_status widen_transform_from_json(const char *text, widen_transform **out, 
         if (!st)
             st = widen_transform_add_map(t, json_string_value(name), (int)json_integer_value(axis), entries, n, err);
         free(entries);
+        if (st && st != WIDEN_EIO) { /* a recorded transform that cannot be is a malformed file */
+            st = WIDEN_EFORMAT;
+            if (err) err->status = st;
+        }
         if (st) break;
     }
     json_decref(root);
@@ -330,6 +348,10 @@ static int by_write_order(const void *a, const void *b)
     if (rx != ry) return ry - rx;
     return strcmp(x->name, y->name);
 }
+
+/* The largest output a map may fill from a tensor with no input channels on its axis (nothing to
+ * copy, so nothing in the file bounds it). */
+#define FILL_FROM_NOTHING (64ull << 20)
 
 static widen_status plan_remap(const widen_checkpoint *c, const widen_tensor_edit *e, widen_plan_tensor *p,
                                widen_error *err)
@@ -361,18 +383,34 @@ static widen_status plan_remap(const widen_checkpoint *c, const widen_tensor_edi
     p->op = WIDEN_OP_REMAP;
     p->axis = axis;
     p->map = e->map;
-    p->in_channels = (uint32_t)channels;
-    p->channels = (uint32_t)e->count;
+    p->in_channels = channels;
+    p->channels = e->count;
+    p->shape[axis] = e->count;
+    /* outer and inner: the products before and after the axis. With a zero anywhere but the axis
+     * the output is as empty as the input, and no row is walked (a [2^60, 3, 0] tensor has 2^60
+     * empty rows); products that overflow are then meaningless, not errors. */
+    int empty = 0;
+    for (int d = 0; d < t->rank; d++) empty |= d != axis && t->shape[d] == 0;
     p->outer = 1;
     p->inner = 1;
-    for (int d = 0; d < axis; d++) p->outer *= t->shape[d];
-    for (int d = axis + 1; d < t->rank; d++) p->inner *= t->shape[d];
-    p->shape[axis] = e->count;
     uint64_t elements;
-    if (__builtin_mul_overflow(p->outer, (uint64_t)e->count, &elements) ||
+    int overflow = 0;
+    for (int d = 0; d < axis; d++) overflow |= __builtin_mul_overflow(p->outer, t->shape[d], &p->outer);
+    for (int d = axis + 1; d < t->rank; d++) overflow |= __builtin_mul_overflow(p->inner, t->shape[d], &p->inner);
+    if (empty) {
+        p->outer = p->inner = 0;
+        p->nbytes = 0;
+        return WIDEN_OK;
+    }
+    if (overflow || __builtin_mul_overflow(p->outer, (uint64_t)e->count, &elements) ||
         __builtin_mul_overflow(elements, p->inner, &elements) ||
         __builtin_mul_overflow(elements, (uint64_t)widen_dtype_bits(p->dtype) / 8, &p->nbytes))
         return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s': the output would be too large", c->path, t->name);
+    if (channels == 0 && p->nbytes > FILL_FROM_NOTHING)
+        return widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' has no channels on axis %d but %llu rows of them: "
+                          "filling it would write %llu bytes from nothing (widen fills at most %llu MiB so)", c->path,
+                          t->name, axis, (unsigned long long)(p->outer * p->inner), (unsigned long long)p->nbytes,
+                          FILL_FROM_NOTHING >> 20);
     return WIDEN_OK;
 }
 
@@ -380,14 +418,24 @@ widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *
                               widen_error *err)
 {
     memset(plan, 0, sizeof *plan);
-    for (size_t i = 0; i < tr->count; i++)
-        if (widen_tensor_find(c, tr->edits[i].name) < 0)
-            return widen_fail(err, WIDEN_EUSAGE, "%s: no tensor named '%s'", c->path, tr->edits[i].name);
+    widen_status st = widen_checkpoint_check_work(c, err);
+    if (st) return st;
+    const widen_tensor_edit **edit_of = calloc(c->count + 1, sizeof *edit_of);
     plan->tensors = calloc(c->count + 1, sizeof *plan->tensors);
     plan->identity = calloc(1, sizeof *plan->identity);
-    if (!plan->tensors || !plan->identity) {
+    if (!edit_of || !plan->tensors || !plan->identity) {
+        free(edit_of);
         widen_plan_free(plan);
         return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
+    for (size_t i = 0; i < tr->count; i++) {
+        long k = widen_tensor_find(c, tr->edits[i].name);
+        if (k < 0) {
+            free(edit_of);
+            widen_plan_free(plan);
+            return widen_fail(err, WIDEN_EUSAGE, "%s: no tensor named '%s'", c->path, tr->edits[i].name);
+        }
+        edit_of[k] = &tr->edits[i];
     }
     plan->identity->kind = WIDEN_MAP_SOURCE;
     for (size_t i = 0; i < c->count; i++) {
@@ -403,12 +451,14 @@ widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *
         p->strided = widen_tensor_strided(c, i);
         /* a strided tensor's output is its elements in row-major order (the executor gathers them) */
         p->nbytes = p->strided ? widen_tensor_elements(c, i) * (widen_dtype_bits(t->dtype) / 8) : t->nbytes;
-        bool cast = tr->cast && widen_dtype_is_computable(t->dtype) && t->dtype != tr->cast_to;
+        /* a remapped tensor gets a storage of its own, so it can always be cast */
+        const widen_tensor_edit *e = edit_of[i];
+        bool cast = tr->cast && widen_dtype_is_computable(t->dtype) && t->dtype != tr->cast_to &&
+                    (e || widen_tensor_castable(c, i));
         if (cast) p->dtype = tr->cast_to;
-        const widen_tensor_edit *e = widen_transform_edit(tr, t->name);
         if (e) {
-            widen_status st = plan_remap(c, e, p, err);
-            if (st) {
+            if ((st = plan_remap(c, e, p, err))) {
+                free(edit_of);
                 widen_plan_free(plan);
                 return st;
             }
@@ -422,6 +472,7 @@ widen_status widen_plan_build(const widen_checkpoint *c, const widen_transform *
         }
         plan->data_bytes += p->nbytes;
     }
+    free(edit_of);
     plan->count = c->count;
     qsort(plan->tensors, plan->count, sizeof *plan->tensors, by_write_order);
     return WIDEN_OK;

@@ -39,6 +39,12 @@ typedef struct widen_error {
     char message[1024]; /* one line, no trailing newline, no "widen: error:" prefix */
 } widen_error;
 
+/* Copies text into out (size bytes, always NUL-terminated when size > 0) with what must not reach a
+ * terminal or a log line escaped: control characters (\n, \t, \x1b), bytes that are not UTF-8
+ * (\xff), C1 controls, line separators and bidirectional overrides (\u202e). widen's own messages
+ * escape the names they quote this way. Returns the length the whole escaped text needs. */
+size_t widen_escape_text(const char *text, char *out, size_t size);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Element types (the safetensors names)                                                           */
 

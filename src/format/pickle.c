@@ -1,66 +1,183 @@
 /* pickle.c: a restricted pickle VM and a pickle writer. The VM accepts exactly the opcodes and
- * globals torch.load(weights_only=True) accepts and builds a tree; it calls nothing. */
+ * globals current torch's weights-only unpickler accepts (torch/_weights_only_unpickler.py), decodes
+ * strings as it does, and builds a graph; it calls nothing. Where torch would call a constructor
+ * whose outcome widen cannot model, the VM refuses (refusing is always allowed; reading something
+ * other than what torch reads never is). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../include/widen/widen.h"
+#include "../table.h"
 #include "pickle.h"
 
-enum { MAX_DEPTH = 1000, MAX_MEMO = 1 << 24 };
+/* The globals torch.load(weights_only=True) allows (its _get_allowed_globals), keyed by full path
+ * "module.name" as torch keys them. */
+const pk_global_info pk_globals[] = {
+    {"collections", "OrderedDict", PK_ROLE_ORDERED_DICT, -1, 0},
+    {"collections", "Counter", PK_ROLE_COUNTER, -1, 0},
+    {"torch.nn.parameter", "Parameter", PK_ROLE_PARAMETER, -1, 0},
+    {"torch.serialization", "_get_layout", PK_ROLE_OTHER, -1, 0},
+    {"torch", "Size", PK_ROLE_OTHER, -1, 0},
+    {"torch", "Tensor", PK_ROLE_TENSOR_CLASS, -1, 0},
+    {"torch", "device", PK_ROLE_OTHER, -1, 0},
+    {"_codecs", "encode", PK_ROLE_OTHER, -1, 0},
+    {"builtins", "bytearray", PK_ROLE_OTHER, -1, 0},
+    {"builtins", "set", PK_ROLE_OTHER, -1, 0},
+    {"builtins", "complex", PK_ROLE_OTHER, -1, 0},
+    {"torch", "float64", PK_ROLE_DTYPE, WIDEN_F64, 8},
+    {"torch", "float32", PK_ROLE_DTYPE, WIDEN_F32, 4},
+    {"torch", "float16", PK_ROLE_DTYPE, WIDEN_F16, 2},
+    {"torch", "int64", PK_ROLE_DTYPE, WIDEN_I64, 8},
+    {"torch", "int32", PK_ROLE_DTYPE, WIDEN_I32, 4},
+    {"torch", "int16", PK_ROLE_DTYPE, WIDEN_I16, 2},
+    {"torch", "int8", PK_ROLE_DTYPE, WIDEN_I8, 1},
+    {"torch", "uint8", PK_ROLE_DTYPE, WIDEN_U8, 1},
+    {"torch", "bool", PK_ROLE_DTYPE, WIDEN_BOOL, 1},
+    {"torch", "bfloat16", PK_ROLE_DTYPE, WIDEN_BF16, 2},
+    {"torch", "complex128", PK_ROLE_DTYPE, -1, 16},
+    {"torch", "complex64", PK_ROLE_DTYPE, WIDEN_C64, 8},
+    {"torch", "qint8", PK_ROLE_DTYPE, -1, 1},
+    {"torch", "qint32", PK_ROLE_DTYPE, -1, 4},
+    {"torch", "quint8", PK_ROLE_DTYPE, -1, 1},
+    {"torch", "quint4x2", PK_ROLE_DTYPE, -1, 1},
+    {"torch", "quint2x4", PK_ROLE_DTYPE, -1, 1},
+    {"torch", "float8_e5m2", PK_ROLE_DTYPE, WIDEN_F8_E5M2, 1},
+    {"torch", "float8_e4m3fn", PK_ROLE_DTYPE, WIDEN_F8_E4M3, 1},
+    {"torch", "float8_e5m2fnuz", PK_ROLE_DTYPE, WIDEN_F8_E5M2FNUZ, 1},
+    {"torch", "float8_e4m3fnuz", PK_ROLE_DTYPE, WIDEN_F8_E4M3FNUZ, 1},
+    {"torch", "float8_e8m0fnu", PK_ROLE_DTYPE, WIDEN_F8_E8M0, 1},
+    {"torch", "bits8", PK_ROLE_DTYPE, -1, 1},
+    {"torch", "bits16", PK_ROLE_DTYPE, -1, 2},
+    {"torch", "bits1x8", PK_ROLE_DTYPE, -1, 1},
+    {"torch", "bits2x4", PK_ROLE_DTYPE, -1, 1},
+    {"torch", "bits4x2", PK_ROLE_DTYPE, -1, 1},
+    {"torch", "complex32", PK_ROLE_DTYPE, -1, 4},
+    {"torch", "uint16", PK_ROLE_DTYPE, WIDEN_U16, 2},
+    {"torch", "uint32", PK_ROLE_DTYPE, WIDEN_U32, 4},
+    {"torch", "uint64", PK_ROLE_DTYPE, WIDEN_U64, 8},
+    {"torch", "uint1", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "uint2", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "uint3", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "uint4", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "uint5", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "uint6", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "uint7", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "int1", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "int2", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "int3", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "int4", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "int5", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "int6", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "int7", PK_ROLE_DTYPE, -1, 0},
+    {"torch", "DoubleTensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "FloatTensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "HalfTensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "BFloat16Tensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "LongTensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "IntTensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "ShortTensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "CharTensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "ByteTensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "BoolTensor", PK_ROLE_OTHER, -1, 0},
+    {"torch", "DoubleStorage", PK_ROLE_STORAGE, WIDEN_F64, 8},
+    {"torch", "FloatStorage", PK_ROLE_STORAGE, WIDEN_F32, 4},
+    {"torch", "HalfStorage", PK_ROLE_STORAGE, WIDEN_F16, 2},
+    {"torch", "LongStorage", PK_ROLE_STORAGE, WIDEN_I64, 8},
+    {"torch", "IntStorage", PK_ROLE_STORAGE, WIDEN_I32, 4},
+    {"torch", "ShortStorage", PK_ROLE_STORAGE, WIDEN_I16, 2},
+    {"torch", "CharStorage", PK_ROLE_STORAGE, WIDEN_I8, 1},
+    {"torch", "ByteStorage", PK_ROLE_STORAGE, WIDEN_U8, 1},
+    {"torch", "BoolStorage", PK_ROLE_STORAGE, WIDEN_BOOL, 1},
+    {"torch", "BFloat16Storage", PK_ROLE_STORAGE, WIDEN_BF16, 2},
+    {"torch", "ComplexDoubleStorage", PK_ROLE_STORAGE, -1, 16},
+    {"torch", "ComplexFloatStorage", PK_ROLE_STORAGE, WIDEN_C64, 8},
+    {"torch", "QInt8Storage", PK_ROLE_STORAGE, -1, 1},
+    {"torch", "QInt32Storage", PK_ROLE_STORAGE, -1, 4},
+    {"torch", "QUInt8Storage", PK_ROLE_STORAGE, -1, 1},
+    {"torch", "QUInt4x2Storage", PK_ROLE_STORAGE, -1, 1},
+    {"torch", "QUInt2x4Storage", PK_ROLE_STORAGE, -1, 1},
+    {"torch.storage", "UntypedStorage", PK_ROLE_UNTYPED_STORAGE, WIDEN_U8, 1},
+    {"torch.storage", "TypedStorage", PK_ROLE_OTHER, -1, 0},
+    {"torch", "per_tensor_affine", PK_ROLE_OTHER, -1, 0},
+    {"torch", "per_tensor_symmetric", PK_ROLE_OTHER, -1, 0},
+    {"torch", "per_channel_affine", PK_ROLE_OTHER, -1, 0},
+    {"torch", "per_channel_symmetric", PK_ROLE_OTHER, -1, 0},
+    {"torch", "per_channel_affine_float_qparams", PK_ROLE_OTHER, -1, 0},
+    {"torch._utils", "_rebuild_parameter", PK_ROLE_REBUILD_PARAMETER, -1, 0},
+    {"torch._utils", "_rebuild_parameter_with_state", PK_ROLE_REBUILD_PARAMETER_STATE, -1, 0},
+    {"torch._utils", "_rebuild_qtensor", PK_ROLE_OTHER, -1, 0},
+    {"torch._utils", "_rebuild_tensor", PK_ROLE_OTHER, -1, 0},
+    {"torch._utils", "_rebuild_tensor_v2", PK_ROLE_REBUILD_V2, -1, 0},
+    {"torch._utils", "_rebuild_tensor_v3", PK_ROLE_REBUILD_V3, -1, 0},
+    {"torch._utils", "_rebuild_sparse_tensor", PK_ROLE_OTHER, -1, 0},
+    {"torch._utils", "_rebuild_meta_tensor_no_storage", PK_ROLE_OTHER, -1, 0},
+    {"torch._utils", "_rebuild_wrapper_subclass", PK_ROLE_OTHER, -1, 0},
+    {"torch._utils", "_rebuild_device_tensor_from_numpy", PK_ROLE_OTHER, -1, 0},
+    {"torch._utils", "_rebuild_device_tensor_from_cpu_tensor", PK_ROLE_OTHER, -1, 0},
+    {"torch._tensor", "_rebuild_from_type_v2", PK_ROLE_FROM_TYPE_V2, -1, 0},
+    {NULL, NULL, 0, -1, 0},
+};
+
+/* Python 2 spellings that protocol 2 pickles carry, mapped as torch maps them before its allowlist
+ * (torch._utils NAME_MAPPING, checked first, then IMPORT_MAPPING). */
+static const char *const name_mapping[][4] = {
+    {"__builtin__", "xrange", "builtins", "range"},      {"__builtin__", "reduce", "functools", "reduce"},
+    {"__builtin__", "intern", "sys", "intern"},          {"__builtin__", "unichr", "builtins", "chr"},
+    {"__builtin__", "unicode", "builtins", "str"},       {"__builtin__", "long", "builtins", "int"},
+    {"itertools", "izip", "builtins", "zip"},            {"itertools", "imap", "builtins", "map"},
+    {"itertools", "ifilter", "builtins", "filter"},      {"itertools", "ifilterfalse", "itertools", "filterfalse"},
+    {"itertools", "izip_longest", "itertools", "zip_longest"},
+    {"UserDict", "IterableUserDict", "collections", "UserDict"}, {"UserList", "UserList", "collections", "UserList"},
+    {"UserString", "UserString", "collections", "UserString"},   {"__builtin__", "basestring", "builtins", "str"},
+    {"exceptions", "StandardError", "builtins", "Exception"},    {"UserDict", "UserDict", "collections", "UserDict"},
+};
+static const char *const import_mapping[][2] = {
+    {"__builtin__", "builtins"}, {"copy_reg", "copyreg"}, {"Queue", "queue"}, {"repr", "reprlib"},
+    {"_abcoll", "collections.abc"}, {"UserDict", "collections"}, {"UserList", "collections"},
+    {"UserString", "collections"}, {"whichdb", "dbm"}, {"StringIO", "io"}, {"cStringIO", "io"},
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Arena: nodes and their arrays bump-allocated in chunks, freed together.                          */
+
+enum { CHUNK = 64u << 10 };
+
+typedef struct chunk {
+    struct chunk *next;
+    size_t used, size;
+    _Alignas(16) unsigned char data[];
+} chunk;
 
 struct pk_arena {
-    pk_node **nodes;
+    chunk *chunks;
+    pk_node **nodes; /* by id */
     size_t count, cap;
 };
 
-static int grow(void **array, size_t *cap, size_t need, size_t size)
+static void *arena_alloc(pk_arena *a, size_t size)
 {
-    if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 8;
-    while (c < need) c *= 2;
-    void *p = realloc(*array, c * size);
-    if (!p) return -1;
-    *array = p;
-    *cap = c;
-    return 0;
-}
-
-pk_node *pk_new(pk_arena *a, pk_kind kind)
-{
-    if (grow((void **)&a->nodes, &a->cap, a->count + 1, sizeof *a->nodes)) return NULL;
-    pk_node *n = calloc(1, sizeof *n);
-    if (!n) return NULL;
-    n->kind = kind;
-    n->memo = -1;
-    a->nodes[a->count++] = n;
-    return n;
-}
-
-void pk_arena_free(pk_arena *a)
-{
-    if (!a) return;
-    for (size_t i = 0; i < a->count; i++) {
-        free(a->nodes[i]->s);
-        free(a->nodes[i]->name);
-        free(a->nodes[i]->items);
-        free(a->nodes[i]->kv);
-        free(a->nodes[i]);
+    size = (size + 15) & ~(size_t)15;
+    chunk *c = a->chunks;
+    if (!c || c->size - c->used < size) {
+        size_t n = size > CHUNK / 4 ? size : CHUNK;
+        chunk *fresh = malloc(sizeof *fresh + n);
+        if (!fresh) return NULL;
+        fresh->used = 0;
+        fresh->size = n;
+        if (c && n != CHUNK) { /* a large block: behind the current chunk, which keeps filling */
+            fresh->next = c->next;
+            c->next = fresh;
+            fresh->used = size;
+            return fresh->data;
+        }
+        fresh->next = c;
+        a->chunks = c = fresh;
     }
-    free(a->nodes);
-    free(a);
-}
-
-void pk_clear_marks(pk_arena *a)
-{
-    for (size_t i = 0; i < a->count; i++) a->nodes[i]->memo = -1;
-}
-
-int pk_append(pk_arena *a, pk_node *parent, pk_node *child)
-{
-    (void)a;
-    if (grow((void **)&parent->items, &parent->cap, parent->count + 1, sizeof *parent->items)) return -1;
-    parent->items[parent->count++] = child;
-    return 0;
+    void *p = c->data + c->used;
+    c->used += size;
+    return p;
 }
 
 pk_arena *pk_arena_new(void)
@@ -68,19 +185,102 @@ pk_arena *pk_arena_new(void)
     return calloc(1, sizeof(pk_arena));
 }
 
-int pk_kv_append(pk_node *parent, pk_node *k, pk_node *v)
+void pk_arena_free(pk_arena *a)
 {
-    if (grow((void **)&parent->kv, &parent->kv_cap, parent->kv_count + 2, sizeof *parent->kv)) return -1;
-    parent->kv[parent->kv_count++] = k;
-    parent->kv[parent->kv_count++] = v;
+    if (!a) return;
+    for (chunk *c = a->chunks, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
+    free(a->nodes);
+    free(a);
+}
+
+size_t pk_arena_count(const pk_arena *a) { return a->count; }
+pk_node *pk_arena_node(const pk_arena *a, size_t id) { return id < a->count ? a->nodes[id] : NULL; }
+
+pk_node *pk_new(pk_arena *a, pk_kind kind)
+{
+    if (a->count == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 1024;
+        pk_node **grown = realloc(a->nodes, cap * sizeof *grown);
+        if (!grown) return NULL;
+        a->nodes = grown;
+        a->cap = cap;
+    }
+    pk_node *n = arena_alloc(a, sizeof *n);
+    if (!n) return NULL;
+    memset(n, 0, sizeof *n);
+    n->kind = (uint8_t)kind;
+    n->memo = -1;
+    n->id = (uint32_t)a->count;
+    a->nodes[a->count++] = n;
+    return n;
+}
+
+int pk_append(pk_arena *a, pk_node *parent, pk_node *child)
+{
+    if (!child) return -1;
+    if (parent->count == parent->cap) {
+        if (parent->cap >= UINT32_MAX / 2) return -1;
+        uint32_t cap = parent->cap ? 2 * parent->cap : 4;
+        pk_node **grown = arena_alloc(a, cap * sizeof *grown);
+        if (!grown) return -1;
+        if (parent->count) memcpy(grown, parent->items, parent->count * sizeof *grown);
+        parent->items = grown;
+        parent->cap = cap;
+    }
+    parent->items[parent->count++] = child;
     return 0;
 }
 
-pk_node *pk_str(pk_arena *a, const char *text)
+void pk_clear_marks(pk_arena *a)
 {
-    pk_node *n = pk_new(a, PK_STR);
-    if (n && (n->s = strdup(text))) n->len = strlen(text);
-    return n && n->s ? n : NULL;
+    for (size_t i = 0; i < a->count; i++) {
+        a->nodes[i]->memo = -1;
+        a->nodes[i]->mark = 0;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Node helpers                                                                                     */
+
+static size_t first_pair(const pk_node *n)
+{
+    return n->kind == PK_DICT ? 0 : 2; /* REDUCE/NEWOBJ: [callable, args, key, value, ...] */
+}
+
+size_t pk_pairs(const pk_node *n, pk_node ***pairs)
+{
+    size_t from = first_pair(n);
+    if (n->kind != PK_DICT && n->kind != PK_REDUCE && n->kind != PK_NEWOBJ) from = n->count;
+    *pairs = n->items ? n->items + from : NULL;
+    return n->count > from ? (n->count - from) / 2 : 0;
+}
+
+int pk_pair_append(pk_arena *a, pk_node *parent, pk_node *key, pk_node *value)
+{
+    return pk_append(a, parent, key) || pk_append(a, parent, value) ? -1 : 0;
+}
+
+char *pk_arena_strdup(pk_arena *a, const char *text, size_t len)
+{
+    char *copy = arena_alloc(a, len + 1);
+    if (!copy) return NULL;
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    return copy;
+}
+
+pk_node *pk_str(pk_arena *a, const char *text, size_t len)
+{
+    if (!text) return NULL;
+    char *copy = pk_arena_strdup(a, text, len);
+    pk_node *n = copy ? pk_new(a, PK_STR) : NULL;
+    if (!n) return NULL;
+    n->s = copy;
+    n->len = len;
+    return n;
 }
 
 pk_node *pk_int(pk_arena *a, int64_t v)
@@ -90,59 +290,106 @@ pk_node *pk_int(pk_arena *a, int64_t v)
     return n;
 }
 
+pk_node *pk_bool(pk_arena *a, int v)
+{
+    pk_node *n = pk_new(a, PK_BOOL);
+    if (n) n->i = v != 0;
+    return n;
+}
+
+static const pk_global_info *find_global(const char *module, size_t mlen, const char *name, size_t nlen)
+{
+    for (size_t g = 0; pk_globals[g].module; g++)
+        if (strlen(pk_globals[g].module) == mlen && memcmp(pk_globals[g].module, module, mlen) == 0 &&
+            strlen(pk_globals[g].name) == nlen && memcmp(pk_globals[g].name, name, nlen) == 0)
+            return &pk_globals[g];
+    return NULL;
+}
+
 pk_node *pk_global(pk_arena *a, const char *module, const char *name)
 {
-    pk_node *n = pk_new(a, PK_GLOBAL);
-    if (n && (n->s = strdup(module)) && (n->name = strdup(name))) return n;
-    return NULL;
+    const pk_global_info *g = module && name ? find_global(module, strlen(module), name, strlen(name)) : NULL;
+    pk_node *n = g ? pk_new(a, PK_GLOBAL) : NULL;
+    if (n) n->global = (uint16_t)(g - pk_globals);
+    return n;
 }
 
 pk_node *pk_tuple(pk_arena *a, pk_node **items, size_t count)
 {
     pk_node *n = pk_new(a, PK_TUPLE);
     for (size_t i = 0; n && i < count; i++)
-        if (!items[i] || pk_append(a, n, items[i])) return NULL;
+        if (pk_append(a, n, items[i])) return NULL;
     return n;
 }
 
 pk_node *pk_call(pk_arena *a, pk_node *callable, pk_node *args)
 {
     pk_node *n = pk_new(a, PK_REDUCE);
-    if (!n || !callable || !args || pk_append(a, n, callable) || pk_append(a, n, args)) return NULL;
+    if (!n || pk_append(a, n, callable) || pk_append(a, n, args)) return NULL;
     return n;
 }
 
-int pk_is_global(const pk_node *n, const char *module, const char *name)
+pk_node *pk_copy(pk_arena *a, const pk_node *src)
 {
-    return n && n->kind == PK_GLOBAL && strcmp(n->s, module) == 0 && strcmp(n->name, name) == 0;
+    pk_node *n = pk_new(a, (pk_kind)src->kind);
+    if (!n) return NULL;
+    n->global = src->global;
+    n->bits = src->bits;
+    n->s = src->s;
+    for (uint32_t i = 0; i < src->count; i++)
+        if (pk_append(a, n, src->items[i])) return NULL;
+    return n;
 }
 
-/* The globals torch's weights-only unpickler allows. */
-static int allowed_global(const char *mod, const char *name)
+const pk_global_info *pk_global_of(const pk_node *n)
 {
-    static const char *const torch_names[] = {
-        "Size", "Tensor", "device", "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64",
-        "long", "int32", "int", "int16", "short", "int8", "uint8", "uint16", "uint32", "uint64", "bool", "complex64",
-        "complex128", "cfloat", "cdouble", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
-        "float8_e8m0fnu", "qint8", "quint8", "qint32", "strided", "sparse_coo", "FloatStorage", "HalfStorage",
-        "BFloat16Storage", "DoubleStorage", "LongStorage", "IntStorage", "ShortStorage", "CharStorage", "ByteStorage",
-        "BoolStorage", "ComplexFloatStorage", "ComplexDoubleStorage", "UntypedStorage", "FloatTensor", "HalfTensor",
-        "BFloat16Tensor", "DoubleTensor", "LongTensor", "IntTensor", "ShortTensor", "CharTensor", "ByteTensor",
-        "BoolTensor", NULL};
-    if (strcmp(mod, "torch") == 0) {
-        for (int i = 0; torch_names[i]; i++)
-            if (strcmp(name, torch_names[i]) == 0) return 1;
-        return 0;
-    }
-    if (strcmp(mod, "collections") == 0) return strcmp(name, "OrderedDict") == 0 || strcmp(name, "Counter") == 0;
-    if (strcmp(mod, "torch.nn.parameter") == 0) return strcmp(name, "Parameter") == 0;
-    if (strcmp(mod, "torch.serialization") == 0) return strcmp(name, "_get_layout") == 0;
-    if (strcmp(mod, "_codecs") == 0) return strcmp(name, "encode") == 0;
-    if (strcmp(mod, "builtins") == 0) return strcmp(name, "bytearray") == 0 || strcmp(name, "set") == 0;
-    if (strcmp(mod, "torch._utils") == 0) return strncmp(name, "_rebuild_", 9) == 0;
-    if (strcmp(mod, "torch._tensor") == 0) return strcmp(name, "_rebuild_from_type_v2") == 0;
-    return 0;
+    return n && n->kind == PK_GLOBAL ? &pk_globals[n->global] : NULL;
 }
+
+pk_role pk_role_of(const pk_node *n)
+{
+    if (n && (n->kind == PK_REDUCE || n->kind == PK_NEWOBJ)) n = n->items[0];
+    const pk_global_info *g = pk_global_of(n);
+    return g ? (pk_role)g->role : PK_ROLE_OTHER;
+}
+
+int pk_str_is(const pk_node *n, const char *text)
+{
+    return n && n->kind == PK_STR && n->len == strlen(text) && memcmp(n->s, text, n->len) == 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* UTF-8, as Python decodes it: strict, or with "surrogatepass" (BINUNICODE).                       */
+
+static int utf8_valid(const unsigned char *s, size_t n, int surrogates)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+        if (!k || n - i < k) return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xc0) != 0x80) return 0;
+        if (c == 0xe0 && s[i + 1] < 0xa0) return 0;                 /* overlong */
+        if (c == 0xed && s[i + 1] >= 0xa0 && !surrogates) return 0; /* U+D800..U+DFFF */
+        if (c == 0xf0 && s[i + 1] < 0x90) return 0;                 /* overlong */
+        if (c == 0xf4 && s[i + 1] >= 0x90) return 0;                /* past U+10FFFF */
+        i += k;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The VM                                                                                           */
+
+typedef struct memo_slot {
+    uint32_t key;
+    uint32_t used;
+    pk_node *node;
+} memo_slot;
 
 typedef struct vm {
     const unsigned char *p, *end;
@@ -152,83 +399,75 @@ typedef struct vm {
     size_t sp, stack_cap;
     size_t *marks;
     size_t mp, marks_cap;
-    pk_node **memo;
-    size_t memo_cap;
+    memo_slot *memo; /* torch's memo is a dict: any 32-bit index */
+    size_t memo_mask, memo_count;
+    widen_table globals;
     widen_error *err;
     widen_status st;
 } vm;
 
-static pk_node *failed(vm *v, widen_status st)
+static int fail_at(vm *v, widen_status st)
 {
     v->st = st;
-    return NULL;
+    return -1;
 }
-#define FAIL(...) failed(v, widen_fail(v->err, WIDEN_EFORMAT, __VA_ARGS__))
+#define FAIL(...) fail_at(v, widen_fail(v->err, WIDEN_EFORMAT, __VA_ARGS__))
+#define NOMEM() fail_at(v, widen_fail(v->err, WIDEN_EIO, "out of memory"))
+
+static int grow(void **array, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap : 16;
+    while (c < need) c *= 2;
+    void *p = realloc(*array, c * size);
+    if (!p) return -1;
+    *array = p;
+    *cap = c;
+    return 0;
+}
 
 static int need(vm *v, size_t n, const char *op)
 {
-    if ((size_t)(v->end - v->p) < n) {
-        FAIL("%s: pickle ends inside %s", v->what, op);
-        return -1;
-    }
+    if ((size_t)(v->end - v->p) < n) return FAIL("%s: pickle ends inside %s", v->what, op);
     return 0;
 }
 
 static int push(vm *v, pk_node *n)
 {
-    if (!n) {
-        if (!v->st) v->st = widen_fail(v->err, WIDEN_EIO, "out of memory");
-        return -1;
-    }
-    if (grow((void **)&v->stack, &v->stack_cap, v->sp + 1, sizeof *v->stack)) {
-        v->st = widen_fail(v->err, WIDEN_EIO, "out of memory");
-        return -1;
-    }
+    if (!n || grow((void **)&v->stack, &v->stack_cap, v->sp + 1, sizeof *v->stack)) return NOMEM();
     v->stack[v->sp++] = n;
     return 0;
 }
 
+static size_t floor_of(const vm *v)
+{
+    return v->mp ? v->marks[v->mp - 1] : 0;
+}
+
 static pk_node *pop(vm *v, const char *op)
 {
-    size_t floor = v->mp ? v->marks[v->mp - 1] : 0;
-    if (v->sp <= floor) return FAIL("%s: pickle opcode %s finds an empty stack", v->what, op);
+    if (v->sp <= floor_of(v)) {
+        FAIL("%s: pickle opcode %s finds an empty stack", v->what, op);
+        return NULL;
+    }
     return v->stack[--v->sp];
 }
 
 static pk_node *top(vm *v, const char *op)
 {
-    size_t floor = v->mp ? v->marks[v->mp - 1] : 0;
-    if (v->sp <= floor) return FAIL("%s: pickle opcode %s finds an empty stack", v->what, op);
+    if (v->sp <= floor_of(v)) {
+        FAIL("%s: pickle opcode %s finds an empty stack", v->what, op);
+        return NULL;
+    }
     return v->stack[v->sp - 1];
 }
 
-/* Pops back to the last MARK; returns the position of the first popped item. */
+/* Pops back to the last MARK; *from is the position of the first item above it. */
 static int pop_mark(vm *v, const char *op, size_t *from)
 {
-    if (!v->mp) {
-        FAIL("%s: pickle opcode %s without a MARK", v->what, op);
-        return -1;
-    }
+    if (!v->mp) return FAIL("%s: pickle opcode %s without a MARK", v->what, op);
     *from = v->marks[--v->mp];
     return 0;
-}
-
-static pk_node *scalar(vm *v, pk_kind kind, int64_t i)
-{
-    pk_node *n = pk_new(v->arena, kind);
-    if (n) n->i = i;
-    return n;
-}
-
-static pk_node *string(vm *v, size_t len)
-{
-    pk_node *n = pk_new(v->arena, PK_STR);
-    if (!n || !(n->s = malloc(len + 1))) return NULL;
-    memcpy(n->s, v->p, len);
-    n->s[len] = '\0';
-    n->len = len;
-    v->p += len;
-    return n;
 }
 
 static uint64_t le(const unsigned char *p, int n)
@@ -238,50 +477,189 @@ static uint64_t le(const unsigned char *p, int n)
     return x;
 }
 
-static int line(vm *v, char **out)
+static pk_node *scalar(vm *v, pk_kind kind, int64_t i)
 {
-    const unsigned char *nl = memchr(v->p, '\n', (size_t)(v->end - v->p));
-    if (!nl) {
-        FAIL("%s: pickle GLOBAL without a newline", v->what);
-        return -1;
-    }
-    *out = strndup((const char *)v->p, (size_t)(nl - v->p));
-    v->p = nl + 1;
-    return *out ? 0 : -1;
+    pk_node *n = pk_new(v->arena, kind);
+    if (n) n->i = i;
+    return n;
 }
 
-/* Children deepen their parent; a tree deeper than MAX_DEPTH is refused (the writer and the tree
- * walks recurse). Depth is kept in the otherwise unused memo field during loading. */
-static int adopt(vm *v, pk_node *parent, pk_node *child)
+/* A string of `len` bytes at the cursor, pointing into the pickle. */
+static int string(vm *v, size_t len, int surrogates, const char *op)
 {
-    long d = child->memo + 1;
-    if (d > parent->memo) parent->memo = d;
-    if (parent->memo > MAX_DEPTH) {
-        FAIL("%s: pickle nests deeper than %d levels", v->what, MAX_DEPTH);
-        return -1;
+    if (!utf8_valid(v->p, len, surrogates)) return FAIL("%s: pickle %s holds a string that is not valid UTF-8", v->what, op);
+    pk_node *n = pk_new(v->arena, PK_STR);
+    if (!n) return NOMEM();
+    n->s = (const char *)v->p;
+    n->len = len;
+    v->p += len;
+    return push(v, n);
+}
+
+/* LONG1: n bytes, little-endian two's complement. Values that fit 64 bits are ints; larger ones keep
+ * their minimal bytes. */
+static int long1(vm *v)
+{
+    if (need(v, 1, "LONG1")) return -1;
+    size_t k = *v->p++;
+    if (need(v, k, "LONG1")) return -1;
+    const unsigned char *b = v->p;
+    v->p += k;
+    int negative = k && (b[k - 1] & 0x80);
+    while (k > 1 && b[k - 1] == (negative ? 0xff : 0x00) && ((b[k - 2] & 0x80) != 0) == negative) k--;
+    if (k <= 8) {
+        uint64_t x = le(b, (int)k);
+        if (k && k < 8 && negative) x |= ~(uint64_t)0 << (8 * k);
+        return push(v, scalar(v, PK_INT, (int64_t)x));
     }
+    pk_node *n = pk_new(v->arena, PK_BIGINT);
+    if (!n) return NOMEM();
+    n->s = (const char *)b;
+    n->len = k;
+    return push(v, n);
+}
+
+static int memo_put(vm *v, uint32_t key, pk_node *node)
+{
+    if ((v->memo_count + 1) * 2 > (v->memo ? v->memo_mask + 1 : 0)) {
+        size_t n = v->memo ? 2 * (v->memo_mask + 1) : 256;
+        memo_slot *slots = calloc(n, sizeof *slots);
+        if (!slots) return NOMEM();
+        for (size_t i = 0; v->memo && i <= v->memo_mask; i++)
+            if (v->memo[i].used) {
+                size_t j = (v->memo[i].key * 2654435761u) & (n - 1);
+                while (slots[j].used) j = (j + 1) & (n - 1);
+                slots[j] = v->memo[i];
+            }
+        free(v->memo);
+        v->memo = slots;
+        v->memo_mask = n - 1;
+    }
+    size_t j = (key * 2654435761u) & v->memo_mask;
+    while (v->memo[j].used && v->memo[j].key != key) j = (j + 1) & v->memo_mask;
+    if (!v->memo[j].used) v->memo_count++;
+    v->memo[j] = (memo_slot){.key = key, .used = 1, .node = node};
     return 0;
 }
 
-static int collect(vm *v, pk_node *parent, size_t from)
+static pk_node *memo_get(const vm *v, uint32_t key)
 {
-    for (size_t i = from; i < v->sp; i++)
-        if (pk_append(v->arena, parent, v->stack[i]) || adopt(v, parent, v->stack[i])) return -1;
-    v->sp = from;
-    return 0;
+    if (!v->memo) return NULL;
+    size_t j = (key * 2654435761u) & v->memo_mask;
+    while (v->memo[j].used) {
+        if (v->memo[j].key == key) return v->memo[j].node;
+        j = (j + 1) & v->memo_mask;
+    }
+    return NULL;
 }
 
-static pk_node *make_tuple(vm *v, size_t from)
+/* GLOBAL: two lines, decoded as strict UTF-8, mapped from Python 2 names, then looked up by full
+ * path "module.name" (so that, as in torch, the split between module and name does not matter). */
+static int global(vm *v)
 {
-    pk_node *t = pk_new(v->arena, PK_TUPLE);
-    if (t) t->memo = 0;
-    if (!t || collect(v, t, from)) return NULL;
-    return t;
+    const unsigned char *line[2];
+    size_t len[2];
+    for (int k = 0; k < 2; k++) {
+        const unsigned char *nl = memchr(v->p, '\n', (size_t)(v->end - v->p));
+        if (!nl) return FAIL("%s: pickle GLOBAL without a newline", v->what);
+        line[k] = v->p;
+        len[k] = (size_t)(nl - v->p);
+        v->p = nl + 1;
+        if (!utf8_valid(line[k], len[k], 0)) return FAIL("%s: pickle GLOBAL names something that is not valid UTF-8", v->what);
+    }
+    const char *module = (const char *)line[0], *name = (const char *)line[1];
+    size_t mlen = len[0], nlen = len[1];
+    int mapped = 0;
+    for (size_t i = 0; i < sizeof name_mapping / sizeof name_mapping[0] && !mapped; i++)
+        if (strlen(name_mapping[i][0]) == mlen && memcmp(name_mapping[i][0], module, mlen) == 0 &&
+            strlen(name_mapping[i][1]) == nlen && memcmp(name_mapping[i][1], name, nlen) == 0) {
+            module = name_mapping[i][2], mlen = strlen(module);
+            name = name_mapping[i][3], nlen = strlen(name);
+            mapped = 1;
+        }
+    for (size_t i = 0; i < sizeof import_mapping / sizeof import_mapping[0] && !mapped; i++)
+        if (strlen(import_mapping[i][0]) == mlen && memcmp(import_mapping[i][0], module, mlen) == 0) {
+            module = import_mapping[i][1], mlen = strlen(module);
+            mapped = 1;
+        }
+    size_t flen = mlen + 1 + nlen;
+    char *full = malloc(flen + 1);
+    if (!full) return NOMEM();
+    memcpy(full, module, mlen);
+    full[mlen] = '.';
+    memcpy(full + mlen + 1, name, nlen);
+    full[flen] = '\0';
+    size_t g;
+    if (!widen_table_get(&v->globals, full, flen, &g)) {
+        /* the path may hold any byte but a newline: shown escaped (widen_fail escapes messages) */
+        int r = FAIL("%s: pickle refers to %.*s, which is not on the allowlist of torch.load(weights_only=True)", v->what,
+                     (int)(flen > 200 ? 200 : flen), full);
+        free(full);
+        return r;
+    }
+    free(full);
+    pk_node *n = pk_new(v->arena, PK_GLOBAL);
+    if (!n) return NOMEM();
+    n->global = (uint16_t)g;
+    return push(v, n);
 }
 
-static int dict_like(const pk_node *n)
+/* The dict-likes SETITEM(S) may fill: dicts, and OrderedDict or Counter objects (torch checks the
+ * target's type the same way). */
+static int settable(const pk_node *n)
 {
-    return n->kind == PK_DICT || n->kind == PK_REDUCE || n->kind == PK_NEWOBJ;
+    if (n->kind == PK_DICT) return 1;
+    pk_role r = n->kind == PK_REDUCE || n->kind == PK_NEWOBJ ? pk_role_of(n) : PK_ROLE_OTHER;
+    return r == PK_ROLE_ORDERED_DICT || r == PK_ROLE_COUNTER;
+}
+
+/* REDUCE and NEWOBJ: callable and arguments. torch calls the callable; widen only records the call,
+ * and refuses the calls whose result it could not know without making them. */
+static int call(vm *v, unsigned char op)
+{
+    const char *opn = op == 'R' ? "REDUCE" : "NEWOBJ";
+    pk_node *args = pop(v, opn), *fn = args ? pop(v, opn) : NULL;
+    if (!fn) return -1;
+    const pk_global_info *g = pk_global_of(fn);
+    if (!g) return FAIL("%s: pickle %s on something that is not an allowed global", v->what, opn);
+    if (args->kind != PK_TUPLE) return FAIL("%s: pickle %s of %s.%s with arguments that are not a tuple", v->what, opn, g->module, g->name);
+    switch ((pk_role)g->role) {
+    case PK_ROLE_STORAGE: case PK_ROLE_UNTYPED_STORAGE: case PK_ROLE_DTYPE: case PK_ROLE_TENSOR_CLASS:
+        return FAIL("%s: pickle %s calls %s.%s, which torch.save never writes", v->what, opn, g->module, g->name);
+    case PK_ROLE_ORDERED_DICT: case PK_ROLE_COUNTER:
+        /* torch.save writes these empty and fills them with SETITEMS; items given to the constructor
+         * would name values that no walk of the items sees */
+        if (args->count)
+            return FAIL("%s: pickle %s builds %s.%s from arguments; widen reads them filled item by item, as torch.save "
+                        "writes them", v->what, opn, g->module, g->name);
+        break;
+    default:
+        if (op == 0x81 && g->role != PK_ROLE_PARAMETER && strcmp(g->name, "Size") != 0)
+            return FAIL("%s: pickle NEWOBJ of %s.%s, which torch.save never writes", v->what, g->module, g->name);
+        break;
+    }
+    pk_node *n = pk_new(v->arena, op == 'R' ? PK_REDUCE : PK_NEWOBJ);
+    if (!n || pk_append(v->arena, n, fn) || pk_append(v->arena, n, args)) return NOMEM();
+    return push(v, n);
+}
+
+/* BINPERSID: torch accepts a tuple ('storage', storage class, key, location, numel) and nothing
+ * else (an int id fails its persistent_load). */
+static int persid(vm *v)
+{
+    pk_node *t = pop(v, "BINPERSID");
+    if (!t) return -1;
+    if (t->kind != PK_TUPLE || t->count != 5 || !pk_str_is(t->items[0], "storage"))
+        return FAIL("%s: pickle persistent id that is not a ('storage', type, key, location, numel) tuple", v->what);
+    pk_role r = pk_role_of(t->items[1]);
+    if (t->items[1]->kind != PK_GLOBAL || (r != PK_ROLE_STORAGE && r != PK_ROLE_UNTYPED_STORAGE))
+        return FAIL("%s: pickle persistent id whose type is not a storage class", v->what);
+    if (t->items[2]->kind != PK_STR || t->items[3]->kind != PK_STR || t->items[4]->kind != PK_INT || t->items[4]->i < 0)
+        return FAIL("%s: pickle persistent id whose key, location or size is malformed", v->what);
+    pk_node *n = pk_new(v->arena, PK_PERSID);
+    if (!n || pk_append(v->arena, n, t)) return NOMEM();
+    n->i = -1;
+    return push(v, n);
 }
 
 static int step(vm *v, int *stop, pk_node **result)
@@ -290,184 +668,140 @@ static int step(vm *v, int *stop, pk_node **result)
     pk_node *a, *b, *n;
     size_t from = 0;
     switch (op) {
-    case 0x80: /* PROTO */
+    case 0x80: /* PROTO: torch accepts any number (and warns) */
         if (need(v, 1, "PROTO")) return -1;
-        if (*v->p > 5) return FAIL("%s: pickle protocol %u is not supported", v->what, *v->p), -1;
         v->p++;
         return 0;
     case '.': /* STOP */
         if (!(*result = pop(v, "STOP"))) return -1;
         *stop = 1;
         return 0;
-    case 'c': { /* GLOBAL */
-        char *mod = NULL, *name = NULL;
-        if (line(v, &mod) || line(v, &name)) {
-            free(mod);
-            free(name);
-            return -1;
-        }
-        if (!allowed_global(mod, name)) {
-            FAIL("%s: pickle refers to %s.%s, which is not on the allowlist of torch.load(weights_only=True)",
-                 v->what, mod, name);
-            free(mod);
-            free(name);
-            return -1;
-        }
-        n = pk_new(v->arena, PK_GLOBAL);
-        if (!n) {
-            free(mod);
-            free(name);
-            return push(v, NULL);
-        }
-        n->s = mod;
-        n->name = name;
-        return push(v, n);
-    }
-    case 'R':    /* REDUCE */
-    case 0x81: { /* NEWOBJ */
-        const char *opn = op == 'R' ? "REDUCE" : "NEWOBJ";
-        if (!(b = pop(v, opn)) || !(a = pop(v, opn))) return -1;
-        if (a->kind != PK_GLOBAL) return FAIL("%s: pickle %s on something that is not an allowed global", v->what, opn), -1;
-        if (b->kind != PK_TUPLE) return FAIL("%s: pickle %s with arguments that are not a tuple", v->what, opn), -1;
-        if (strstr(a->name, "Storage"))
-            return FAIL("%s: pickle %s calls %s.%s", v->what, opn, a->s, a->name), -1;
-        n = pk_new(v->arena, op == 'R' ? PK_REDUCE : PK_NEWOBJ);
-        if (!n || pk_append(v->arena, n, a) || pk_append(v->arena, n, b)) return push(v, NULL);
-        n->memo = 0;
-        if (adopt(v, n, b)) return -1;
-        return push(v, n);
-    }
-    case 'b': /* BUILD */
+    case 'c': return global(v);
+    case 'R': case 0x81: return call(v, op);
+    case 'b': /* BUILD: only the attribute dict of an OrderedDict or Counter (state dicts' _metadata) */
         if (!(b = pop(v, "BUILD")) || !(a = top(v, "BUILD"))) return -1;
-        if (a->kind != PK_REDUCE && a->kind != PK_NEWOBJ)
-            return FAIL("%s: pickle BUILD on an object that is not a constructed one", v->what), -1;
-        if (a->state) return FAIL("%s: pickle BUILD twice on one object", v->what), -1;
+        if (!settable(a) || a->kind == PK_DICT)
+            return FAIL("%s: pickle BUILD on an object that is not an OrderedDict or Counter", v->what);
+        if (b->kind != PK_DICT) return FAIL("%s: pickle BUILD with a state that is not a dict", v->what);
+        if (a->state) return FAIL("%s: pickle BUILD twice on one object", v->what);
         a->state = b;
-        return adopt(v, a, b);
+        return 0;
     case 'a': /* APPEND */
         if (!(b = pop(v, "APPEND")) || !(a = top(v, "APPEND"))) return -1;
-        if (a->kind != PK_LIST) return FAIL("%s: pickle APPEND to something that is not a list", v->what), -1;
-        return pk_append(v->arena, a, b) ? push(v, NULL) : adopt(v, a, b);
+        if (a->kind != PK_LIST) return FAIL("%s: pickle APPEND to something that is not a list", v->what);
+        return pk_append(v->arena, a, b) ? NOMEM() : 0;
     case 'e': /* APPENDS */
         if (pop_mark(v, "APPENDS", &from)) return -1;
-        if (from == 0 || v->stack[from - 1]->kind != PK_LIST)
-            return FAIL("%s: pickle APPENDS to something that is not a list", v->what), -1;
-        return collect(v, v->stack[from - 1], from);
+        if (from <= floor_of(v) || v->stack[from - 1]->kind != PK_LIST)
+            return FAIL("%s: pickle APPENDS to something that is not a list", v->what);
+        a = v->stack[from - 1];
+        for (size_t i = from; i < v->sp; i++)
+            if (pk_append(v->arena, a, v->stack[i])) return NOMEM();
+        v->sp = from;
+        return 0;
     case 's': /* SETITEM */
         if (!(b = pop(v, "SETITEM")) || !(a = pop(v, "SETITEM")) || !(n = top(v, "SETITEM"))) return -1;
-        if (!dict_like(n)) return FAIL("%s: pickle SETITEM on something that is not a dict", v->what), -1;
-        if (pk_kv_append(n, a, b)) return push(v, NULL);
-        return adopt(v, n, a) || adopt(v, n, b) ? -1 : 0;
+        if (!settable(n)) return FAIL("%s: pickle SETITEM on something that is not a dict", v->what);
+        return pk_pair_append(v->arena, n, a, b) ? NOMEM() : 0;
     case 'u': /* SETITEMS */
         if (pop_mark(v, "SETITEMS", &from)) return -1;
-        if (from == 0 || !dict_like(v->stack[from - 1]) || (v->sp - from) % 2)
-            return FAIL("%s: pickle SETITEMS on something that is not a dict, or with an odd count", v->what), -1;
+        if (from <= floor_of(v) || !settable(v->stack[from - 1]))
+            return FAIL("%s: pickle SETITEMS on something that is not a dict", v->what);
+        if ((v->sp - from) % 2) return FAIL("%s: pickle SETITEMS with an odd number of items", v->what);
         n = v->stack[from - 1];
         for (size_t i = from; i < v->sp; i += 2)
-            if (pk_kv_append(n, v->stack[i], v->stack[i + 1])) return push(v, NULL);
-            else if (adopt(v, n, v->stack[i]) || adopt(v, n, v->stack[i + 1])) return -1;
+            if (pk_pair_append(v->arena, n, v->stack[i], v->stack[i + 1])) return NOMEM();
         v->sp = from;
         return 0;
     case '(': /* MARK */
-        if (v->mp >= MAX_DEPTH) return FAIL("%s: pickle nests deeper than %d levels", v->what, MAX_DEPTH), -1;
-        if (grow((void **)&v->marks, &v->marks_cap, v->mp + 1, sizeof *v->marks)) return push(v, NULL);
+        if (grow((void **)&v->marks, &v->marks_cap, v->mp + 1, sizeof *v->marks)) return NOMEM();
         v->marks[v->mp++] = v->sp;
         return 0;
     case 't': /* TUPLE */
         if (pop_mark(v, "TUPLE", &from)) return -1;
-        return push(v, make_tuple(v, from));
+        n = from < v->sp ? pk_tuple(v->arena, v->stack + from, v->sp - from) : pk_new(v->arena, PK_TUPLE);
+        v->sp = from;
+        return push(v, n);
     case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
-        size_t k = (size_t)(op - 0x84), floor = v->mp ? v->marks[v->mp - 1] : 0;
-        if (v->sp < floor + k) return FAIL("%s: pickle TUPLE%zu finds too few items", v->what, k), -1;
-        return push(v, make_tuple(v, v->sp - k));
+        size_t k = (size_t)(op - 0x84);
+        if (v->sp < floor_of(v) + k) return FAIL("%s: pickle TUPLE%zu finds too few items", v->what, k);
+        n = pk_tuple(v->arena, v->stack + v->sp - k, k);
+        v->sp -= k;
+        return push(v, n);
     }
     case 'N': return push(v, pk_new(v->arena, PK_NONE));
     case 0x88: return push(v, scalar(v, PK_BOOL, 1));
     case 0x89: return push(v, scalar(v, PK_BOOL, 0));
-    case ')': return push(v, make_tuple(v, v->sp));
+    case ')': return push(v, pk_new(v->arena, PK_TUPLE));
     case ']': return push(v, pk_new(v->arena, PK_LIST));
     case '}': return push(v, pk_new(v->arena, PK_DICT));
     case 0x8f: return push(v, pk_new(v->arena, PK_SET));
-    case 'J': if (need(v, 4, "BININT")) return -1;
-        n = scalar(v, PK_INT, (int32_t)(uint32_t)le(v->p, 4));
+    case 'J':
+        if (need(v, 4, "BININT")) return -1;
         v->p += 4;
-        return push(v, n);
-    case 'K': if (need(v, 1, "BININT1")) return -1;
+        return push(v, scalar(v, PK_INT, (int32_t)(uint32_t)le(v->p - 4, 4)));
+    case 'K':
+        if (need(v, 1, "BININT1")) return -1;
         return push(v, scalar(v, PK_INT, *v->p++));
-    case 'M': if (need(v, 2, "BININT2")) return -1;
-        n = scalar(v, PK_INT, (int64_t)le(v->p, 2));
+    case 'M':
+        if (need(v, 2, "BININT2")) return -1;
         v->p += 2;
-        return push(v, n);
-    case 0x8a: { /* LONG1 */
-        if (need(v, 1, "LONG1")) return -1;
-        int k = *v->p++;
-        if (k > 8) return FAIL("%s: pickle integer of %d bytes is too large", v->what, k), -1;
-        if (need(v, (size_t)k, "LONG1")) return -1;
-        uint64_t x = le(v->p, k);
-        if (k > 0 && k < 8 && (v->p[k - 1] & 0x80)) x |= ~(uint64_t)0 << (8 * k); /* sign-extend */
-        v->p += k;
-        return push(v, scalar(v, PK_INT, (int64_t)x));
-    }
+        return push(v, scalar(v, PK_INT, (int64_t)le(v->p - 2, 2)));
+    case 0x8a: return long1(v);
     case 'G': { /* BINFLOAT, big-endian */
         if (need(v, 8, "BINFLOAT")) return -1;
         uint64_t x = 0;
         for (int i = 0; i < 8; i++) x = x << 8 | v->p[i];
         v->p += 8;
         n = pk_new(v->arena, PK_FLOAT);
-        if (n) memcpy(&n->f, &x, 8);
+        if (n) n->bits = x;
         return push(v, n);
     }
-    case 'X': { /* BINUNICODE */
+    case 'X': { /* BINUNICODE: UTF-8 with surrogatepass */
         if (need(v, 4, "BINUNICODE")) return -1;
         size_t len = (size_t)le(v->p, 4);
         v->p += 4;
         if (need(v, len, "BINUNICODE")) return -1;
-        return push(v, string(v, len));
+        return string(v, len, 1, "BINUNICODE");
     }
-    case 'U': { /* SHORT_BINSTRING: read as text, written back as BINUNICODE */
+    case 'U': { /* SHORT_BINSTRING: torch.load decodes it as strict UTF-8 */
         if (need(v, 1, "SHORT_BINSTRING")) return -1;
         size_t len = *v->p++;
         if (need(v, len, "SHORT_BINSTRING")) return -1;
-        return push(v, string(v, len));
+        return string(v, len, 0, "SHORT_BINSTRING");
     }
-    case 'Q': /* BINPERSID */
-        if (!(a = pop(v, "BINPERSID"))) return -1;
-        if (a->kind != PK_TUPLE || a->count < 1 || a->items[0]->kind != PK_STR || strcmp(a->items[0]->s, "storage"))
-            return FAIL("%s: pickle persistent id that is not a ('storage', ...) tuple", v->what), -1;
-        n = pk_new(v->arena, PK_PERSID);
-        if (!n || pk_append(v->arena, n, a)) return push(v, NULL);
-        n->memo = 0;
-        if (adopt(v, n, a)) return -1;
-        return push(v, n);
+    case 'Q': return persid(v);
     case 'q': case 'r': { /* BINPUT, LONG_BINPUT */
         int k = op == 'q' ? 1 : 4;
         if (need(v, (size_t)k, "BINPUT")) return -1;
-        size_t idx = (size_t)le(v->p, k);
+        uint32_t idx = (uint32_t)le(v->p, k);
         v->p += k;
-        if (idx >= MAX_MEMO) return FAIL("%s: pickle memo index %zu is too large", v->what, idx), -1;
         if (!(a = top(v, "BINPUT"))) return -1;
-        if (idx >= v->memo_cap) {
-            size_t old = v->memo_cap;
-            if (grow((void **)&v->memo, &v->memo_cap, idx + 1, sizeof *v->memo)) return push(v, NULL);
-            memset(v->memo + old, 0, (v->memo_cap - old) * sizeof *v->memo);
-        }
-        v->memo[idx] = a;
-        return 0;
+        return memo_put(v, idx, a);
     }
     case 'h': case 'j': { /* BINGET, LONG_BINGET */
         int k = op == 'h' ? 1 : 4;
         if (need(v, (size_t)k, "BINGET")) return -1;
-        size_t idx = (size_t)le(v->p, k);
+        uint32_t idx = (uint32_t)le(v->p, k);
         v->p += k;
-        if (idx >= v->memo_cap || !v->memo[idx])
-            return FAIL("%s: pickle BINGET of memo entry %zu, which was never stored", v->what, idx), -1;
-        return push(v, v->memo[idx]);
+        if (!(a = memo_get(v, idx)))
+            return FAIL("%s: pickle BINGET of memo entry %u, which was never stored", v->what, idx);
+        return push(v, a);
     }
     default:
-        if (op >= 0x20 && op < 0x7f)
-            return FAIL("%s: pickle opcode '%c' (0x%02x) is not allowed", v->what, op, op), -1;
-        return FAIL("%s: pickle opcode 0x%02x is not allowed", v->what, op), -1;
+        if (op >= 0x20 && op < 0x7f) return FAIL("%s: pickle opcode '%c' (0x%02x) is not allowed", v->what, op, op);
+        return FAIL("%s: pickle opcode 0x%02x is not allowed", v->what, op);
     }
+}
+
+/* "module.name" of every allowlisted global, the key torch looks globals up by. */
+static char global_paths[sizeof pk_globals / sizeof pk_globals[0]][64];
+static pthread_once_t paths_once = PTHREAD_ONCE_INIT;
+
+static void build_paths(void)
+{
+    for (size_t g = 0; pk_globals[g].module; g++)
+        snprintf(global_paths[g], sizeof global_paths[g], "%s.%s", pk_globals[g].module, pk_globals[g].name);
 }
 
 widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk_arena **arena, pk_node **root,
@@ -475,15 +809,18 @@ widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk
 {
     vm v = {.p = data, .end = data + len, .what = what, .err = err};
     *root = NULL;
-    *arena = calloc(1, sizeof **arena);
+    *arena = pk_arena_new();
     if (!*arena) return widen_fail(err, WIDEN_EIO, "out of memory");
     v.arena = *arena;
+    pthread_once(&paths_once, build_paths);
+    for (size_t g = 0; pk_globals[g].module && !v.st; g++)
+        if (widen_table_put(&v.globals, global_paths[g], strlen(global_paths[g]), g, NULL) < 0)
+            v.st = widen_fail(err, WIDEN_EIO, "out of memory");
     int stop = 0;
     pk_node *result = NULL;
     while (!stop && !v.st) {
         if (v.p >= v.end) {
-            widen_fail(err, WIDEN_EFORMAT, "%s: pickle ends without STOP", what);
-            v.st = WIDEN_EFORMAT;
+            v.st = widen_fail(err, WIDEN_EFORMAT, "%s: pickle ends without STOP", what);
             break;
         }
         if (step(&v, &stop, &result) && !v.st) v.st = widen_fail(err, WIDEN_EIO, "out of memory");
@@ -491,18 +828,83 @@ widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk
     free(v.stack);
     free(v.marks);
     free(v.memo);
+    widen_table_free(&v.globals);
     if (v.st) {
         pk_arena_free(*arena);
         *arena = NULL;
         return v.st;
     }
-    pk_clear_marks(*arena); /* the depths are no longer needed */
     *root = result;
     return WIDEN_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Writer                                                                                           */
+/* The graph: no cycles, bounded depth. Iterative, so that no input can exhaust the stack.          */
+
+widen_status pk_check_graph(pk_arena *a, pk_node *root, uint32_t max_depth, const char *what, widen_error *err)
+{
+    for (size_t i = 0; i < a->count; i++) a->nodes[i]->mark = 0, a->nodes[i]->height = 0;
+    typedef struct frame {
+        pk_node *n;
+        uint32_t next; /* the child to visit next; count: the state */
+    } frame;
+    frame *stack = NULL;
+    size_t sp = 0, cap = 0;
+    widen_status st = WIDEN_OK;
+    if (grow((void **)&stack, &cap, 1, sizeof *stack)) return widen_fail(err, WIDEN_EIO, "out of memory");
+    stack[sp++] = (frame){root, 0};
+    root->mark = 1;
+    while (sp && !st) {
+        frame *f = &stack[sp - 1];
+        pk_node *n = f->n, *child = NULL;
+        if (f->next < n->count) child = n->items[f->next];
+        else if (f->next == n->count && n->state) child = n->state;
+        if (!child) {
+            n->mark = 2;
+            sp--;
+            if (sp) {
+                pk_node *parent = stack[sp - 1].n;
+                if (n->height + 1 > parent->height) parent->height = n->height + 1;
+            }
+            continue;
+        }
+        f->next++;
+        if (child->mark == 1) {
+            st = widen_fail(err, WIDEN_EFORMAT, "%s: pickle holds an object that contains itself (a cycle)", what);
+            break;
+        }
+        if (child->mark == 2) {
+            if (child->height + 1 > n->height) n->height = child->height + 1;
+        } else {
+            if (sp >= max_depth) {
+                st = widen_fail(err, WIDEN_EFORMAT, "%s: pickle nests deeper than %u levels", what, max_depth);
+                break;
+            }
+            if (grow((void **)&stack, &cap, sp + 1, sizeof *stack)) {
+                st = widen_fail(err, WIDEN_EIO, "out of memory");
+                break;
+            }
+            child->mark = 1;
+            stack[sp++] = (frame){child, 0};
+        }
+        if (n->height > max_depth) st = widen_fail(err, WIDEN_EFORMAT, "%s: pickle nests deeper than %u levels", what, max_depth);
+    }
+    free(stack);
+    for (size_t i = 0; i < a->count; i++) a->nodes[i]->mark = 0;
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Writer: protocol 2, memoizing what Python's pickler memoizes (strings, non-empty tuples, lists,
+ * dicts, globals, constructed objects), so that shared objects stay shared. Recursion is bounded by
+ * the depth pk_check_graph allows.                                                                  */
+
+typedef struct dumper {
+    pk_buffer *b;
+    pk_persid_fn persid;
+    void *user;
+    widen_status st; /* what persid refused with */
+} dumper;
 
 static int put(pk_buffer *b, const void *data, size_t len)
 {
@@ -524,43 +926,41 @@ static int put_le(pk_buffer *b, uint64_t x, int n)
     return put(b, buf, (size_t)n);
 }
 
-static int memo_put(pk_buffer *b, pk_node *n)
+static int memoize(pk_buffer *b, pk_node *n)
 {
     n->memo = b->next_memo++;
     if (n->memo < 256) return put1(b, 'q') || put1(b, (unsigned char)n->memo);
     return put1(b, 'r') || put_le(b, (uint64_t)n->memo, 4);
 }
 
-static int emit(pk_buffer *b, pk_node *n);
+static int emit(dumper *d, pk_node *n);
 
-static int emit_batched(pk_buffer *b, pk_node **items, size_t count, size_t group, unsigned char op)
+/* Items in batches of at most 1000 (as Python's pickler writes them): MARK ... op. */
+static int batched(dumper *d, pk_node **items, size_t count, size_t group, unsigned char op)
 {
     for (size_t i = 0; i < count; i += 1000 * group) {
         size_t end = i + 1000 * group < count ? i + 1000 * group : count;
-        if (put1(b, '(')) return -1;
+        if (put1(d->b, '(')) return -1;
         for (size_t k = i; k < end; k++)
-            if (emit(b, items[k])) return -1;
-        if (put1(b, op)) return -1;
+            if (emit(d, items[k])) return -1;
+        if (put1(d->b, op)) return -1;
     }
     return 0;
 }
 
-/* What SETITEMS/APPENDS/BUILD add to an object after its constructor. */
-static int emit_contents(pk_buffer *b, pk_node *n, size_t first_item)
+static int emit_state(dumper *d, pk_node *n)
 {
-    if (n->kv_count && emit_batched(b, n->kv, n->kv_count, 2, 'u')) return -1;
-    if (n->count > first_item && emit_batched(b, n->items + first_item, n->count - first_item, 1, 'e')) return -1;
-    if (n->state && (emit(b, n->state) || put1(b, 'b'))) return -1;
-    return 0;
+    return n->state && (emit(d, n->state) || put1(d->b, 'b')) ? -1 : 0;
 }
 
-static int emit(pk_buffer *b, pk_node *n)
+static int emit(dumper *d, pk_node *n)
 {
+    pk_buffer *b = d->b;
     if (n->memo >= 0) {
         if (n->memo < 256) return put1(b, 'h') || put1(b, (unsigned char)n->memo);
         return put1(b, 'j') || put_le(b, (uint64_t)n->memo, 4);
     }
-    switch (n->kind) {
+    switch ((pk_kind)n->kind) {
     case PK_NONE: return put1(b, 'N');
     case PK_BOOL: return put1(b, n->i ? 0x88 : 0x89);
     case PK_INT:
@@ -572,44 +972,56 @@ static int emit(pk_buffer *b, pk_node *n)
             while (k > 1 && ((n->i >> (8 * (k - 1) - 1)) == 0 || (n->i >> (8 * (k - 1) - 1)) == -1)) k--;
             return put1(b, 0x8a) || put1(b, (unsigned char)k) || put_le(b, (uint64_t)n->i, k);
         }
+    case PK_BIGINT: return put1(b, 0x8a) || put1(b, (unsigned char)n->len) || put(b, n->s, n->len);
     case PK_FLOAT: {
-        uint64_t x;
-        memcpy(&x, &n->f, 8);
         unsigned char be[8];
-        for (int i = 0; i < 8; i++) be[i] = (unsigned char)(x >> (56 - 8 * i));
+        for (int i = 0; i < 8; i++) be[i] = (unsigned char)(n->bits >> (56 - 8 * i));
         return put1(b, 'G') || put(b, be, 8);
     }
-    case PK_STR: case PK_BYTES:
-        if (put1(b, 'X') || put_le(b, n->len, 4) || put(b, n->s, n->len)) return -1;
-        return memo_put(b, n);
+    case PK_STR:
+        if (n->len > UINT32_MAX) return -1;
+        return put1(b, 'X') || put_le(b, n->len, 4) || put(b, n->s, n->len) || memoize(b, n);
     case PK_TUPLE:
         if (n->count == 0) return put1(b, ')');
         if (n->count > 3 && put1(b, '(')) return -1;
-        for (size_t i = 0; i < n->count; i++)
-            if (emit(b, n->items[i])) return -1;
-        if (put1(b, n->count > 3 ? 't' : (unsigned char)(0x84 + n->count))) return -1;
-        return memo_put(b, n);
-    case PK_LIST: return put1(b, ']') || memo_put(b, n) || emit_contents(b, n, 0);
-    case PK_DICT: return put1(b, '}') || memo_put(b, n) || emit_contents(b, n, 0);
-    case PK_SET: return put1(b, 0x8f) || memo_put(b, n);
-    case PK_GLOBAL:
-        if (put1(b, 'c') || put(b, n->s, strlen(n->s)) || put1(b, '\n') || put(b, n->name, strlen(n->name)) ||
-            put1(b, '\n'))
+        for (uint32_t i = 0; i < n->count; i++)
+            if (emit(d, n->items[i])) return -1;
+        return put1(b, n->count > 3 ? 't' : (unsigned char)(0x84 + n->count)) || memoize(b, n);
+    case PK_LIST:
+        return put1(b, ']') || memoize(b, n) || (n->count && batched(d, n->items, n->count, 1, 'e'));
+    case PK_DICT:
+        return put1(b, '}') || memoize(b, n) || (n->count && batched(d, n->items, n->count, 2, 'u'));
+    case PK_SET: return put1(b, 0x8f) || memoize(b, n);
+    case PK_GLOBAL: {
+        const pk_global_info *g = &pk_globals[n->global];
+        return put1(b, 'c') || put(b, g->module, strlen(g->module)) || put1(b, '\n') || put(b, g->name, strlen(g->name)) ||
+               put1(b, '\n') || memoize(b, n);
+    }
+    case PK_REDUCE: case PK_NEWOBJ: {
+        if (emit(d, n->items[0]) || emit(d, n->items[1]) || put1(b, n->kind == PK_REDUCE ? 'R' : 0x81) || memoize(b, n))
             return -1;
-        return memo_put(b, n);
-    case PK_REDUCE: case PK_NEWOBJ:
-        if (emit(b, n->items[0]) || emit(b, n->items[1]) || put1(b, n->kind == PK_REDUCE ? 'R' : 0x81)) return -1;
-        return memo_put(b, n) || emit_contents(b, n, 2);
-    case PK_PERSID: return emit(b, n->items[0]) || put1(b, 'Q');
+        pk_node **pairs;
+        size_t count = pk_pairs(n, &pairs);
+        return (count && batched(d, pairs, 2 * count, 2, 'u')) || emit_state(d, n);
+    }
+    case PK_PERSID: {
+        pk_node *t = d->persid ? d->persid(d->user, n, &d->st) : n->items[0];
+        if (!t) return -1;
+        return emit(d, t) || put1(b, 'Q');
+    }
     }
     return -1;
 }
 
-widen_status pk_dump(pk_arena *arena, const pk_node *root, pk_buffer *out, widen_error *err)
+widen_status pk_dump(pk_arena *arena, const pk_node *root, pk_persid_fn persid, void *user, pk_buffer *out,
+                     widen_error *err)
 {
     pk_clear_marks(arena);
     out->next_memo = 0;
-    if (put1(out, 0x80) || put1(out, 2) || emit(out, (pk_node *)root) || put1(out, '.'))
+    dumper d = {.b = out, .persid = persid, .user = user};
+    if (put1(out, 0x80) || put1(out, 2) || emit(&d, (pk_node *)root) || put1(out, '.')) {
+        if (d.st) return d.st;
         return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
     return WIDEN_OK;
 }

@@ -183,8 +183,11 @@ widen_status widen_safetensors_header(const widen_plan *plan, const widen_checkp
     json_t *root = json_object();
     widen_status st = WIDEN_OK;
     if (!root) return widen_fail(err, WIDEN_EIO, "out of memory");
-    if (in->metadata_count || provenance) {
+    int from_pt = strcmp(in->format, "pt") == 0;
+    if (in->metadata_count || provenance || from_pt) {
         json_t *meta = json_object();
+        /* what safetensors.torch.save_file writes, and Hugging Face transformers requires */
+        if (from_pt) json_object_set_new(meta, "format", json_string("pt"));
         for (size_t i = 0; i < in->metadata_count; i++)
             if (strcmp(in->metadata[i].key, WIDEN_PROVENANCE_KEY) != 0)
                 json_object_set_new(meta, in->metadata[i].key, json_string(in->metadata[i].value));

@@ -1,5 +1,9 @@
-/* torch.c: reading torch.save zip checkpoints: the archive, the restricted unpickling of data.pkl,
- * and the tensors found in the object tree under their dotted paths (model.conv1.weight). */
+/* torch.c: reading torch.save zip checkpoints as torch.load(weights_only=True) reads them: the
+ * archive, the restricted unpickling of data.pkl into a graph, every storage a persistent id names,
+ * and the tensors found under their dotted paths (model.conv1.weight). The graph is walked once per
+ * object: cycles and deep nesting are refused, shared objects are not walked again, and whatever
+ * the walk does not model keeps its storages pinned (passed through byte for byte). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,146 +14,415 @@
 #include "torch.h"
 
 #define BAD(...) widen_fail(err, WIDEN_EFORMAT, __VA_ARGS__)
-
-static const struct {
-    const char *storage;
-    widen_dtype dtype;
-} storage_types[] = {
-    {"FloatStorage", WIDEN_F32}, {"HalfStorage", WIDEN_F16}, {"BFloat16Storage", WIDEN_BF16},
-    {"DoubleStorage", WIDEN_F64}, {"LongStorage", WIDEN_I64}, {"IntStorage", WIDEN_I32},
-    {"ShortStorage", WIDEN_I16}, {"CharStorage", WIDEN_I8}, {"ByteStorage", WIDEN_U8},
-    {"BoolStorage", WIDEN_BOOL}, {"ComplexFloatStorage", WIDEN_C64},
-};
-
-static const struct {
-    const char *name;
-    widen_dtype dtype;
-} torch_dtypes[] = {
-    {"float32", WIDEN_F32}, {"float", WIDEN_F32}, {"float16", WIDEN_F16}, {"half", WIDEN_F16},
-    {"bfloat16", WIDEN_BF16}, {"float64", WIDEN_F64}, {"double", WIDEN_F64}, {"int64", WIDEN_I64},
-    {"long", WIDEN_I64}, {"int32", WIDEN_I32}, {"int", WIDEN_I32}, {"int16", WIDEN_I16}, {"short", WIDEN_I16},
-    {"int8", WIDEN_I8}, {"uint8", WIDEN_U8}, {"bool", WIDEN_BOOL}, {"complex64", WIDEN_C64},
-    {"float8_e4m3fn", WIDEN_F8_E4M3}, {"float8_e5m2", WIDEN_F8_E5M2}, {"float8_e4m3fnuz", WIDEN_F8_E4M3FNUZ},
-    {"float8_e5m2fnuz", WIDEN_F8_E5M2FNUZ}, {"float8_e8m0fnu", WIDEN_F8_E8M0}, {"uint16", WIDEN_U16},
-    {"uint32", WIDEN_U32}, {"uint64", WIDEN_U64},
-};
+#define NOMEM() widen_fail(err, WIDEN_EIO, "out of memory")
+/* a precision for %.*s of text that is not NUL-terminated (keys point into the pickle) */
+#define SHOWN(len) (int)((len) > 200 ? 200 : (len))
 
 const char *widen_torch_storage_name(widen_dtype dtype)
 {
-    for (size_t i = 0; i < sizeof storage_types / sizeof storage_types[0]; i++)
-        if (storage_types[i].dtype == dtype) return storage_types[i].storage;
+    for (size_t g = 0; pk_globals[g].module; g++)
+        if (pk_globals[g].role == PK_ROLE_STORAGE && pk_globals[g].dtype == (int)dtype) return pk_globals[g].name;
     return NULL;
 }
+
+const char *widen_torch_dtype_name(widen_dtype dtype)
+{
+    for (size_t g = 0; pk_globals[g].module; g++)
+        if (pk_globals[g].role == PK_ROLE_DTYPE && pk_globals[g].dtype == (int)dtype) return pk_globals[g].name;
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Storages: every persistent id the unpickler ran (torch loads each as it unpickles, reachable or
+ * not), in that order: the first reference of a key decides, as in torch; later ones must agree.   */
+
+static widen_status register_storages(widen_checkpoint *c, torch_state *ts, widen_error *err)
+{
+    size_t nodes = pk_arena_count(ts->arena), cap = 0;
+    char small[256];
+    for (size_t id = 0; id < nodes; id++) {
+        pk_node *n = pk_arena_node(ts->arena, id);
+        if (n->kind != PK_PERSID) continue;
+        const pk_node *t = n->items[0], *type = t->items[1], *key = t->items[2];
+        const pk_global_info *g = pk_global_of(type);
+        if (!key->len || memchr(key->s, '\0', key->len))
+            return BAD("%s: a storage key is empty or holds a NUL byte", c->path);
+        size_t existing;
+        if (widen_table_get(&ts->storage_keys, key->s, key->len, &existing)) {
+            const torch_storage *s = &ts->storages[existing];
+            if (s->type->global != type->global || s->numel != (uint64_t)t->items[4]->i)
+                return BAD("%s: storage '%.*s' is named with two types or sizes (torch.%s of %llu, torch.%s of %llu)", c->path,
+                           SHOWN(key->len), key->s, pk_global_of(s->type)->name, (unsigned long long)s->numel, g->name,
+                           (unsigned long long)t->items[4]->i);
+            n->i = (int64_t)existing;
+            continue;
+        }
+        if (ts->storage_count == cap) {
+            cap = cap ? 2 * cap : 64;
+            torch_storage *grown = realloc(ts->storages, cap * sizeof *grown);
+            if (!grown) return NOMEM();
+            ts->storages = grown;
+        }
+        torch_storage *s = &ts->storages[ts->storage_count];
+        memset(s, 0, sizeof *s);
+        if (!(s->key = pk_arena_strdup(ts->arena, key->s, key->len))) return NOMEM();
+        s->key_len = key->len;
+        s->type = type;
+        s->esize = g->size;
+        s->dtype = g->dtype >= 0 ? (widen_dtype)g->dtype : WIDEN_DTYPE_COUNT;
+        s->numel = (uint64_t)t->items[4]->i;
+        size_t plen = strlen(ts->prefix), len = plen + 5 + key->len;
+        char *name = len < sizeof small ? small : malloc(len + 1);
+        if (!name) return NOMEM();
+        memcpy(name, ts->prefix, plen);
+        memcpy(name + plen, "data/", 5);
+        memcpy(name + plen + 5, key->s, key->len);
+        s->entry = widen_zip_find(&ts->zip, name, len);
+        if (name != small) free(name);
+        if (!s->entry) return BAD("%s: storage '%.*s' has no record %sdata/%.*s", c->path, SHOWN(key->len), key->s, ts->prefix,
+                                  SHOWN(key->len), key->s);
+        if (s->entry->method != 0)
+            return BAD("%s: storage record '%s' is compressed; torch.save stores records", c->path, s->entry->name);
+        uint64_t bytes;
+        if (!s->esize || __builtin_mul_overflow(s->numel, (uint64_t)s->esize, &bytes) || bytes != s->entry->size)
+            return BAD("%s: storage '%.*s' declares %llu elements of torch.%s but its record holds %llu bytes", c->path,
+                       SHOWN(key->len), key->s, (unsigned long long)s->numel, g->name, (unsigned long long)s->entry->size);
+        if (widen_table_put(&ts->storage_keys, s->key, s->key_len, ts->storage_count, NULL) < 0) return NOMEM();
+        n->i = (int64_t)ts->storage_count++;
+    }
+    return WIDEN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Named tensors: _rebuild_tensor_v2/v3 calls, inside _rebuild_parameter(_with_state), Parameter(...)
+ * or _rebuild_from_type_v2(func, type, args, state) as torch 2 writes them. Anything else holding a
+ * storage (sparse, quantized, nested, lazily negated or conjugated views) is not modeled.          */
+
+typedef struct site_info {
+    pk_node *args;
+    uint8_t path[2 * TORCH_MAX_WRAPPERS + 2];
+    uint8_t depth;
+    uint8_t v3;
+} site_info;
+
+static int is_tuple(const pk_node *n, uint32_t min, uint32_t max)
+{
+    return n->kind == PK_TUPLE && n->count >= min && n->count <= max;
+}
+
+/* 1 if n is a tensor widen models, with the way down to its rebuild arguments. */
+static int resolve_site(pk_node *n, site_info *si)
+{
+    for (int wrappers = 0; wrappers <= TORCH_MAX_WRAPPERS; wrappers++) {
+        if (n->kind != PK_REDUCE && n->kind != PK_NEWOBJ) return 0;
+        pk_role role = pk_role_of(n);
+        pk_node *args = n->items[1];
+        if (n->kind == PK_REDUCE && (role == PK_ROLE_REBUILD_V2 || role == PK_ROLE_REBUILD_V3)) {
+            si->path[si->depth++] = 1;
+            si->args = args;
+            si->v3 = role == PK_ROLE_REBUILD_V3;
+            return 1;
+        }
+        if (n->kind == PK_REDUCE && role == PK_ROLE_FROM_TYPE_V2) {
+            pk_role f = pk_role_of(args->count == 4 ? args->items[0] : NULL), t = pk_role_of(args->count == 4 ? args->items[1] : NULL);
+            if (args->count != 4 || (f != PK_ROLE_REBUILD_V2 && f != PK_ROLE_REBUILD_V3) ||
+                (t != PK_ROLE_TENSOR_CLASS && t != PK_ROLE_PARAMETER) || args->items[2]->kind != PK_TUPLE)
+                return 0;
+            si->path[si->depth++] = 1;
+            si->path[si->depth++] = 2;
+            si->args = args->items[2];
+            si->v3 = f == PK_ROLE_REBUILD_V3;
+            return 1;
+        }
+        int param = (n->kind == PK_REDUCE && role == PK_ROLE_REBUILD_PARAMETER && is_tuple(args, 3, 3)) ||
+                    (n->kind == PK_REDUCE && role == PK_ROLE_REBUILD_PARAMETER_STATE && is_tuple(args, 4, 4)) ||
+                    (n->kind == PK_NEWOBJ && role == PK_ROLE_PARAMETER && is_tuple(args, 1, 2));
+        if (!param) return 0;
+        si->path[si->depth++] = 1;
+        si->path[si->depth++] = 0;
+        n = args->items[0];
+    }
+    return 0;
+}
+
+/* The dtype a modeled rebuild call gives its tensor; WIDEN_DTYPE_COUNT when widen cannot name it
+ * (the tensor then is not modeled). -1 when the arguments are malformed (torch fails to load them). */
+static int rebuild_dtype(const torch_state *ts, const site_info *si)
+{
+    const pk_node *a = si->args;
+    if (a->count < (si->v3 ? 7u : 6u) || a->count > (si->v3 ? 8u : 7u)) return -1;
+    if (a->items[0]->kind != PK_PERSID || a->items[1]->kind != PK_INT || a->items[1]->i < 0 ||
+        a->items[2]->kind != PK_TUPLE || a->items[3]->kind != PK_TUPLE)
+        return -1;
+    /* a lazily negated or conjugated view (metadata {'neg': True} ...): its bytes are not its values */
+    const pk_node *meta = a->count == (si->v3 ? 8u : 7u) ? a->items[a->count - 1] : NULL;
+    if (meta && meta->kind != PK_NONE && !(meta->kind == PK_DICT && meta->count == 0)) return WIDEN_DTYPE_COUNT;
+    if (!si->v3) return (int)ts->storages[a->items[0]->i].dtype;
+    const pk_global_info *g = pk_global_of(a->items[6]);
+    if (!g || g->role != PK_ROLE_DTYPE) return -1;
+    return g->dtype >= 0 ? g->dtype : WIDEN_DTYPE_COUNT;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The walk                                                                                         */
+
+enum { SEEN_NAMED = 1, SEEN_OPAQUE = 2 };
 
 typedef struct walker {
     widen_checkpoint *ckpt;
     torch_state *ts;
     widen_error *err;
-    size_t cap, other_cap;
+    char *name; /* the current dotted path */
+    size_t len, cap;
+    widen_table paths; /* every path, tensor or not: two equal ones are refused */
+    uint64_t path_bytes;
+    size_t tensor_cap;
+    pk_node **stack; /* the opaque walk's */
+    size_t stack_cap;
 } walker;
 
-/* The storage a persistent id names, added to the table on first sight. */
-static widen_status storage_of(walker *w, const pk_node *persid, widen_dtype v3_dtype, size_t *index)
+/* Everything below n, as torch would load it, but nothing widen names: its storages are pinned. */
+static widen_status walk_opaque(walker *w, pk_node *n)
 {
     widen_error *err = w->err;
-    torch_state *ts = w->ts;
-    const char *path = w->ckpt->path;
-    if (!persid || persid->kind != PK_PERSID) return BAD("%s: a tensor's storage is not a persistent id", path);
-    const pk_node *t = persid->items[0];
-    if (t->count != 5 || t->items[1]->kind != PK_GLOBAL || t->items[2]->kind != PK_STR || t->items[4]->kind != PK_INT ||
-        t->items[4]->i < 0)
-        return BAD("%s: storage persistent id is not ('storage', type, key, location, numel)", path);
-    const char *key = t->items[2]->s;
-    for (size_t i = 0; i < ts->storage_count; i++)
-        if (strcmp(ts->storages[i].key, key) == 0) {
-            *index = i;
-            return WIDEN_OK;
+    if (n->mark & SEEN_OPAQUE) return WIDEN_OK;
+    size_t sp = 0;
+    n->mark |= SEEN_OPAQUE;
+    for (pk_node *cur = n;;) {
+        if (cur->kind == PK_PERSID) w->ts->storages[cur->i].pinned = 1;
+        size_t children = cur->count + (cur->state != NULL);
+        if (sp + children > w->stack_cap) {
+            size_t cap = w->stack_cap ? 2 * w->stack_cap : 256;
+            while (cap < sp + children) cap *= 2;
+            pk_node **grown = realloc(w->stack, cap * sizeof *grown);
+            if (!grown) return NOMEM();
+            w->stack = grown;
+            w->stack_cap = cap;
         }
-    widen_dtype dtype = WIDEN_DTYPE_COUNT;
-    const char *type = t->items[1]->name;
-    uint64_t numel = (uint64_t)t->items[4]->i;
-    if (strcmp(type, "UntypedStorage") == 0) {
-        if (v3_dtype == WIDEN_DTYPE_COUNT) return BAD("%s: storage '%s' is untyped and its tensor names no dtype", path, key);
-        dtype = v3_dtype;
-        numel /= widen_dtype_bits(dtype) / 8; /* untyped storages count bytes */
-    } else {
-        for (size_t i = 0; i < sizeof storage_types / sizeof storage_types[0]; i++)
-            if (strcmp(type, storage_types[i].storage) == 0) dtype = storage_types[i].dtype;
-        if (dtype == WIDEN_DTYPE_COUNT) return BAD("%s: storage '%s' has type torch.%s, which widen does not read", path, key, type);
+        for (uint32_t i = 0; i < cur->count; i++)
+            if (!(cur->items[i]->mark & SEEN_OPAQUE)) {
+                cur->items[i]->mark |= SEEN_OPAQUE;
+                w->stack[sp++] = cur->items[i];
+            }
+        if (cur->state && !(cur->state->mark & SEEN_OPAQUE)) {
+            cur->state->mark |= SEEN_OPAQUE;
+            w->stack[sp++] = cur->state;
+        }
+        if (!sp) return WIDEN_OK;
+        cur = w->stack[--sp];
     }
-    char name[512];
-    snprintf(name, sizeof name, "%sdata/%s", ts->prefix, key);
-    const widen_zip_entry *e = widen_zip_find(&ts->zip, name);
-    if (!e) return BAD("%s: storage '%s' has no record %s", path, key, name);
-    uint64_t bytes;
-    if (__builtin_mul_overflow(numel, (uint64_t)widen_dtype_bits(dtype) / 8, &bytes) || bytes > e->size)
-        return BAD("%s: storage '%s' declares %llu elements but its record holds %llu bytes", path, key,
-                   (unsigned long long)numel, (unsigned long long)e->size);
-    torch_storage *grown = realloc(ts->storages, (ts->storage_count + 1) * sizeof *grown);
-    if (!grown) return widen_fail(err, WIDEN_EIO, "out of memory");
-    ts->storages = grown;
-    torch_storage *s = &ts->storages[ts->storage_count];
-    if (!(s->key = strdup(key))) return widen_fail(err, WIDEN_EIO, "out of memory");
-    s->dtype = dtype;
-    s->numel = numel;
-    s->entry = e;
-    s->type = t->items[1];
-    *index = ts->storage_count++;
+}
+
+/* Appends ".text" (or "text" at the top) to the current path; returns the old length. */
+static widen_status push_name(walker *w, const char *text, size_t len, size_t *old)
+{
+    widen_error *err = w->err;
+    *old = w->len;
+    size_t need = w->len + 1 + len + 1;
+    if (need > w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 256;
+        while (cap < need) cap *= 2;
+        char *grown = realloc(w->name, cap);
+        if (!grown) return NOMEM();
+        w->name = grown;
+        w->cap = cap;
+    }
+    if (w->len) w->name[w->len++] = '.';
+    memcpy(w->name + w->len, text, len);
+    w->len += len;
+    w->name[w->len] = '\0';
     return WIDEN_OK;
 }
 
-/* The _rebuild_tensor_v2/v3 call a node stands for (through _rebuild_parameter), or NULL. */
-static pk_node *tensor_call(pk_node *n)
+/* Registers the current path; two equal paths (a key twice, or 'a.b' beside 'a': {'b': ...}, or
+ * 1 beside '1') are refused: torch would see two values where widen sees one name. */
+static widen_status claim_path(walker *w, const char **stored)
 {
-    if (!n || n->kind != PK_REDUCE) return NULL;
-    const pk_node *f = n->items[0], *args = n->items[1];
-    if (pk_is_global(f, "torch._utils", "_rebuild_parameter") || pk_is_global(f, "torch._utils", "_rebuild_parameter_with_state"))
-        return args->count ? tensor_call(args->items[0]) : NULL;
-    if (pk_is_global(f, "torch._utils", "_rebuild_tensor_v2") || pk_is_global(f, "torch._utils", "_rebuild_tensor_v3"))
-        return n;
-    return NULL;
+    widen_error *err = w->err;
+    w->path_bytes += w->len + 1;
+    if (w->path_bytes > TORCH_MAX_NAME_BYTES)
+        return BAD("%s: the names of this pickle's values exceed %llu MiB together", w->ckpt->path,
+                   (unsigned long long)(TORCH_MAX_NAME_BYTES >> 20));
+    char *copy = pk_arena_strdup(w->ts->arena, w->name, w->len);
+    if (!copy) return NOMEM();
+    int r = widen_table_put(&w->paths, copy, w->len, 0, NULL);
+    if (r < 0) return NOMEM();
+    if (r == 0)
+        return BAD("%s: two values are both named '%s' (a repeated key, or keys that read the same once dotted); "
+                   "widen cannot tell them apart", w->ckpt->path, w->name);
+    *stored = copy;
+    return WIDEN_OK;
 }
 
-static widen_status add_tensor(walker *w, const char *name, pk_node *call, pk_node *holder, pk_node **slot)
+/* A dict key as a name: str as it is, int (and bool, and integral float, which Python's dicts take
+ * for the same key) in decimal. 1: named; 0: a key widen does not name (its value passes through
+ * unnamed); or an error for keys Python could merge with a named one in ways widen cannot follow. */
+static int key_text(walker *w, const pk_node *k, char *buf, size_t size, const char **text, size_t *len,
+                    widen_status *st)
+{
+    widen_error *err = w->err;
+    switch ((pk_kind)k->kind) {
+    case PK_STR: {
+        const unsigned char *s = (const unsigned char *)k->s;
+        for (size_t i = 0; i < k->len; i++) /* strict UTF-8: no NUL, no lone surrogate (ED A0..BF) */
+            if (!s[i] || (s[i] == 0xed && i + 1 < k->len && s[i + 1] >= 0xa0)) {
+                *st = BAD("%s: a dict key holds a NUL byte or a lone surrogate: widen cannot name its value", w->ckpt->path);
+                return -1;
+            }
+        *text = k->s;
+        *len = k->len;
+        return 1;
+    }
+    case PK_INT: case PK_BOOL:
+        *len = (size_t)snprintf(buf, size, "%lld", (long long)k->i);
+        *text = buf;
+        return 1;
+    case PK_FLOAT: {
+        double d;
+        memcpy(&d, &k->bits, sizeof d);
+        if (isnan(d)) {
+            *st = BAD("%s: a dict key is NaN, which no lookup finds", w->ckpt->path);
+            return -1;
+        }
+        if (d == floor(d) && fabs(d) < 9.2e18) *len = (size_t)snprintf(buf, size, "%lld", (long long)d);
+        else if (isinf(d)) *len = (size_t)snprintf(buf, size, "%s", d > 0 ? "inf" : "-inf");
+        else if (d == floor(d)) {
+            *st = BAD("%s: a dict key is a float too large for widen to name", w->ckpt->path);
+            return -1;
+        } else *len = (size_t)snprintf(buf, size, "%.17g", d);
+        *text = buf;
+        return 1;
+    }
+    case PK_BIGINT:
+        *st = BAD("%s: a dict key is an integer beyond 64 bits, which widen does not name", w->ckpt->path);
+        return -1;
+    case PK_REDUCE: {
+        const pk_global_info *g = pk_global_of(k->items[0]);
+        if (g && strcmp(g->name, "complex") == 0) { /* complex(1, 0) == 1: Python merges it with the key 1 */
+            *st = BAD("%s: a dict key is a complex number, which widen does not name", w->ckpt->path);
+            return -1;
+        }
+        return 0;
+    }
+    default: return 0; /* None, tuples, bytes, globals ...: never equal to a str or an int */
+    }
+}
+
+static widen_status note_other(walker *w, const char *path)
+{
+    torch_state *ts = w->ts;
+    if (ts->other_count < sizeof ts->other_paths / sizeof ts->other_paths[0]) ts->other_paths[ts->other_count] = (char *)path;
+    ts->other_count++;
+    return WIDEN_OK;
+}
+
+static widen_status add_tensor(walker *w, const char *name, pk_node *site, const site_info *si, pk_node *holder,
+                               uint32_t slot);
+
+static int dict_like(const pk_node *n)
+{
+    pk_role r = pk_role_of(n);
+    return n->kind == PK_DICT ||
+           ((n->kind == PK_REDUCE || n->kind == PK_NEWOBJ) && (r == PK_ROLE_ORDERED_DICT || r == PK_ROLE_COUNTER));
+}
+
+static widen_status walk_named(walker *w, pk_node *n, pk_node *holder, uint32_t slot, const char *path);
+
+/* The child at items[slot] of n, under the name n's path + text. */
+static widen_status walk_child(walker *w, pk_node *n, uint32_t slot, const char *text, size_t len)
+{
+    size_t old;
+    const char *stored;
+    widen_status st = push_name(w, text, len, &old);
+    if (!st) st = claim_path(w, &stored);
+    if (!st) st = walk_named(w, n->items[slot], n, slot, stored);
+    w->len = old;
+    if (w->name) w->name[old] = '\0';
+    return st;
+}
+
+static widen_status walk_named(walker *w, pk_node *n, pk_node *holder, uint32_t slot, const char *path)
+{
+    site_info si = {0};
+    if (resolve_site(n, &si)) return add_tensor(w, path, n, &si, holder, slot);
+    widen_status st = WIDEN_OK;
+    char buf[48];
+    if (dict_like(n) || n->kind == PK_LIST || n->kind == PK_TUPLE) {
+        if (n->mark & SEEN_NAMED) return WIDEN_OK; /* reached again through the memo: named once, by its first path */
+        n->mark |= SEEN_NAMED;
+        if (dict_like(n)) {
+            uint32_t first = n->kind == PK_DICT ? 0 : 2;
+            for (uint32_t i = first; i + 1 < n->count && !st; i += 2) {
+                const char *text;
+                size_t len;
+                int r = key_text(w, n->items[i], buf, sizeof buf, &text, &len, &st);
+                if (r < 0) break;
+                if (!(st = walk_opaque(w, n->items[i])))
+                    st = r ? walk_child(w, n, i + 1, text, len) : walk_opaque(w, n->items[i + 1]);
+            }
+            if (!st && n->state) st = walk_opaque(w, n->state);
+            return st;
+        }
+        for (uint32_t i = 0; i < n->count && !st; i++) {
+            size_t len = (size_t)snprintf(buf, sizeof buf, "%u", i);
+            st = walk_child(w, n, i, buf, len);
+        }
+        return st;
+    }
+    if ((st = note_other(w, *path ? path : "(the top-level object)"))) return st;
+    return walk_opaque(w, n);
+}
+
+static widen_status add_tensor(walker *w, const char *name, pk_node *site, const site_info *si, pk_node *holder,
+                               uint32_t slot)
 {
     widen_error *err = w->err;
     widen_checkpoint *c = w->ckpt;
     torch_state *ts = w->ts;
-    const pk_node *args = call->items[1];
-    int v3 = pk_is_global(call->items[0], "torch._utils", "_rebuild_tensor_v3");
-    if (args->count < (v3 ? 7u : 6u) || args->items[1]->kind != PK_INT || args->items[2]->kind != PK_TUPLE ||
-        args->items[3]->kind != PK_TUPLE || args->items[1]->i < 0)
-        return BAD("%s: tensor '%s': malformed rebuild arguments", c->path, name);
-    widen_dtype v3_dtype = WIDEN_DTYPE_COUNT;
-    if (v3) {
-        const pk_node *d = args->items[6];
-        for (size_t i = 0; d->kind == PK_GLOBAL && i < sizeof torch_dtypes / sizeof torch_dtypes[0]; i++)
-            if (strcmp(d->s, "torch") == 0 && strcmp(d->name, torch_dtypes[i].name) == 0) v3_dtype = torch_dtypes[i].dtype;
-        if (v3_dtype == WIDEN_DTYPE_COUNT) return BAD("%s: tensor '%s' has a dtype widen does not read", c->path, name);
+    /* what the site holds besides the way down (hooks, requires_grad, state, type) is walked as an
+     * opaque value; the rebuild arguments but the storage too */
+    pk_node *n = site;
+    for (uint8_t d = 0; d < si->depth; d++) {
+        for (uint32_t i = 0; i < n->count; i++)
+            if (i != si->path[d]) {
+                widen_status st = walk_opaque(w, n->items[i]);
+                if (st) return st;
+            }
+        n = n->items[si->path[d]];
     }
-    size_t s = 0;
-    widen_status st = storage_of(w, args->items[0], v3_dtype, &s);
-    if (st) return st;
+    const pk_node *args = si->args;
+    int dtype = rebuild_dtype(ts, si);
+    if (dtype < 0) return BAD("%s: tensor '%s': malformed rebuild arguments", c->path, name);
+    for (uint32_t i = 1; i < args->count; i++) {
+        widen_status st = walk_opaque(w, args->items[i]);
+        if (st) return st;
+    }
+    torch_storage *sto = &ts->storages[args->items[0]->i];
+    if (dtype == WIDEN_DTYPE_COUNT) { /* a tensor widen does not read: its storage passes through */
+        widen_status st = note_other(w, name);
+        sto->pinned = 1;
+        return st;
+    }
     const pk_node *size = args->items[2], *stride = args->items[3];
     if (size->count > WIDEN_MAX_RANK || stride->count != size->count)
         return BAD("%s: tensor '%s': size and stride disagree or rank is over %d", c->path, name, WIDEN_MAX_RANK);
-    if (c->count == w->cap) {
-        size_t cap = w->cap ? 2 * w->cap : 64;
+    if (c->count == w->tensor_cap) {
+        size_t cap = w->tensor_cap ? 2 * w->tensor_cap : 64;
         widen_tensor_info *t = realloc(c->tensors, cap * sizeof *t);
         if (t) c->tensors = t;
         char **nm = realloc(c->names, cap * sizeof *nm);
         if (nm) c->names = nm;
         torch_tensor *tt = realloc(ts->tensors, cap * sizeof *tt);
         if (tt) ts->tensors = tt;
-        if (!t || !nm || !tt) return widen_fail(err, WIDEN_EIO, "out of memory");
-        w->cap = cap;
+        if (!t || !nm || !tt) return NOMEM();
+        w->tensor_cap = cap;
     }
     widen_tensor_info *t = &c->tensors[c->count];
     torch_tensor *tt = &ts->tensors[c->count];
     memset(t, 0, sizeof *t);
-    const torch_storage *sto = &ts->storages[s];
-    unsigned esize = widen_dtype_bits(sto->dtype) / 8;
-    t->dtype = sto->dtype;
+    memset(tt, 0, sizeof *tt);
+    unsigned esize = widen_dtype_bits((widen_dtype)dtype) / 8;
+    t->dtype = (widen_dtype)dtype;
     t->rank = (int)size->count;
     uint64_t numel = 1, expect = 1, extent = 0;
     tt->contiguous = 1;
@@ -165,75 +438,35 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *call, pk_no
         uint64_t reach;
         if (t->shape[d] && (__builtin_mul_overflow(t->shape[d] - 1, (uint64_t)sd->i, &reach) ||
                             __builtin_add_overflow(extent, reach, &extent)))
-            return BAD("%s: tensor '%s' reaches past the end of its storage '%s'", c->path, name, sto->key);
+            return BAD("%s: tensor '%s' reaches past the end of its storage '%.*s'", c->path, name, SHOWN(sto->key_len), sto->key);
     }
-    uint64_t bytes;
+    uint64_t bytes, storage_elements = sto->numel * sto->esize / esize;
     if (__builtin_mul_overflow(numel, (uint64_t)esize, &bytes))
         return BAD("%s: tensor '%s': byte count overflows", c->path, name);
     if (numel == 0) tt->contiguous = 1; /* no bytes: whatever its strides say */
-    tt->node = call;
+    tt->site = site;
     tt->holder = holder;
     tt->slot = slot;
-    tt->storage = s;
+    memcpy(tt->path, si->path, sizeof tt->path);
+    tt->depth = si->depth;
+    tt->v3 = si->v3;
+    tt->args = si->args;
+    tt->storage = (size_t)args->items[0]->i;
     tt->storage_offset = (uint64_t)args->items[1]->i;
-    if (numel && (tt->storage_offset > sto->numel || extent >= sto->numel - tt->storage_offset))
-        return BAD("%s: tensor '%s' reaches past the end of its storage '%s'", c->path, name, sto->key);
+    if (numel && (tt->storage_offset > storage_elements || extent >= storage_elements - tt->storage_offset))
+        return BAD("%s: tensor '%s' reaches past the end of its storage '%.*s'", c->path, name, SHOWN(sto->key_len), sto->key);
+    if (!numel && tt->storage_offset > storage_elements)
+        return BAD("%s: tensor '%s' starts past the end of its storage '%.*s'", c->path, name, SHOWN(sto->key_len), sto->key);
+    if (si->v3) sto->v3_viewed = 1;
     t->offset = sto->entry->data_offset + tt->storage_offset * esize;
-    t->nbytes = tt->contiguous ? numel * esize : 0;
-    if (!(c->names[c->count] = strdup(name))) return widen_fail(err, WIDEN_EIO, "out of memory");
+    t->nbytes = tt->contiguous ? bytes : 0;
+    if (!(c->names[c->count] = strdup(name))) return NOMEM();
     t->name = c->names[c->count++];
+    if (__builtin_add_overflow(c->logical_bytes, bytes, &c->logical_bytes)) c->logical_bytes = UINT64_MAX;
     return WIDEN_OK;
 }
 
-static widen_status note_other(walker *w, const char *path)
-{
-    torch_state *ts = w->ts;
-    if (ts->other_count == w->other_cap) {
-        size_t cap = w->other_cap ? 2 * w->other_cap : 16;
-        char **grown = realloc(ts->other_paths, cap * sizeof *grown);
-        if (!grown) return widen_fail(w->err, WIDEN_EIO, "out of memory");
-        ts->other_paths = grown;
-        w->other_cap = cap;
-    }
-    if (!(ts->other_paths[ts->other_count] = strdup(path))) return widen_fail(w->err, WIDEN_EIO, "out of memory");
-    ts->other_count++;
-    return WIDEN_OK;
-}
-
-static int is_dict_like(const pk_node *n)
-{
-    if (n->kind == PK_DICT) return 1;
-    return n->kind == PK_REDUCE && (pk_is_global(n->items[0], "collections", "OrderedDict") ||
-                                    pk_is_global(n->items[0], "collections", "Counter"));
-}
-
-static widen_status walk(walker *w, pk_node *holder, pk_node **slot, const char *path)
-{
-    pk_node *n = *slot, *call = tensor_call(n);
-    if (call) return add_tensor(w, path, call, holder, slot);
-    char child[1024];
-    widen_status st = WIDEN_OK;
-    if (is_dict_like(n)) {
-        for (size_t i = 0; i + 1 < n->kv_count && !st; i += 2) {
-            const pk_node *k = n->kv[i];
-            char key[64];
-            const char *text = k->kind == PK_STR ? k->s : NULL;
-            if (k->kind == PK_INT) snprintf(key, sizeof key, "%lld", (long long)k->i), text = key;
-            if (!text) continue; /* a key widen cannot name: the value passes through untouched */
-            snprintf(child, sizeof child, "%s%s%s", path, *path ? "." : "", text);
-            st = walk(w, n, &n->kv[i + 1], child);
-        }
-        return st;
-    }
-    if (n->kind == PK_LIST || n->kind == PK_TUPLE) {
-        for (size_t i = 0; i < n->count && !st; i++) {
-            snprintf(child, sizeof child, "%s%s%zu", path, *path ? "." : "", i);
-            st = walk(w, n, &n->items[i], child);
-        }
-        return st;
-    }
-    return note_other(w, *path ? path : "(the top-level object)");
-}
+/* ---------------------------------------------------------------------------------------------- */
 
 void widen_torch_free(void *state)
 {
@@ -241,11 +474,9 @@ void widen_torch_free(void *state)
     if (!ts) return;
     widen_zip_free(&ts->zip);
     pk_arena_free(ts->arena);
-    for (size_t i = 0; i < ts->storage_count; i++) free(ts->storages[i].key);
     free(ts->storages);
+    widen_table_free(&ts->storage_keys);
     free(ts->tensors);
-    for (size_t i = 0; i < ts->other_count; i++) free(ts->other_paths[i]);
-    free(ts->other_paths);
     free(ts->prefix);
     free(ts);
 }
@@ -255,50 +486,133 @@ static void forget_pages(void *user, uint64_t offset, uint64_t len)
     widen_release(user, offset, len);
 }
 
+static const widen_zip_entry *record(const torch_state *ts, const char *name)
+{
+    char full[128];
+    int n = snprintf(full, sizeof full, "%s%s", ts->prefix, name);
+    return n > 0 && (size_t)n < sizeof full ? widen_zip_find(&ts->zip, full, (size_t)n) : NULL;
+}
+
+/* What torch's reader checks of the archive before the pickle: one top folder for every entry
+ * (from the first entry of the central directory), a version record it can read, a byteorder it
+ * knows. TorchScript archives and NumPy .npz files are named. */
+static widen_status check_archive(widen_checkpoint *c, torch_state *ts, widen_error *err)
+{
+    if (ts->zip.count == 0) return BAD("%s: an empty zip archive, not a PyTorch checkpoint", c->path);
+    const char *first = ts->zip.entries[0].name, *slash = strchr(first, '/');
+    int npy = 0;
+    for (size_t i = 0; i < ts->zip.count; i++) {
+        size_t len = strlen(ts->zip.entries[i].name);
+        npy += len > 4 && strcmp(ts->zip.entries[i].name + len - 4, ".npy") == 0;
+    }
+    if (!slash) {
+        if (npy) return BAD("%s: a NumPy .npz archive, which widen does not read yet", c->path);
+        return BAD("%s: zip archive whose first entry '%s' is not in a folder: not a PyTorch checkpoint", c->path, first);
+    }
+    size_t plen = (size_t)(slash - first + 1);
+    if (!(ts->prefix = strndup(first, plen))) return NOMEM();
+    for (size_t i = 0; i < ts->zip.count; i++) {
+        const char *name = ts->zip.entries[i].name;
+        if (strncmp(name, ts->prefix, plen) != 0)
+            return BAD("%s: zip entry '%s' is not in the archive's folder '%s' (torch.load refuses such archives)", c->path,
+                       name, ts->prefix);
+        if (strcmp(name + plen, "constants.pkl") == 0)
+            return BAD("%s: a TorchScript archive (torch.jit.save), which widen does not read: load it with torch.jit.load "
+                       "and torch.save its state_dict()", c->path);
+    }
+    const widen_zip_entry *pkl = record(ts, "data.pkl");
+    if (!pkl) {
+        if (npy) return BAD("%s: a NumPy .npz archive, which widen does not read yet", c->path);
+        return BAD("%s: zip archive without %sdata.pkl: not a PyTorch checkpoint", c->path, ts->prefix);
+    }
+    for (size_t i = 0; i < ts->zip.count; i++)
+        if (ts->zip.entries[i].method != 0)
+            return BAD("%s: zip entry '%s' is compressed (method %u); torch.save stores every record", c->path,
+                       ts->zip.entries[i].name, ts->zip.entries[i].method);
+    const widen_zip_entry *version = record(ts, ".data/version");
+    if (!version) version = record(ts, "version");
+    if (!version) return BAD("%s: the archive has no version record, which torch.load requires", c->path);
+    /* read as std::stoull reads it: leading white space, then digits */
+    const unsigned char *v = c->map + version->data_offset, *end = v + version->size;
+    while (v < end && (*v == ' ' || (*v >= '\t' && *v <= '\r'))) v++;
+    unsigned long long number = 0;
+    int digits = 0;
+    while (v < end && *v >= '0' && *v <= '9' && number < 1000) number = number * 10 + (unsigned)(*v++ - '0'), digits++;
+    if (!digits || number < 1 || number > 10)
+        return BAD("%s: the archive's version record is not a version torch reads (1 to 10)", c->path);
+    const widen_zip_entry *order = record(ts, "byteorder");
+    if (order && order->size == 3 && memcmp(c->map + order->data_offset, "big", 3) == 0)
+        return BAD("%s: a big-endian PyTorch checkpoint (byteorder record), which widen does not read yet", c->path);
+    if (order && !(order->size == 6 && memcmp(c->map + order->data_offset, "little", 6) == 0))
+        return BAD("%s: the byteorder record is neither 'little' nor 'big'", c->path);
+    /* torch does not check CRCs; widen checks the pickle's where it is given, to name a damaged file */
+    if (pkl->crc && libdeflate_crc32(0, c->map + pkl->data_offset, (size_t)pkl->size) != pkl->crc)
+        return BAD("%s: %sdata.pkl fails its CRC-32 check (a damaged file)", c->path, ts->prefix);
+    return WIDEN_OK;
+}
+
 widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
 {
     torch_state *ts = calloc(1, sizeof *ts);
-    if (!ts) return widen_fail(err, WIDEN_EIO, "out of memory");
+    if (!ts) return NOMEM();
     c->format_state = ts;
     c->format_free = widen_torch_free;
     widen_status st = widen_zip_read(c->map, c->size, c->path, &ts->zip, forget_pages, c, err);
-    if (st) return st;
-    if (ts->zip.count == 0) return BAD("%s: an empty zip archive, not a PyTorch checkpoint", c->path);
-    const char *first = ts->zip.entries[0].name, *slash = strchr(first, '/');
-    if (!slash) return BAD("%s: zip archive without a top folder, not a PyTorch checkpoint", c->path);
-    if (!(ts->prefix = strndup(first, (size_t)(slash - first + 1)))) return widen_fail(err, WIDEN_EIO, "out of memory");
-    char name[512];
-    snprintf(name, sizeof name, "%sdata.pkl", ts->prefix);
-    const widen_zip_entry *pkl = widen_zip_find(&ts->zip, name);
-    if (!pkl) {
-        snprintf(name, sizeof name, "%s.npy", ts->prefix);
-        return BAD("%s: zip archive without %sdata.pkl: not a PyTorch checkpoint (a .npz, which widen does not read "
-                   "yet?)", c->path, ts->prefix);
-    }
-    snprintf(name, sizeof name, "%sbyteorder", ts->prefix);
-    const widen_zip_entry *order = widen_zip_find(&ts->zip, name);
-    if (order && !(order->size == 6 && memcmp(c->map + order->data_offset, "little", 6) == 0))
-        return BAD("%s: a big-endian PyTorch checkpoint (byteorder record), which widen does not read yet", c->path);
-    /* CRCs are optional (writers may leave them zero); the pickle's is checked where present */
-    if (pkl->crc && libdeflate_crc32(0, c->map + pkl->data_offset, (size_t)pkl->size) != pkl->crc)
-        return BAD("%s: %sdata.pkl fails its CRC-32 check (a damaged file)", c->path, ts->prefix);
+    if (st || (st = check_archive(c, ts, err))) return st;
+    const widen_zip_entry *pkl = record(ts, "data.pkl");
     char what[600];
     snprintf(what, sizeof what, "%s: %sdata.pkl", c->path, ts->prefix);
     if ((st = pk_load(c->map + pkl->data_offset, (size_t)pkl->size, what, &ts->arena, &ts->root, err))) return st;
+    if ((st = pk_check_graph(ts->arena, ts->root, TORCH_MAX_DEPTH, what, err))) return st;
+    if ((st = register_storages(c, ts, err))) return st;
     walker w = {.ckpt = c, .ts = ts, .err = err};
-    return walk(&w, NULL, &ts->root, "");
+    if (resolve_site(ts->root, &(site_info){0})) { /* torch.save(tensor): one tensor, named "tensor" */
+        size_t old;
+        const char *stored;
+        if (!(st = push_name(&w, "tensor", 6, &old)) && !(st = claim_path(&w, &stored)))
+            st = walk_named(&w, ts->root, NULL, 0, stored);
+    } else {
+        st = walk_named(&w, ts->root, NULL, 0, "");
+    }
+    free(w.name);
+    free(w.stack);
+    widen_table_free(&w.paths);
+    pk_clear_marks(ts->arena);
+    if (st) return st;
+    /* the records torch reads: the pickle, the storages, the small ones; a rewrite drops the others */
+    unsigned char *read = calloc(ts->zip.count + 1, 1);
+    if (!read) return NOMEM();
+    const char *known[] = {"data.pkl", ".format_version", ".storage_alignment", "byteorder", "version", ".data/version",
+                           ".data/serialization_id"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        const widen_zip_entry *e = record(ts, known[i]);
+        if (e) read[e - ts->zip.entries] = 1;
+    }
+    for (size_t i = 0; i < ts->storage_count; i++) read[ts->storages[i].entry - ts->zip.entries] = 1;
+    for (size_t i = 0; i < ts->zip.count; i++) ts->unread_records += !read[i];
+    free(read);
+    return WIDEN_OK;
 }
 
 const char *widen_tensor_storage(const widen_checkpoint *c, size_t index)
 {
-    const torch_state *ts = strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
+    const torch_state *ts = c && strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
     return ts && index < c->count ? ts->storages[ts->tensors[index].storage].key : NULL;
 }
 
 int widen_tensor_strided(const widen_checkpoint *c, size_t index)
 {
+    const torch_state *ts = c && strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
+    return ts && index < c->count && !ts->tensors[index].contiguous;
+}
+
+int widen_tensor_castable(const widen_checkpoint *c, size_t index)
+{
     const torch_state *ts = strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
-    return ts && !ts->tensors[index].contiguous;
+    if (!ts || !ts->tensors) return 1;
+    const torch_tensor *tt = &ts->tensors[index];
+    const torch_storage *s = &ts->storages[tt->storage];
+    return !tt->v3 && !s->pinned && !s->v3_viewed;
 }
 
 uint64_t widen_tensor_elements(const widen_checkpoint *c, size_t index)
@@ -323,14 +637,8 @@ uint64_t widen_tensor_span(const widen_checkpoint *c, size_t index)
 
 widen_status widen_tensor_check_strided(const widen_checkpoint *c, size_t index, widen_error *err)
 {
-    const widen_tensor_info *t = &c->tensors[index];
-    uint64_t numel = widen_tensor_elements(c, index);
-    /* Zero strides let a few bytes stand for any number of elements; a file crafted that way would
-     * keep a gather busy for ever, so views larger than 256 times the file are refused. */
-    if (numel > c->size / (widen_dtype_bits(t->dtype) / 8) * 256)
-        return widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s' views %llu elements through its strides, over 256 times "
-                          "the file's size; widen does not read it", c->path, t->name, (unsigned long long)numel);
-    return WIDEN_OK;
+    (void)index;
+    return widen_checkpoint_check_work(c, err);
 }
 
 void widen_tensor_gather(const widen_checkpoint *c, size_t index, uint64_t first, uint64_t count, void *out)
@@ -373,7 +681,7 @@ widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, 
     if (!buffer || !state) {
         free(buffer);
         free(state);
-        return widen_fail(err, WIDEN_EIO, "out of memory");
+        return NOMEM();
     }
     k->hash_reset(state);
     uint64_t numel = widen_tensor_elements(c, index), per = BUFFER / esize;
@@ -392,24 +700,22 @@ void widen_torch_conversion_notes(const widen_checkpoint *c, void (*warning)(voi
                                   void *user)
 {
     const torch_state *ts = strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
-    if (!ts || !warning) return;
+    if (!ts || !ts->tensors || !warning) return;
     char line[1024];
     if (ts->other_count) {
-        size_t used = (size_t)snprintf(line, sizeof line, "%s: safetensors holds only tensors: dropping %zu other value%s (",
-                                       c->path, ts->other_count, ts->other_count == 1 ? "" : "s");
-        for (size_t i = 0; i < ts->other_count && used < sizeof line - 64; i++)
+        size_t used = (size_t)snprintf(line, sizeof line, "%s: safetensors holds only tensors widen reads: dropping %zu "
+                                       "other value%s (", c->path, ts->other_count, ts->other_count == 1 ? "" : "s");
+        size_t shown = ts->other_count < 8 ? ts->other_count : 8;
+        for (size_t i = 0; i < shown && used < sizeof line - 80; i++)
             used += (size_t)snprintf(line + used, sizeof line - used, "%s%s", i ? ", " : "", ts->other_paths[i]);
-        snprintf(line + (used < sizeof line - 8 ? used : sizeof line - 8), 8, "%s)",
-                 used >= sizeof line - 64 ? ", ..." : "");
+        if (used < sizeof line - 8) snprintf(line + used, sizeof line - used, "%s)", ts->other_count > shown ? ", ..." : "");
         warning(user, line);
     }
-    size_t shared = 0;
-    for (size_t i = 0; i < c->count; i++)
-        for (size_t k = 0; k < c->count; k++)
-            if (k != i && ts->tensors[k].storage == ts->tensors[i].storage) {
-                shared++;
-                break;
-            }
+    size_t *users = calloc(ts->storage_count + 1, sizeof *users), shared = 0;
+    if (!users) return;
+    for (size_t i = 0; i < c->count; i++) users[ts->tensors[i].storage]++;
+    for (size_t i = 0; i < c->count; i++) shared += users[ts->tensors[i].storage] > 1;
+    free(users);
     if (shared) {
         snprintf(line, sizeof line, "%s: %zu tensors share storages (views or tied weights); safetensors cannot alias, so "
                  "each is written as its own copy", c->path, shared);
@@ -417,16 +723,47 @@ void widen_torch_conversion_notes(const widen_checkpoint *c, void (*warning)(voi
     }
 }
 
+void widen_torch_notes(const widen_checkpoint *c, const widen_transform *tr, void (*warning)(void *user, const char *message),
+                       void *user)
+{
+    const torch_state *ts = strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
+    if (!ts || !ts->tensors || !warning) return;
+    char line[600];
+    if (ts->unread_records) {
+        snprintf(line, sizeof line, "%s: dropping %zu archive entr%s that torch.load does not read", c->path,
+                 ts->unread_records, ts->unread_records == 1 ? "y" : "ies");
+        warning(user, line);
+    }
+    size_t kept = 0;
+    for (size_t i = 0; tr->cast && i < ts->storage_count; i++) {
+        const torch_storage *s = &ts->storages[i];
+        kept += widen_dtype_is_computable(s->dtype) && s->dtype != tr->cast_to && (s->pinned || s->v3_viewed);
+    }
+    if (kept) {
+        snprintf(line, sizeof line, "%s: --cast leaves %zu storage%s as %s: values widen does not model (sparse, "
+                 "quantized, _rebuild_tensor_v3 ...) use them", c->path, kept, kept == 1 ? "" : "s",
+                 kept == 1 ? "it is" : "they are");
+        warning(user, line);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------- */
-/* A safetensors checkpoint seen as a torch one: the object tree torch.save(state_dict) would pickle
- * (an OrderedDict of _rebuild_tensor_v2 calls, one storage per tensor), so that it can be written
- * as a .pt file. */
+/* A safetensors checkpoint seen as a torch one: the object graph torch.save(state_dict) would pickle
+ * (an OrderedDict of rebuild calls, one storage per tensor: _rebuild_tensor_v2 over a typed storage,
+ * or, for the dtypes torch >= 2.1 writes so, _rebuild_tensor_v3 over an UntypedStorage), so that it
+ * can be written as a .pt file. Dtypes torch has no type for are refused (exit 3).                */
 
 widen_status widen_torch_synthesize(widen_checkpoint *c, widen_error *err)
 {
     if (c->format_state) return WIDEN_OK;
+    for (size_t i = 0; i < c->count; i++) {
+        widen_dtype d = c->tensors[i].dtype;
+        if (!widen_torch_storage_name(d) && !widen_torch_dtype_name(d))
+            return BAD("%s: tensor '%s' is %s, which a PyTorch checkpoint cannot hold", c->path, c->tensors[i].name,
+                       widen_dtype_name(d));
+    }
     torch_state *ts = calloc(1, sizeof *ts);
-    if (!ts) return widen_fail(err, WIDEN_EIO, "out of memory");
+    if (!ts) return NOMEM();
     c->format_state = ts;
     c->format_free = widen_torch_free;
     ts->prefix = strdup("archive/");
@@ -434,48 +771,53 @@ widen_status widen_torch_synthesize(widen_checkpoint *c, widen_error *err)
     ts->zip.entries = calloc(c->count + 1, sizeof *ts->zip.entries);
     ts->storages = calloc(c->count + 1, sizeof *ts->storages);
     ts->tensors = calloc(c->count + 1, sizeof *ts->tensors);
-    if (!ts->prefix || !ts->arena || !ts->zip.entries || !ts->storages || !ts->tensors)
-        return widen_fail(err, WIDEN_EIO, "out of memory");
+    if (!ts->prefix || !ts->arena || !ts->zip.entries || !ts->storages || !ts->tensors) return NOMEM();
     pk_arena *a = ts->arena;
-    pk_node *empty = pk_tuple(a, NULL, 0);
-    ts->root = pk_call(a, pk_global(a, "collections", "OrderedDict"), empty);
-    if (!ts->root) return widen_fail(err, WIDEN_EIO, "out of memory");
+    ts->root = pk_call(a, pk_global(a, "collections", "OrderedDict"), pk_tuple(a, NULL, 0));
+    pk_node *storage = pk_str(a, "storage", 7), *cpu = pk_str(a, "cpu", 3), *no = pk_bool(a, 0);
+    if (!ts->root || !storage || !cpu || !no) return NOMEM();
     for (size_t i = 0; i < c->count; i++) {
         const widen_tensor_info *t = &c->tensors[i];
-        const char *type = widen_torch_storage_name(t->dtype);
-        if (!type)
-            return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' is %s, which has no torch storage type widen writes",
-                              c->path, t->name, widen_dtype_name(t->dtype));
+        const char *typed = widen_torch_storage_name(t->dtype);
+        unsigned esize = widen_dtype_bits(t->dtype) / 8;
         char key[32];
-        snprintf(key, sizeof key, "%zu", i);
-        uint64_t numel = t->nbytes / (widen_dtype_bits(t->dtype) / 8), stride = 1;
+        int klen = snprintf(key, sizeof key, "%zu", i);
+        uint64_t numel = t->nbytes / esize, stride = 1;
         pk_node *sizes[WIDEN_MAX_RANK], *strides[WIDEN_MAX_RANK];
         for (int d = t->rank - 1; d >= 0; d--) {
             sizes[d] = pk_int(a, (int64_t)t->shape[d]);
             strides[d] = pk_int(a, (int64_t)stride);
             stride *= t->shape[d] ? t->shape[d] : 1;
         }
-        pk_node *pid_items[] = {pk_str(a, "storage"), pk_global(a, "torch", type), pk_str(a, key), pk_str(a, "cpu"),
-                                pk_int(a, (int64_t)numel)};
+        pk_node *type = typed ? pk_global(a, "torch", typed) : pk_global(a, "torch.storage", "UntypedStorage");
+        pk_node *pid_items[] = {storage, type, pk_str(a, key, (size_t)klen), cpu,
+                                pk_int(a, (int64_t)(typed ? numel : t->nbytes))};
         pk_node *pid = pk_new(a, PK_PERSID), *pid_tuple = pk_tuple(a, pid_items, 5);
-        if (!pid || !pid_tuple || pk_append(a, pid, pid_tuple)) return widen_fail(err, WIDEN_EIO, "out of memory");
+        if (!pid || !pid_tuple || pk_append(a, pid, pid_tuple)) return NOMEM();
+        pid->i = (int64_t)i;
         pk_node *hooks = pk_call(a, pk_global(a, "collections", "OrderedDict"), pk_tuple(a, NULL, 0));
-        pk_node *requires_grad = pk_new(a, PK_BOOL);
         pk_node *args_items[] = {pid, pk_int(a, 0), pk_tuple(a, sizes, (size_t)t->rank),
-                                 pk_tuple(a, strides, (size_t)t->rank), requires_grad, hooks};
-        pk_node *call = pk_call(a, pk_global(a, "torch._utils", "_rebuild_tensor_v2"), pk_tuple(a, args_items, 6));
-        pk_node *name = pk_str(a, t->name);
-        if (!call || !name || pk_kv_append(ts->root, name, call)) return widen_fail(err, WIDEN_EIO, "out of memory");
+                                 pk_tuple(a, strides, (size_t)t->rank), no, hooks,
+                                 typed ? NULL : pk_global(a, "torch", widen_torch_dtype_name(t->dtype))};
+        pk_node *args = pk_tuple(a, args_items, typed ? 6 : 7);
+        pk_node *call = pk_call(a, typed ? pk_global(a, "torch._utils", "_rebuild_tensor_v2")
+                                         : pk_global(a, "torch._utils", "_rebuild_tensor_v3"), args);
+        pk_node *name = pk_str(a, t->name, strlen(t->name));
+        if (!call || !name || pk_pair_append(a, ts->root, name, call)) return NOMEM();
         widen_zip_entry *e = &ts->zip.entries[ts->zip.count++];
         e->data_offset = t->offset;
         e->size = t->nbytes;
         torch_storage *s = &ts->storages[ts->storage_count++];
-        if (!(s->key = strdup(key))) return widen_fail(err, WIDEN_EIO, "out of memory");
-        s->dtype = t->dtype;
-        s->numel = numel;
+        s->key = pid_tuple->items[2]->s;
+        s->key_len = (size_t)klen;
+        s->type = type;
+        s->dtype = typed ? t->dtype : WIDEN_U8;
+        s->esize = typed ? esize : 1;
+        s->numel = typed ? numel : t->nbytes;
         s->entry = e;
-        ts->tensors[i] = (torch_tensor){.node = call, .holder = ts->root, .storage = i, .contiguous = 1};
+        s->v3_viewed = !typed;
+        ts->tensors[i] = (torch_tensor){.site = call, .holder = ts->root, .slot = (uint32_t)(2 + 2 * i + 1),
+                                        .path = {1}, .depth = 1, .v3 = !typed, .args = args, .storage = i, .contiguous = 1};
     }
-    for (size_t i = 0; i < c->count; i++) ts->tensors[i].slot = &ts->root->kv[2 * i + 1];
     return WIDEN_OK;
 }

@@ -2,21 +2,40 @@
 #ifndef WIDEN_TORCH_H
 #define WIDEN_TORCH_H
 
+#include "../internal.h"
 #include "pickle.h"
 #include "zip.h"
 
+/* Limits on what a pickle may describe, whatever the graph looks like. */
+enum {
+    TORCH_MAX_DEPTH = 1000,          /* nesting (the writer and the name walk recurse this deep) */
+    TORCH_MAX_WRAPPERS = 4,          /* Parameter / _rebuild_from_type_v2 layers around one tensor */
+};
+#define TORCH_MAX_NAME_BYTES (256ull << 20) /* all dotted paths of a file together */
+
+/* A storage record, as the persistent ids name it (torch's first reference of a key decides its
+ * type and size; widen refuses references that disagree). */
 typedef struct torch_storage {
-    char *key;
-    widen_dtype dtype;
-    uint64_t numel;   /* elements */
+    const char *key; /* points into the pickle */
+    size_t key_len;
     const widen_zip_entry *entry;
-    pk_node *type;    /* the storage class global */
+    const pk_node *type;  /* the storage class */
+    widen_dtype dtype;    /* the class's element type (UntypedStorage: U8); WIDEN_DTYPE_COUNT: none widen names */
+    unsigned esize;       /* bytes per element of the class */
+    uint64_t numel;       /* elements of the class */
+    uint8_t pinned;       /* reached by something but a named tensor: its bytes pass through as they are */
+    uint8_t v3_viewed;    /* a named _rebuild_tensor_v3 tensor views it (its dtype is an argument) */
 } torch_storage;
 
+/* A named tensor: where it sits in the graph, and what it views. */
 typedef struct torch_tensor {
-    pk_node *node;    /* the _rebuild_tensor_v2/v3 call */
-    pk_node *holder;  /* the dict, list or tuple whose slot holds it (NULL: the root) */
-    pk_node **slot;   /* that slot: the call, or a _rebuild_parameter wrapping it */
+    pk_node *site;   /* what the slot holds: the rebuild call, or a Parameter or _rebuild_from_type_v2 around it */
+    pk_node *holder; /* the container whose items[slot] is the site; NULL: the root */
+    uint32_t slot;
+    uint8_t path[2 * TORCH_MAX_WRAPPERS + 2]; /* item indices from the site down to the rebuild arguments */
+    uint8_t depth;
+    uint8_t v3;
+    pk_node *args; /* the rebuild arguments: (storage, offset, size, stride, ...) */
     size_t storage;
     uint64_t storage_offset; /* elements */
     int contiguous;
@@ -25,14 +44,24 @@ typedef struct torch_tensor {
 
 typedef struct torch_state {
     widen_zip zip;
-    char *prefix; /* top folder, with its slash */
+    char *prefix; /* the input's top folder, with its slash */
     pk_arena *arena;
     pk_node *root;
-    torch_storage *storages;
+    torch_storage *storages; /* every storage a persistent id names, in the order torch loads them */
     size_t storage_count;
+    widen_table storage_keys;
     torch_tensor *tensors; /* parallel to the checkpoint's tensors */
-    char **other_paths;    /* dotted paths of values that are not tensors */
-    size_t other_count;
+    size_t other_count;    /* named values that are not tensors widen reads */
+    char *other_paths[8];  /* the first of them (in the arena) */
+    size_t unread_records; /* archive entries no persistent id names (torch.load does not read them) */
 } torch_state;
+
+/* The storage class torch.save names for a dtype (FloatStorage ...), NULL where it writes
+ * UntypedStorage and _rebuild_tensor_v3. */
+const char *widen_torch_storage_name(widen_dtype dtype);
+/* The torch dtype global for a widen dtype (float8_e4m3fn ...), NULL if none. */
+const char *widen_torch_dtype_name(widen_dtype dtype);
+/* A safetensors checkpoint seen as a torch one: the object graph torch.save(state_dict) would pickle. */
+widen_status widen_torch_synthesize(widen_checkpoint *c, widen_error *err);
 
 #endif

@@ -38,6 +38,11 @@ static void zip64_extra(const unsigned char *extra, size_t len, uint64_t *usize,
     }
 }
 
+static char lower(char c)
+{
+    return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
 widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *path, widen_zip *zip,
                             void (*forget)(void *user, uint64_t offset, uint64_t len), void *forget_user, widen_error *err)
 {
@@ -60,7 +65,7 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
     if (count > cd_size / 46) return BAD("%s: zip: %llu entries cannot fit in the central directory", path, (unsigned long long)count);
     zip->entries = calloc(count + 1, sizeof *zip->entries);
     if (!zip->entries) return widen_fail(err, WIDEN_EIO, "out of memory");
-    uint64_t at = cd_offset, end = cd_offset + cd_size;
+    uint64_t at = cd_offset, end = cd_offset + cd_size, names = 0;
     widen_status st = WIDEN_OK;
     for (uint64_t i = 0; i < count && !st; i++) {
         if (at + 46 > end || rd32(m + at) != CENTRAL) {
@@ -74,22 +79,29 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
             st = BAD("%s: zip: central directory entry %llu runs past the directory", path, (unsigned long long)i);
             break;
         }
+        const char *name = (const char *)m + at + 46;
+        if (memchr(name, '\0', nlen)) {
+            st = BAD("%s: zip entry %llu has a NUL byte in its name (readers would cut the name there)", path,
+                     (unsigned long long)i);
+            break;
+        }
         zip64_extra(m + at + 46 + nlen, xlen, &usize, &csize, &local);
         widen_zip_entry *e = &zip->entries[zip->count];
-        e->name = strndup((const char *)m + at + 46, nlen);
-        if (!e->name) {
+        if (!(e->name = strndup(name, nlen))) {
             st = widen_fail(err, WIDEN_EIO, "out of memory");
             break;
         }
         zip->count++;
-        if (method != 0) st = BAD("%s: zip entry '%s' is compressed (method %u); torch.save stores entries", path, e->name, method);
-        else if (flags & 1) st = BAD("%s: zip entry '%s' is encrypted", path, e->name);
-        else if (csize != usize) st = BAD("%s: zip entry '%s': stored sizes disagree", path, e->name);
+        names += nlen;
+        e->method = method;
+        if (flags & 1) st = BAD("%s: zip entry '%s' is encrypted", path, e->name);
+        else if (method == 0 && csize != usize) st = BAD("%s: zip entry '%s': stored sizes disagree", path, e->name);
         else if (size < 30 || local > size - 30 || rd32(m + local) != LOCAL) st = BAD("%s: zip entry '%s': bad local header", path, e->name);
         if (st) break;
+        e->header_offset = local;
         e->data_offset = local + 30 + rd16(m + local + 26) + rd16(m + local + 28);
         if (forget) forget(forget_user, local, 30);
-        e->size = usize;
+        e->size = csize;
         e->crc = rd32(m + at + 16);
         if (e->data_offset > size || e->size > size - e->data_offset)
             st = BAD("%s: zip entry '%s' runs past the end of the file", path, e->name);
@@ -107,6 +119,19 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
             free(sorted);
         }
     }
+    if (!st && !(zip->lower = malloc(names + 1))) st = widen_fail(err, WIDEN_EIO, "out of memory");
+    for (size_t i = 0, off = 0; i < zip->count && !st; i++) {
+        const char *name = zip->entries[i].name;
+        size_t len = strlen(name), existing;
+        char *key = zip->lower + off;
+        for (size_t k = 0; k < len; k++) key[k] = lower(name[k]);
+        off += len;
+        int r = widen_table_put(&zip->by_name, key, len, i, &existing);
+        if (r < 0) st = widen_fail(err, WIDEN_EIO, "out of memory");
+        else if (r == 0)
+            st = BAD("%s: zip entries '%s' and '%s' have the same name (torch's reader, ignoring case, could read "
+                     "either)", path, zip->entries[existing].name, name);
+    }
     if (st) widen_zip_free(zip);
     return st;
 }
@@ -115,14 +140,20 @@ void widen_zip_free(widen_zip *zip)
 {
     for (size_t i = 0; i < zip->count; i++) free(zip->entries[i].name);
     free(zip->entries);
+    free(zip->lower);
+    widen_table_free(&zip->by_name);
     memset(zip, 0, sizeof *zip);
 }
 
-const widen_zip_entry *widen_zip_find(const widen_zip *zip, const char *name)
+const widen_zip_entry *widen_zip_find(const widen_zip *zip, const char *name, size_t len)
 {
-    for (size_t i = 0; i < zip->count; i++)
-        if (strcmp(zip->entries[i].name, name) == 0) return &zip->entries[i];
-    return NULL;
+    char small[256] = {0}, *key = len < sizeof small ? small : malloc(len + 1);
+    if (!key) return NULL;
+    for (size_t k = 0; k < len; k++) key[k] = lower(name[k]);
+    size_t index;
+    int found = widen_table_get(&zip->by_name, key, len, &index);
+    if (key != small) free(key);
+    return found ? &zip->entries[index] : NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -165,7 +196,8 @@ size_t widen_zip_begin(widen_zip_writer *w, const char *name, unsigned char *out
     out[base] = 'F', out[base + 1] = 'B';
     wr16(out + base + 2, (uint16_t)pad);
     memset(out + base + 4, 'Z', pad);
-    e->data_offset = w->offset; /* the local header's offset, for the central directory */
+    e->header_offset = w->offset;
+    e->data_offset = w->offset + total;
     w->offset += total;
     w->crc = 0;
     w->size = 0;
@@ -228,7 +260,7 @@ widen_status widen_zip_finish(widen_zip_writer *w, unsigned char **out, size_t *
         wr16(x + 2, 24);
         wr64(x + 4, e->size);
         wr64(x + 12, e->size);
-        wr64(x + 20, e->data_offset);
+        wr64(x + 20, e->header_offset);
         p += 46 + nlen + 28;
     }
     uint64_t cd_size = (uint64_t)(p - buf), eocd64 = cd_offset + cd_size;

@@ -7,28 +7,37 @@
 #include <stdint.h>
 
 #include "../error.h"
+#include "../table.h"
 
 typedef struct widen_zip_entry {
-    char *name;
-    uint64_t data_offset; /* from the local header */
-    uint64_t size;
+    char *name;             /* NUL-free */
+    uint64_t header_offset; /* of the local header */
+    uint64_t data_offset;   /* of the data: after the local header (its own name and extra lengths) */
+    uint64_t size;        /* stored bytes (reading: the compressed size) */
     uint32_t crc;
+    uint16_t method;      /* 0: stored */
 } widen_zip_entry;
 
 typedef struct widen_zip {
     widen_zip_entry *entries; /* central directory order */
     size_t count;
+    char *lower;          /* every name in ASCII lower case, back to back (the lookup keys) */
+    widen_table by_name;  /* lower-case name -> entry */
 } widen_zip;
 
-/* Reads the central directory of the mapped file and every entry's local header. Rejects (exit 3)
- * compressed or encrypted entries, entries past the end of the file, overlapping entries. `forget`
- * (may be NULL) is told each local header read: they lie all over the file, and a page fault may map
- * far more than the bytes read (large page-cache folios), so the caller drops those pages. */
+/* Reads the central directory of the mapped file and every entry's local header, as torch's reader
+ * (miniz) finds them. Rejects (exit 3) encrypted entries, entries past the end of the file or
+ * overlapping, names holding a NUL byte, and two names equal apart from ASCII case (miniz finds
+ * records by a case-insensitive binary search, so which of two such entries torch reads is not
+ * defined). Compressed entries are listed (method), for the caller to name or refuse. `forget` (may
+ * be NULL) is told each local header read: they lie all over the file, and a page fault may map far
+ * more than the bytes read (large page-cache folios), so the caller drops those pages. */
 widen_status widen_zip_read(const unsigned char *map, uint64_t size, const char *path, widen_zip *zip,
                             void (*forget)(void *user, uint64_t offset, uint64_t len), void *forget_user,
                             widen_error *err);
 void widen_zip_free(widen_zip *zip);
-const widen_zip_entry *widen_zip_find(const widen_zip *zip, const char *name);
+/* The entry called `name` (len bytes), compared as torch compares names: ignoring ASCII case. */
+const widen_zip_entry *widen_zip_find(const widen_zip *zip, const char *name, size_t len);
 
 /* Writing: the layout torch.save produces (FORMATS.md). The caller writes each record's bytes
  * between widen_zip_begin and widen_zip_end, in order. */

@@ -16,7 +16,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (widen_tensor_strided(c, i)) widen_tensor_hash_strided(c, i, &h, &err);
         }
         pk_buffer out = {0};
-        if (pk_dump(ts->arena, ts->root, &out, &err) != WIDEN_OK) abort();
+        if (pk_dump(ts->arena, ts->root, NULL, NULL, &out, &err) != WIDEN_OK) abort();
         free(out.data);
     }
     buffer_close(c);

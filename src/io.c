@@ -1,0 +1,72 @@
+/* io.c: whole writes, in-kernel copies, and releasing the pages of a read-only mapping. */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "io.h"
+
+widen_status widen_write_all(int fd, const void *data, size_t len, const char *target, widen_error *err)
+{
+    const unsigned char *p = data;
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", target, strerror(n < 0 ? errno : EIO));
+        p += n;
+        len -= (size_t)n;
+    }
+    return WIDEN_OK;
+}
+
+widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err)
+{
+    off64_t from = (off64_t)in_offset;
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = copy_file_range(in_fd, &from, fd, NULL, (size_t)(len - done), 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            if (done == 0 && (n == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
+                              errno == EBADF))
+                return WIDEN_EUSAGE;
+            return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", target, n < 0 ? strerror(errno) : "short copy");
+        }
+        done += (uint64_t)n;
+    }
+    return WIDEN_OK;
+}
+
+static widen_status file_write(widen_output *o, const void *data, size_t len, widen_error *err)
+{
+    widen_file_output *f = (widen_file_output *)o;
+    widen_status st = widen_write_all(f->fd, data, len, f->target, err);
+    if (!st) o->position += len;
+    return st;
+}
+
+static widen_status file_copy(widen_output *o, int in_fd, uint64_t in_offset, uint64_t len, widen_error *err)
+{
+    widen_file_output *f = (widen_file_output *)o;
+    widen_status st = widen_copy_all(in_fd, in_offset, f->fd, len, f->target, err);
+    if (!st) o->position += len;
+    return st;
+}
+
+void widen_file_output_init(widen_file_output *out, int fd, const char *target)
+{
+    *out = (widen_file_output){.base = {.write = file_write, .copy = file_copy}, .fd = fd, .target = target};
+}
+
+void widen_mapping_release(const widen_mapping *m, uint64_t offset, uint64_t len)
+{
+    if (m->fd < 0 || !m->data) return; /* not a mapping of ours (a buffer handed in by a fuzzer) */
+    /* From the start of the 2 MiB block holding `offset`: a fault maps more than the page it hits
+     * (fault-around windows, large folios, all inside that block), so reading the start of one item
+     * maps the end of the item before it, which that item's release has already passed. */
+    const uint64_t block = 2u << 20;
+    uint64_t begin = offset / block * block, end = offset + len;
+    if (end > m->size) end = m->size;
+    if (end > begin) madvise((void *)(m->data + begin), (size_t)(end - begin), MADV_DONTNEED);
+}

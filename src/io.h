@@ -1,0 +1,47 @@
+/* io.h: the I/O and mapping helpers every layer above uses: whole writes, in-kernel copies, and
+ * dropping the pages of a mapping once they are read. Below the formats and the data path. */
+#ifndef WIDEN_IO_H
+#define WIDEN_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+/* Writes all of `len` bytes to fd; WIDEN_EIO naming `target` on failure. */
+widen_status widen_write_all(int fd, const void *data, size_t len, const char *target, widen_error *err);
+
+/* Copies `len` bytes at in_offset of in_fd to fd's position inside the kernel (copy_file_range);
+ * WIDEN_EUSAGE, with nothing written, where the kernel cannot copy between these files (another
+ * filesystem), WIDEN_EIO naming `target` on failure. */
+widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err);
+
+/* Where a writer's bytes go, front to back: a file (apply), or a comparison with an existing file
+ * (verify). `copy` moves input bytes without them passing through this process; NULL, or
+ * WIDEN_EUSAGE from it (nothing written), means the caller sends them through `write`. */
+typedef struct widen_output widen_output;
+struct widen_output {
+    widen_status (*write)(widen_output *out, const void *data, size_t len, widen_error *err);
+    widen_status (*copy)(widen_output *out, int in_fd, uint64_t in_offset, uint64_t len, widen_error *err);
+    uint64_t position; /* bytes so far */
+};
+
+typedef struct widen_file_output {
+    widen_output base;
+    int fd;
+    const char *target; /* named in messages */
+} widen_file_output;
+
+void widen_file_output_init(widen_file_output *out, int fd, const char *target);
+
+/* A read-only mapping of a whole file (fd -1: a buffer handed in by a fuzzer, never released). */
+typedef struct widen_mapping {
+    const unsigned char *data;
+    uint64_t size;
+    int fd;
+} widen_mapping;
+
+/* Releases the pages of [offset, offset+len) of the mapping from this process. */
+void widen_mapping_release(const widen_mapping *m, uint64_t offset, uint64_t len);
+
+#endif
