@@ -11,12 +11,16 @@
 
 #include "widen/widen.h"
 
-static volatile sig_atomic_t interrupted;
-
+/* SIGINT and SIGTERM end every command at once, whatever it is doing (reading a header, walking a
+ * pickle, writing): the temporary outputs go, then the process. Only async-signal-safe calls. */
 static void on_signal(int sig)
 {
     (void)sig;
-    interrupted = 1;
+    static const char msg[] = "widen: error: interrupted; no output written\n";
+    widen_remove_temporaries();
+    ssize_t ignored = write(2, msg, sizeof msg - 1);
+    (void)ignored;
+    _exit(WIDEN_EINTERRUPTED);
 }
 
 /* A file shrank under its mapping (another process truncated it): remove the partial output, say
@@ -43,6 +47,24 @@ static int fail(widen_status status, const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     return (int)status;
+}
+
+/* A name or path as it may be shown: control characters, non-UTF-8 bytes and terminal-affecting code
+ * points escaped (names come from files). Returns a buffer that stays valid until the next call with
+ * the same slot. */
+static const char *shown(const char *text, int slot)
+{
+    static char *buffers[4];
+    static size_t sizes[4];
+    size_t need = widen_escape_text(text, NULL, 0) + 1;
+    if (need > sizes[slot]) {
+        char *grown = realloc(buffers[slot], need);
+        if (!grown) return "?";
+        buffers[slot] = grown;
+        sizes[slot] = need;
+    }
+    widen_escape_text(text, buffers[slot], sizes[slot]);
+    return buffers[slot];
 }
 
 static int fail_err(const widen_error *err)
@@ -171,7 +193,7 @@ static int on_progress(void *user, uint64_t done, uint64_t total)
             p->last = t;
         }
     }
-    return interrupted;
+    return 0;
 }
 
 static void progress_end(progress_state *p)
@@ -231,6 +253,44 @@ static int hash_all(widen_checkpoint *c, widen_hash128 *file, widen_hash128 **te
         return fail_err(&err);
     }
     return 0;
+}
+
+static const widen_checkpoint *sort_ckpt;
+
+static int by_storage(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = strcmp(widen_tensor_storage(sort_ckpt, x), widen_tensor_storage(sort_ckpt, y));
+    return c ? c : (x > y) - (x < y);
+}
+
+/* One note per storage that several tensors view, in the order of their first tensor. */
+static void print_shared_storages(const widen_checkpoint *c)
+{
+    size_t n = widen_tensor_count(c), *order = malloc((n + 1) * sizeof *order), groups = 0;
+    if (!order || n == 0 || !widen_tensor_storage(c, 0)) {
+        free(order);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) order[i] = i;
+    sort_ckpt = c;
+    qsort(order, n, sizeof *order, by_storage);
+    size_t *first = malloc((n + 1) * sizeof *first); /* group starts, then sorted by their first tensor */
+    for (size_t i = 0; first && i < n;) {
+        size_t j = i + 1;
+        while (j < n && strcmp(widen_tensor_storage(c, order[j]), widen_tensor_storage(c, order[i])) == 0) j++;
+        if (j - i > 1) first[groups++] = i;
+        i = j;
+    }
+    for (size_t g = 0; first && g < groups; g++) {
+        size_t i = first[g];
+        printf("note: storage %s is shared by", shown(widen_tensor_storage(c, order[i]), 0));
+        for (size_t k = i; k < n && strcmp(widen_tensor_storage(c, order[k]), widen_tensor_storage(c, order[i])) == 0; k++)
+            printf(" %s", shown(widen_tensor_at(c, order[k])->name, 1));
+        printf(" (a transformed one gets a storage of its own)\n");
+    }
+    free(first);
+    free(order);
 }
 
 static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
@@ -297,24 +357,24 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
         rc = print_json(root);
     } else if (is_hash) {
         widen_hash128_hex(file_hash, hex);
-        printf("%s  %s\n", hex, path);
+        printf("%s  %s\n", hex, shown(path, 0));
         for (size_t i = 0; i < n; i++) {
             widen_hash128_hex(hashes[i], hex);
-            printf("%s  %s\n", hex, widen_tensor_at(c, i)->name);
+            printf("%s  %s\n", hex, shown(widen_tensor_at(c, i)->name, 0));
         }
     } else {
-        printf("%s: %s, %zu tensors, %llu bytes\n", path, widen_checkpoint_format(c), n,
+        printf("%s: %s, %zu tensors, %llu bytes\n", shown(path, 0), widen_checkpoint_format(c), n,
                (unsigned long long)widen_checkpoint_size(c));
         for (size_t i = 0; i < widen_metadata_count(c); i++) {
             const char *k, *v;
             widen_metadata_at(c, i, &k, &v);
-            printf("  metadata %s = %s\n", k, v);
+            printf("  metadata %s = %s\n", shown(k, 0), shown(v, 1));
         }
         int wn = 4, ws = 5;
         for (size_t i = 0; i < n; i++) {
             const widen_tensor_info *t = widen_tensor_at(c, i);
             shape_text(t, shape, sizeof shape);
-            if ((int)strlen(t->name) > wn) wn = (int)strlen(t->name);
+            if ((int)strlen(shown(t->name, 0)) > wn) wn = (int)strlen(shown(t->name, 0));
             if ((int)strlen(shape) > ws) ws = (int)strlen(shape);
         }
         printf("%-*s  %-11s  %-*s  %14s%s\n", wn, "NAME", "DTYPE", ws, "SHAPE", "BYTES", want_hash ? "  XXH3-128" : "");
@@ -322,7 +382,7 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
             const widen_tensor_info *t = widen_tensor_at(c, i);
             shape_text(t, shape, sizeof shape);
             if (want_hash) widen_hash128_hex(hashes[i], hex);
-            printf("%-*s  %-11s  %-*s  %14llu%s%s\n", wn, t->name, widen_dtype_name(t->dtype), ws, shape,
+            printf("%-*s  %-11s  %-*s  %14llu%s%s\n", wn, shown(t->name, 0), widen_dtype_name(t->dtype), ws, shape,
                    (unsigned long long)tensor_bytes(c, i), want_hash ? "  " : "", want_hash ? hex : "");
         }
         if (want_hash) {
@@ -330,19 +390,7 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
             printf("file XXH3-128 %s\n", hex);
         }
         /* storages several tensors view: widening one of them gives it a storage of its own */
-        for (size_t i = 0; i < n; i++) {
-            const char *key = widen_tensor_storage(c, i);
-            int first = 1, shared = 0;
-            for (size_t k = 0; key && k < n; k++) {
-                if (k != i && strcmp(widen_tensor_storage(c, k), key) == 0) shared = 1;
-                if (k < i && strcmp(widen_tensor_storage(c, k), key) == 0) first = 0;
-            }
-            if (!shared || !first) continue;
-            printf("note: storage %s is shared by", key);
-            for (size_t k = 0; k < n; k++)
-                if (strcmp(widen_tensor_storage(c, k), key) == 0) printf(" %s", widen_tensor_at(c, k)->name);
-            printf(" (a transformed one gets a storage of its own)\n");
-        }
+        print_shared_storages(c);
     }
 done:
     free(hashes);
@@ -585,8 +633,8 @@ static int cmd_verify(int argc, char **argv)
         json_object_set_new(root, "first_difference", st == WIDEN_OK ? json_null() : json_string(r.first));
         print_json(root);
     } else if (st == WIDEN_OK) {
-        printf("verified: %s is %s with the recorded transform: %zu tensors (%zu transformed, %zu identical)%s\n", out,
-               in, r.tensors, r.transformed, r.tensors - r.transformed, manifest ? ", manifest hashes match" : "");
+        printf("verified: %s is %s with the recorded transform: %zu tensors (%zu transformed, %zu identical)%s\n",
+               shown(out, 0), shown(in, 1), r.tensors, r.transformed, r.tensors - r.transformed, manifest ? ", manifest hashes match" : "");
     }
     if (st == WIDEN_DIFFERENT) {
         if (r.differences > 1)

@@ -247,6 +247,7 @@ static void metadata_notice(const widen_checkpoint *ckpt, const widen_apply_opti
     char line[600];
     snprintf(line, sizeof line, "%s: a .pt state dict has no place for safetensors metadata: dropping %zu key%s",
              ckpt->path, dropped, dropped == 1 ? "" : "s");
+    widen_escape(line, sizeof line);
     options->warning(options->warning_user, line);
 }
 
@@ -310,6 +311,8 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
         widen_torch_conversion_notes(ckpt, options->warning, options->warning_user);
         st = widen_safetensors_write(ckpt, &plan, provenance, &file.base, &eo, err);
     }
+    if (!st) st = widen_file_output_flush(&file, err);
+    widen_file_output_free(&file);
     if (st) {
         if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; no output written", output);
         goto done;

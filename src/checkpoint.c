@@ -129,14 +129,15 @@ void widen_close(widen_checkpoint *c)
     if (c->format_free) c->format_free(c->format_state);
     if (c->map) munmap((void *)c->map, (size_t)c->size);
     if (c->fd >= 0) close(c->fd);
-    for (size_t i = 0; i < c->count; i++) free(c->names[i]);
+    for (size_t i = 0; c->names && i < c->count; i++) free(c->names[i]);
     free(c->names);
     free(c->tensors);
-    for (size_t i = 0; i < c->metadata_count; i++) {
+    for (size_t i = 0; !c->pool && i < c->metadata_count; i++) {
         free(c->metadata[i].key);
         free(c->metadata[i].value);
     }
     free(c->metadata);
+    free(c->pool);
     widen_table_free(&c->by_name);
     free(c->path);
     free(c);

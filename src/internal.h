@@ -24,7 +24,8 @@ struct widen_checkpoint {
     const unsigned char *map; /* the whole file, read-only; pages are released as they are used */
     const char *format;
     widen_tensor_info *tensors; /* file order */
-    char **names;               /* owned storage behind tensors[i].name */
+    char **names;               /* owned storage behind tensors[i].name (NULL: they lie in pool) */
+    char *pool;                 /* a reader's decoded strings (safetensors: names, metadata) */
     size_t count;
     widen_metadata_entry *metadata;
     size_t metadata_count;

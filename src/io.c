@@ -1,6 +1,7 @@
 /* io.c: whole writes, in-kernel copies, and releasing the pages of a read-only mapping. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -38,10 +39,26 @@ widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len,
     return WIDEN_OK;
 }
 
+enum { OUTPUT_BUFFER = 1u << 20 };
+
+widen_status widen_file_output_flush(widen_file_output *f, widen_error *err)
+{
+    widen_status st = f->buffered ? widen_write_all(f->fd, f->buffer, f->buffered, f->target, err) : WIDEN_OK;
+    f->buffered = 0;
+    return st;
+}
+
 static widen_status file_write(widen_output *o, const void *data, size_t len, widen_error *err)
 {
     widen_file_output *f = (widen_file_output *)o;
-    widen_status st = widen_write_all(f->fd, data, len, f->target, err);
+    widen_status st = WIDEN_OK;
+    if (!f->buffer && !(f->buffer = malloc(OUTPUT_BUFFER))) return widen_fail(err, WIDEN_EIO, "out of memory");
+    if (f->buffered + len > OUTPUT_BUFFER) st = widen_file_output_flush(f, err);
+    if (!st && len >= OUTPUT_BUFFER) st = widen_write_all(f->fd, data, len, f->target, err);
+    else if (!st) {
+        memcpy(f->buffer + f->buffered, data, len);
+        f->buffered += len;
+    }
     if (!st) o->position += len;
     return st;
 }
@@ -49,7 +66,8 @@ static widen_status file_write(widen_output *o, const void *data, size_t len, wi
 static widen_status file_copy(widen_output *o, int in_fd, uint64_t in_offset, uint64_t len, widen_error *err)
 {
     widen_file_output *f = (widen_file_output *)o;
-    widen_status st = widen_copy_all(in_fd, in_offset, f->fd, len, f->target, err);
+    widen_status st = widen_file_output_flush(f, err);
+    if (!st) st = widen_copy_all(in_fd, in_offset, f->fd, len, f->target, err);
     if (!st) o->position += len;
     return st;
 }
@@ -59,14 +77,22 @@ void widen_file_output_init(widen_file_output *out, int fd, const char *target)
     *out = (widen_file_output){.base = {.write = file_write, .copy = file_copy}, .fd = fd, .target = target};
 }
 
+void widen_file_output_free(widen_file_output *out)
+{
+    free(out->buffer);
+    out->buffer = NULL;
+}
+
 void widen_mapping_release(const widen_mapping *m, uint64_t offset, uint64_t len)
 {
     if (m->fd < 0 || !m->data) return; /* not a mapping of ours (a buffer handed in by a fuzzer) */
-    /* From the start of the 2 MiB block holding `offset`: a fault maps more than the page it hits
-     * (fault-around windows, large folios, all inside that block), so reading the start of one item
-     * maps the end of the item before it, which that item's release has already passed. */
+    /* Whole 2 MiB blocks only, from the start of the block holding `offset`: a fault maps more than
+     * the page it hits (fault-around windows, large folios, all inside that block), so reading the
+     * start of one item maps the end of the item before it, which that item's release has passed.
+     * The block the range ends in is left to the next release (or the file's end): a million
+     * four-byte items then cost no million system calls. */
     const uint64_t block = 2u << 20;
-    uint64_t begin = offset / block * block, end = offset + len;
-    if (end > m->size) end = m->size;
+    uint64_t end = offset + len > m->size ? m->size : offset + len, begin = offset / block * block;
+    if (end < m->size) end = end / block * block;
     if (end > begin) madvise((void *)(m->data + begin), (size_t)(end - begin), MADV_DONTNEED);
 }

@@ -26,13 +26,19 @@ struct widen_output {
     uint64_t position; /* bytes so far */
 };
 
+/* Small writes are gathered (a header record, a tensor of four bytes): one system call per 1 MiB,
+ * not one per tensor. widen_file_output_flush before the file is closed. */
 typedef struct widen_file_output {
     widen_output base;
     int fd;
     const char *target; /* named in messages */
+    unsigned char *buffer;
+    size_t buffered;
 } widen_file_output;
 
 void widen_file_output_init(widen_file_output *out, int fd, const char *target);
+widen_status widen_file_output_flush(widen_file_output *out, widen_error *err);
+void widen_file_output_free(widen_file_output *out);
 
 /* A read-only mapping of a whole file (fd -1: a buffer handed in by a fuzzer, never released). */
 typedef struct widen_mapping {

@@ -709,6 +709,7 @@ void widen_torch_conversion_notes(const widen_checkpoint *c, void (*warning)(voi
         for (size_t i = 0; i < shown && used < sizeof line - 80; i++)
             used += (size_t)snprintf(line + used, sizeof line - used, "%s%s", i ? ", " : "", ts->other_paths[i]);
         if (used < sizeof line - 8) snprintf(line + used, sizeof line - used, "%s)", ts->other_count > shown ? ", ..." : "");
+        widen_escape(line, sizeof line);
         warning(user, line);
     }
     size_t *users = calloc(ts->storage_count + 1, sizeof *users), shared = 0;
@@ -719,6 +720,7 @@ void widen_torch_conversion_notes(const widen_checkpoint *c, void (*warning)(voi
     if (shared) {
         snprintf(line, sizeof line, "%s: %zu tensors share storages (views or tied weights); safetensors cannot alias, so "
                  "each is written as its own copy", c->path, shared);
+        widen_escape(line, sizeof line);
         warning(user, line);
     }
 }
@@ -732,6 +734,7 @@ void widen_torch_notes(const widen_checkpoint *c, const widen_transform *tr, voi
     if (ts->unread_records) {
         snprintf(line, sizeof line, "%s: dropping %zu archive entr%s that torch.load does not read", c->path,
                  ts->unread_records, ts->unread_records == 1 ? "y" : "ies");
+        widen_escape(line, sizeof line);
         warning(user, line);
     }
     size_t kept = 0;
@@ -743,6 +746,7 @@ void widen_torch_notes(const widen_checkpoint *c, const widen_transform *tr, voi
         snprintf(line, sizeof line, "%s: --cast leaves %zu storage%s as %s: values widen does not model (sparse, "
                  "quantized, _rebuild_tensor_v3 ...) use them", c->path, kept, kept == 1 ? "" : "s",
                  kept == 1 ? "it is" : "they are");
+        widen_escape(line, sizeof line);
         warning(user, line);
     }
 }
