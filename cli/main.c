@@ -573,11 +573,8 @@ static int cmd_apply(int argc, char **argv)
         if (!ok) rc = fail(WIDEN_EUSAGE, "--cast: '%s' is not f32, f16 or bf16", a.cast);
         else if (widen_transform_set_cast(tr, to, &err)) rc = fail_err(&err);
     }
-    if (!rc && (a.have_to || a.map)) {
-        if (widen_open(a.input, &c, &err)) rc = fail_err(&err);
-        else rc = build_maps(&a, c, tr);
-        widen_close(c);
-    }
+    if (!rc && widen_open(a.input, &c, &err)) rc = fail_err(&err);
+    if (!rc && (a.have_to || a.map)) rc = build_maps(&a, c, tr);
     if (!rc) {
         widen_apply_options o;
         widen_apply_options_init(&o);
@@ -590,10 +587,11 @@ static int cmd_apply(int argc, char **argv)
         o.progress = on_progress;
         o.progress_user = &ps;
         o.warning = on_warning;
-        widen_status st = widen_apply(a.input, a.output, tr, &o, &err);
+        widen_status st = widen_apply_checkpoint(c, a.output, tr, &o, &err);
         progress_end(&ps);
         if (st) rc = fail_err(&err);
     }
+    widen_close(c);
     widen_transform_free(tr);
     free(a.tensors);
     return rc;

@@ -254,13 +254,28 @@ static void metadata_notice(const widen_checkpoint *ckpt, const widen_apply_opti
 widen_status widen_apply(const char *input, const char *output, const widen_transform *transform,
                          const widen_apply_options *options, widen_error *err)
 {
-    widen_apply_options defaults;
     if (!input || !output || !transform)
         return widen_fail(err, WIDEN_EUSAGE, "widen_apply needs an input path, an output path and a transform");
+    widen_checkpoint *ckpt = NULL;
+    widen_status st = widen_isa_init(err);
+    if (st || (st = check_target(input, output, "output", options ? options->overwrite : 0, err))) return st;
+    if ((st = widen_open(input, &ckpt, err))) return st;
+    st = widen_apply_checkpoint(ckpt, output, transform, options, err);
+    widen_close(ckpt);
+    return st;
+}
+
+widen_status widen_apply_checkpoint(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
+                                    const widen_apply_options *options, widen_error *err)
+{
+    widen_apply_options defaults;
+    if (!ckpt || !output || !transform)
+        return widen_fail(err, WIDEN_EUSAGE, "widen_apply_checkpoint needs a checkpoint, an output path and a transform");
     if (!options) {
         widen_apply_options_init(&defaults);
         options = &defaults;
     }
+    const char *input = ckpt->path;
     widen_status st = widen_isa_init(err);
     if (st) return st;
     if ((st = check_target(input, output, "output", options->overwrite, err))) return st;
@@ -272,18 +287,14 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
         free(b);
         if (same) return widen_fail(err, WIDEN_EUSAGE, "%s: the manifest and the output are the same file", output);
     }
-    widen_checkpoint *ckpt = NULL;
-    if ((st = widen_open(input, &ckpt, err))) return st;
     const char *format = output_format(options->format, output, ckpt->format);
-    if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0) {
-        widen_close(ckpt);
+    if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0)
         return widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors or pt", format);
-    }
     int to_pt = strcmp(format, "pt") == 0;
     widen_plan plan;
     char *provenance = NULL, *manifest = NULL;
     temp_file out = {.fd = -1, .slot = -1}, man = {.fd = -1, .slot = -1};
-    if ((st = widen_plan_build(ckpt, transform, &plan, err))) goto done_ckpt;
+    if ((st = widen_plan_build(ckpt, transform, &plan, err))) return st;
     if (transform->count == 0 && !transform->cast && strcmp(format, ckpt->format) == 0) {
         st = widen_fail(err, WIDEN_EUSAGE, "nothing to do: no tensor is remapped, nothing is cast, and the format "
                         "stays the same");
@@ -336,7 +347,5 @@ done:
     free(provenance);
     free(manifest);
     widen_plan_free(&plan);
-done_ckpt:
-    widen_close(ckpt);
     return st;
 }

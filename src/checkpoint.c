@@ -106,7 +106,8 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
         st = widen_safetensors_read(c, err);
     }
     if (st) goto fail;
-    for (size_t i = 0; i < c->count; i++) { /* the readers refused repeated names */
+    int named = c->by_name.count > 0; /* the torch reader's table of every path, names included */
+    for (size_t i = 0; !named && i < c->count; i++) { /* the readers refused repeated names */
         int r = widen_table_put(&c->by_name, c->tensors[i].name, strlen(c->tensors[i].name), i, NULL);
         if (r <= 0) {
             st = r < 0 ? widen_fail(err, WIDEN_EIO, "out of memory")
@@ -175,8 +176,8 @@ const widen_tensor_info *widen_tensor_at(const widen_checkpoint *c, size_t index
 
 long widen_tensor_find(const widen_checkpoint *c, const char *name)
 {
-    size_t index;
-    if (!c || !name || !widen_table_get(&c->by_name, name, strlen(name), &index)) return -1;
+    size_t index; /* a torch reader's table holds every path, tensors' with their index */
+    if (!c || !name || !widen_table_get(&c->by_name, name, strlen(name), &index) || index >= c->count) return -1;
     return (long)index;
 }
 

@@ -90,7 +90,7 @@ static void run_job(exec_state *s, const widen_remap_job *job, size_t out_bytes)
 /* Untouched bytes are moved by the sink's copy where it has one (the kernel copies page cache to
  * page cache) while a second thread hashes them from the mapping, and computes their CRC-32 when the
  * sink wants it: one read of each byte, in blocks small enough to stay in cache between the two. */
-enum { BLOCK = 256u << 10 };
+enum { BLOCK = 256u << 10, COPY_MIN = 1u << 20 };
 
 static void hash_copied(exec_state *s, widen_plan_tensor *p, uint32_t *crc)
 {
@@ -144,6 +144,9 @@ static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_stat
         last++;
         bytes += plan->tensors[last].in->nbytes;
     }
+    /* short runs go through the sink, buffered: a system call and two threads' handover per record of
+     * a few bytes would cost far more than the bytes */
+    if (bytes < COPY_MIN) return 0;
     copy_job job = {.s = s, .plan = plan, .first = first, .last = last, .bytes = bytes};
     if (widen_pool_threads(s->pool) > 1) {
         widen_pool_run(s->pool, 2, copy_part, &job);

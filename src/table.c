@@ -8,12 +8,12 @@
 
 #include "table.h"
 
-static uint64_t hash_of(const widen_table *t, const char *key, size_t len)
+static uint32_t hash_of(const widen_table *t, const char *key, size_t len)
 {
-    return XXH3_64bits_withSeed(key, len, t->seed);
+    return (uint32_t)XXH3_64bits_withSeed(key, len, t->seed);
 }
 
-static size_t find(const widen_table *t, const char *key, size_t len, uint64_t h)
+static size_t find(const widen_table *t, const char *key, size_t len, uint32_t h)
 {
     size_t i = (size_t)h & t->mask;
     while (t->slots[i].key) {
@@ -40,27 +40,37 @@ static int grow(widen_table *t)
 
 int widen_table_put(widen_table *t, const char *key, size_t len, size_t value, size_t *existing)
 {
+    if (len > UINT32_MAX || value > UINT32_MAX) return -1;
     if (!t->mask) {
         uint64_t seed = 0;
         if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed) seed = (uint64_t)(uintptr_t)t;
         t->seed = seed;
     }
     if ((t->count + 1) * 2 > (t->mask ? t->mask + 1 : 0) && grow(t)) return -1;
-    uint64_t h = hash_of(t, key, len);
+    uint32_t h = hash_of(t, key, len);
     size_t i = find(t, key, len, h);
     if (t->slots[i].key) {
         if (existing) *existing = t->slots[i].value;
         return 0;
     }
     /* an empty key needs a non-NULL pointer to mark the slot used */
-    t->slots[i] = (widen_table_slot){.key = len ? key : "", .len = len, .value = value, .hash = h};
+    t->slots[i] = (widen_table_slot){.key = len ? key : "", .len = (uint32_t)len, .value = (uint32_t)value, .hash = h};
     t->count++;
+    return 1;
+}
+
+int widen_table_update(widen_table *t, const char *key, size_t len, size_t value)
+{
+    if (!t->mask || len > UINT32_MAX || value > UINT32_MAX) return 0;
+    size_t i = find(t, key, len, hash_of(t, key, len));
+    if (!t->slots[i].key) return 0;
+    t->slots[i].value = (uint32_t)value;
     return 1;
 }
 
 int widen_table_get(const widen_table *t, const char *key, size_t len, size_t *value)
 {
-    if (!t->mask) return 0;
+    if (!t->mask || len > UINT32_MAX) return 0;
     size_t i = find(t, key, len, hash_of(t, key, len));
     if (!t->slots[i].key) return 0;
     if (value) *value = t->slots[i].value;

@@ -25,8 +25,15 @@ typedef struct out_storage {
     pk_node *key_node;
 } out_storage;
 
+typedef struct undo_slot {
+    pk_node **slot;
+    pk_node *was;
+} undo_slot;
+
 typedef struct writer {
     widen_checkpoint *ckpt;
+    undo_slot *undo; /* the slots rebind changed: the input's graph is left as it was found */
+    size_t undo_count;
     torch_state *ts;
     pk_arena *arena;
     out_storage *outs;
@@ -120,8 +127,10 @@ static widen_status rebind(writer *w, size_t index, const widen_plan_tensor *p, 
         orig = orig->items[tt->path[d]];
     }
     parent->items[tt->path[tt->depth - 1]] = args;
-    if (tt->holder) tt->holder->items[tt->slot] = site;
-    else w->ts->root = site;
+    /* into the slot until the pickle is written; widen_torch_write puts the input's value back */
+    pk_node **slot = tt->holder ? &tt->holder->items[tt->slot] : &w->ts->root;
+    w->undo[w->undo_count++] = (undo_slot){slot, *slot};
+    *slot = site;
     return WIDEN_OK;
 }
 
@@ -280,13 +289,14 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, w
     size_t edits = 0;
     for (size_t i = 0; i < tensor_plan->count; i++) edits += tensor_plan->tensors[i].axis >= 0;
     w.outs = calloc(ts->storage_count + edits + 1, sizeof *w.outs);
+    w.undo = calloc(edits + 1, sizeof *w.undo);
     w.order = calloc(ts->storage_count + edits + 1, sizeof *w.order);
     widen_plan plan = {0};
     widen_tensor_info *views = calloc(ts->storage_count + 1, sizeof *views);
     pk_buffer pickle = {0};
     widen_zip_writer zw = {.alignment = 64};
     w.storage_word = pk_str(ts->arena, "storage", 7);
-    if (!w.outs || !w.order || !views || !w.storage_word) st = NOMEM();
+    if (!w.outs || !w.order || !views || !w.storage_word || !w.undo) st = NOMEM();
     for (size_t i = 0; i < ts->storage_count && !st; i++) {
         const torch_storage *s = &ts->storages[i];
         /* cast: a whole storage, when only named _rebuild_tensor_v2 tensors view it (the plan casts
@@ -307,6 +317,10 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, w
         st = rebind(&w, index, p, w.out_count++);
     }
     if (!st) st = pk_dump(ts->arena, ts->root, persid_out, &w, &pickle, err);
+    while (w.undo && w.undo_count) { /* latest first: a slot changed twice gets its first value back */
+        w.undo_count--;
+        *w.undo[w.undo_count].slot = w.undo[w.undo_count].was;
+    }
     /* the data records, in key order */
     plan.tensors = calloc(w.keys + 1, sizeof *plan.tensors);
     plan.identity = calloc(1, sizeof *plan.identity);
@@ -396,5 +410,6 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, w
     free(views);
     free(w.outs);
     free(w.order);
+    free(w.undo);
     return st;
 }

@@ -287,6 +287,13 @@ widen_status widen_apply(const char *input_path, const char *output_path,
                          const widen_transform *transform, const widen_apply_options *options,
                          widen_error *err);
 
+/* widen_apply on a checkpoint already open (with widen_open; its path is the input): for a program
+ * that looked at the tensors first, to choose them. The checkpoint stays open and unchanged; close
+ * it after. */
+widen_status widen_apply_checkpoint(widen_checkpoint *input, const char *output_path,
+                                    const widen_transform *transform, const widen_apply_options *options,
+                                    widen_error *err);
+
 /* For a program's handler of fatal signals (SIGBUS when a file shrinks under its mapping): removes
  * the temporary files of every widen_apply in progress, so that no partial output is left behind.
  * Async-signal-safe; the process is expected to exit right after. */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "../../include/widen/widen.h"
 #include "../table.h"
@@ -142,7 +143,7 @@ static const char *const import_mapping[][2] = {
 /* ---------------------------------------------------------------------------------------------- */
 /* Arena: nodes and their arrays bump-allocated in chunks, freed together.                          */
 
-enum { CHUNK = 64u << 10 };
+enum { CHUNK = 1u << 20 };
 
 typedef struct chunk {
     struct chunk *next;
@@ -154,6 +155,7 @@ struct pk_arena {
     chunk *chunks;
     pk_node **nodes; /* by id */
     size_t count, cap;
+    pk_node *small[256], *none, *truth[2], *empty; /* shared immutable leaves */
 };
 
 static void *arena_alloc(pk_arena *a, size_t size)
@@ -162,8 +164,9 @@ static void *arena_alloc(pk_arena *a, size_t size)
     chunk *c = a->chunks;
     if (!c || c->size - c->used < size) {
         size_t n = size > CHUNK / 4 ? size : CHUNK;
-        chunk *fresh = malloc(sizeof *fresh + n);
-        if (!fresh) return NULL;
+        /* whole chunks faulted in at once: a million nodes fault page by page otherwise */
+        chunk *fresh = mmap(NULL, sizeof *fresh + n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (fresh == MAP_FAILED) return NULL;
         fresh->used = 0;
         fresh->size = n;
         if (c && n != CHUNK) { /* a large block: behind the current chunk, which keeps filling */
@@ -190,7 +193,7 @@ void pk_arena_free(pk_arena *a)
     if (!a) return;
     for (chunk *c = a->chunks, *next; c; c = next) {
         next = c->next;
-        free(c);
+        munmap(c, sizeof *c + c->size);
     }
     free(a->nodes);
     free(a);
@@ -285,16 +288,30 @@ pk_node *pk_str(pk_arena *a, const char *text, size_t len)
 
 pk_node *pk_int(pk_arena *a, int64_t v)
 {
+    if (v >= 0 && v < 256 && a->small[v]) return a->small[v];
     pk_node *n = pk_new(a, PK_INT);
     if (n) n->i = v;
+    if (n && v >= 0 && v < 256) a->small[v] = n;
     return n;
 }
 
 pk_node *pk_bool(pk_arena *a, int v)
 {
-    pk_node *n = pk_new(a, PK_BOOL);
-    if (n) n->i = v != 0;
-    return n;
+    v = v != 0;
+    if (!a->truth[v] && (a->truth[v] = pk_new(a, PK_BOOL))) a->truth[v]->i = v;
+    return a->truth[v];
+}
+
+static pk_node *pk_none(pk_arena *a)
+{
+    if (!a->none) a->none = pk_new(a, PK_NONE);
+    return a->none;
+}
+
+static pk_node *pk_empty_tuple(pk_arena *a)
+{
+    if (!a->empty) a->empty = pk_new(a, PK_TUPLE);
+    return a->empty;
 }
 
 static const pk_global_info *find_global(const char *module, size_t mlen, const char *name, size_t nlen)
@@ -316,9 +333,15 @@ pk_node *pk_global(pk_arena *a, const char *module, const char *name)
 
 pk_node *pk_tuple(pk_arena *a, pk_node **items, size_t count)
 {
+    if (count == 0) return pk_empty_tuple(a);
+    if (count > UINT32_MAX / 2) return NULL;
     pk_node *n = pk_new(a, PK_TUPLE);
-    for (size_t i = 0; n && i < count; i++)
-        if (pk_append(a, n, items[i])) return NULL;
+    pk_node **slots = n ? arena_alloc(a, count * sizeof *slots) : NULL; /* a tuple never grows */
+    if (!slots) return NULL;
+    for (size_t i = 0; i < count; i++)
+        if (!(slots[i] = items[i])) return NULL;
+    n->items = slots;
+    n->count = n->cap = (uint32_t)count;
     return n;
 }
 
@@ -392,14 +415,16 @@ typedef struct memo_slot {
 } memo_slot;
 
 typedef struct vm {
-    const unsigned char *p, *end;
+    const unsigned char *p, *end, *start;
     const char *what;
     pk_arena *arena;
     pk_node **stack;
     size_t sp, stack_cap;
     size_t *marks;
     size_t mp, marks_cap;
-    memo_slot *memo; /* torch's memo is a dict: any 32-bit index */
+    pk_node **dense;   /* memo entries below dense_cap (the pickle's own length bounds it): by index */
+    size_t dense_cap;
+    memo_slot *memo;   /* torch's memo is a dict: any 32-bit index; the others hashed */
     size_t memo_mask, memo_count;
     widen_table globals;
     widen_error *err;
@@ -479,9 +504,8 @@ static uint64_t le(const unsigned char *p, int n)
 
 static pk_node *scalar(vm *v, pk_kind kind, int64_t i)
 {
-    pk_node *n = pk_new(v->arena, kind);
-    if (n) n->i = i;
-    return n;
+    if (kind == PK_INT) return pk_int(v->arena, i);
+    return pk_bool(v->arena, (int)i);
 }
 
 /* A string of `len` bytes at the cursor, pointing into the pickle. */
@@ -510,7 +534,7 @@ static int long1(vm *v)
     if (k <= 8) {
         uint64_t x = le(b, (int)k);
         if (k && k < 8 && negative) x |= ~(uint64_t)0 << (8 * k);
-        return push(v, scalar(v, PK_INT, (int64_t)x));
+        return push(v, pk_int(v->arena, (int64_t)x));
     }
     pk_node *n = pk_new(v->arena, PK_BIGINT);
     if (!n) return NOMEM();
@@ -521,6 +545,21 @@ static int long1(vm *v)
 
 static int memo_put(vm *v, uint32_t key, pk_node *node)
 {
+    /* writers number memo entries 0, 1, 2 ...: an array, as long as the index is no larger than the
+     * pickle (each entry costs a BINPUT of two bytes at least) */
+    if ((uint64_t)key <= (uint64_t)(v->end - v->start)) {
+        if (key >= v->dense_cap) {
+            size_t cap = v->dense_cap ? v->dense_cap : 1024;
+            while (cap <= key) cap *= 2;
+            pk_node **grown = realloc(v->dense, cap * sizeof *grown);
+            if (!grown) return NOMEM();
+            memset(grown + v->dense_cap, 0, (cap - v->dense_cap) * sizeof *grown);
+            v->dense = grown;
+            v->dense_cap = cap;
+        }
+        v->dense[key] = node;
+        return 0;
+    }
     if ((v->memo_count + 1) * 2 > (v->memo ? v->memo_mask + 1 : 0)) {
         size_t n = v->memo ? 2 * (v->memo_mask + 1) : 256;
         memo_slot *slots = calloc(n, sizeof *slots);
@@ -544,6 +583,7 @@ static int memo_put(vm *v, uint32_t key, pk_node *node)
 
 static pk_node *memo_get(const vm *v, uint32_t key)
 {
+    if ((uint64_t)key <= (uint64_t)(v->end - v->start)) return key < v->dense_cap ? v->dense[key] : NULL;
     if (!v->memo) return NULL;
     size_t j = (key * 2654435761u) & v->memo_mask;
     while (v->memo[j].used) {
@@ -719,7 +759,7 @@ static int step(vm *v, int *stop, pk_node **result)
         return 0;
     case 't': /* TUPLE */
         if (pop_mark(v, "TUPLE", &from)) return -1;
-        n = from < v->sp ? pk_tuple(v->arena, v->stack + from, v->sp - from) : pk_new(v->arena, PK_TUPLE);
+        n = from < v->sp ? pk_tuple(v->arena, v->stack + from, v->sp - from) : pk_empty_tuple(v->arena);
         v->sp = from;
         return push(v, n);
     case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
@@ -729,10 +769,10 @@ static int step(vm *v, int *stop, pk_node **result)
         v->sp -= k;
         return push(v, n);
     }
-    case 'N': return push(v, pk_new(v->arena, PK_NONE));
+    case 'N': return push(v, pk_none(v->arena));
     case 0x88: return push(v, scalar(v, PK_BOOL, 1));
     case 0x89: return push(v, scalar(v, PK_BOOL, 0));
-    case ')': return push(v, pk_new(v->arena, PK_TUPLE));
+    case ')': return push(v, pk_empty_tuple(v->arena));
     case ']': return push(v, pk_new(v->arena, PK_LIST));
     case '}': return push(v, pk_new(v->arena, PK_DICT));
     case 0x8f: return push(v, pk_new(v->arena, PK_SET));
@@ -807,7 +847,7 @@ static void build_paths(void)
 widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk_arena **arena, pk_node **root,
                      widen_error *err)
 {
-    vm v = {.p = data, .end = data + len, .what = what, .err = err};
+    vm v = {.p = data, .end = data + len, .start = data, .what = what, .err = err};
     *root = NULL;
     *arena = pk_arena_new();
     if (!*arena) return widen_fail(err, WIDEN_EIO, "out of memory");
@@ -828,6 +868,7 @@ widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk
     free(v.stack);
     free(v.marks);
     free(v.memo);
+    free(v.dense);
     widen_table_free(&v.globals);
     if (v.st) {
         pk_arena_free(*arena);
@@ -843,7 +884,7 @@ widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk
 
 widen_status pk_check_graph(pk_arena *a, pk_node *root, uint32_t max_depth, const char *what, widen_error *err)
 {
-    for (size_t i = 0; i < a->count; i++) a->nodes[i]->mark = 0, a->nodes[i]->height = 0;
+    (void)a;
     typedef struct frame {
         pk_node *n;
         uint32_t next; /* the child to visit next; count: the state */
@@ -853,14 +894,14 @@ widen_status pk_check_graph(pk_arena *a, pk_node *root, uint32_t max_depth, cons
     widen_status st = WIDEN_OK;
     if (grow((void **)&stack, &cap, 1, sizeof *stack)) return widen_fail(err, WIDEN_EIO, "out of memory");
     stack[sp++] = (frame){root, 0};
-    root->mark = 1;
+    root->mark |= 1;
     while (sp && !st) {
         frame *f = &stack[sp - 1];
         pk_node *n = f->n, *child = NULL;
         if (f->next < n->count) child = n->items[f->next];
         else if (f->next == n->count && n->state) child = n->state;
         if (!child) {
-            n->mark = 2;
+            n->mark = (uint8_t)((n->mark & ~1) | 2);
             sp--;
             if (sp) {
                 pk_node *parent = stack[sp - 1].n;
@@ -869,11 +910,11 @@ widen_status pk_check_graph(pk_arena *a, pk_node *root, uint32_t max_depth, cons
             continue;
         }
         f->next++;
-        if (child->mark == 1) {
+        if (child->mark & 1) {
             st = widen_fail(err, WIDEN_EFORMAT, "%s: pickle holds an object that contains itself (a cycle)", what);
             break;
         }
-        if (child->mark == 2) {
+        if (child->mark & 2) {
             if (child->height + 1 > n->height) n->height = child->height + 1;
         } else {
             if (sp >= max_depth) {
@@ -884,13 +925,12 @@ widen_status pk_check_graph(pk_arena *a, pk_node *root, uint32_t max_depth, cons
                 st = widen_fail(err, WIDEN_EIO, "out of memory");
                 break;
             }
-            child->mark = 1;
+            child->mark |= 1;
             stack[sp++] = (frame){child, 0};
         }
         if (n->height > max_depth) st = widen_fail(err, WIDEN_EFORMAT, "%s: pickle nests deeper than %u levels", what, max_depth);
     }
     free(stack);
-    for (size_t i = 0; i < a->count; i++) a->nodes[i]->mark = 0;
     return st;
 }
 

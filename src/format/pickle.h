@@ -46,7 +46,7 @@ extern const pk_global_info pk_globals[];
 
 typedef struct pk_node {
     uint8_t kind;
-    uint8_t mark;      /* graph walks: 0 unvisited, 1 on the path, 2 done */
+    uint8_t mark;      /* graph walks' bits: pk_check_graph's 1 (on the path) and 2 (done), callers' from 4 on */
     uint16_t global;   /* GLOBAL */
     uint32_t id;       /* index in the arena */
     union {
@@ -70,7 +70,8 @@ typedef struct pk_arena pk_arena;
 widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk_arena **arena, pk_node **root,
                      widen_error *err);
 /* Refuses (exit 3) a graph (from root) with a cycle or deeper than max_depth; fills every reachable
- * node's height (the longest path below it). Iterative: no input can exhaust the stack. */
+ * node's height (the longest path below it) and leaves mark bits 1 and 2 set. Iterative: no input
+ * can exhaust the stack. Once per loaded graph. */
 widen_status pk_check_graph(pk_arena *arena, pk_node *root, uint32_t max_depth, const char *what, widen_error *err);
 
 pk_arena *pk_arena_new(void);
@@ -103,7 +104,8 @@ const pk_global_info *pk_global_of(const pk_node *n);
 pk_role pk_role_of(const pk_node *n);
 int pk_str_is(const pk_node *n, const char *text);
 
-/* Sets every node's memo back to -1 and mark to 0. */
+/* Sets every node's memo back to -1 and mark to 0. Immutable leaves (None, booleans, ints 0..255,
+ * the empty tuple) are shared within an arena, as Python shares them: never give one a state. */
 void pk_clear_marks(pk_arena *arena);
 
 /* Serialises `root` as pickle protocol 2 into a growing buffer. `persid`, when not NULL, is asked

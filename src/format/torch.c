@@ -166,7 +166,7 @@ static int rebuild_dtype(const torch_state *ts, const site_info *si)
 /* ---------------------------------------------------------------------------------------------- */
 /* The walk                                                                                         */
 
-enum { SEEN_NAMED = 1, SEEN_OPAQUE = 2 };
+enum { SEEN_NAMED = 4, SEEN_OPAQUE = 8 }; /* mark bits of the walk (pk_check_graph uses 1 and 2) */
 
 typedef struct walker {
     widen_checkpoint *ckpt;
@@ -245,7 +245,7 @@ static widen_status claim_path(walker *w, const char **stored)
                    (unsigned long long)(TORCH_MAX_NAME_BYTES >> 20));
     char *copy = pk_arena_strdup(w->ts->arena, w->name, w->len);
     if (!copy) return NOMEM();
-    int r = widen_table_put(&w->paths, copy, w->len, 0, NULL);
+    int r = widen_table_put(&w->paths, copy, w->len, UINT32_MAX, NULL); /* a tensor's index once it is one */
     if (r < 0) return NOMEM();
     if (r == 0)
         return BAD("%s: two values are both named '%s' (a repeated key, or keys that read the same once dotted); "
@@ -410,11 +410,9 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *site, const
         size_t cap = w->tensor_cap ? 2 * w->tensor_cap : 64;
         widen_tensor_info *t = realloc(c->tensors, cap * sizeof *t);
         if (t) c->tensors = t;
-        char **nm = realloc(c->names, cap * sizeof *nm);
-        if (nm) c->names = nm;
         torch_tensor *tt = realloc(ts->tensors, cap * sizeof *tt);
         if (tt) ts->tensors = tt;
-        if (!t || !nm || !tt) return NOMEM();
+        if (!t || !tt) return NOMEM();
         w->tensor_cap = cap;
     }
     widen_tensor_info *t = &c->tensors[c->count];
@@ -460,8 +458,9 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *site, const
     if (si->v3) sto->v3_viewed = 1;
     t->offset = sto->entry->data_offset + tt->storage_offset * esize;
     t->nbytes = tt->contiguous ? bytes : 0;
-    if (!(c->names[c->count] = strdup(name))) return NOMEM();
-    t->name = c->names[c->count++];
+    t->name = name; /* the claimed path, in the arena */
+    widen_table_update(&w->paths, name, strlen(name), c->count);
+    c->count++;
     if (__builtin_add_overflow(c->logical_bytes, bytes, &c->logical_bytes)) c->logical_bytes = UINT64_MAX;
     return WIDEN_OK;
 }
@@ -576,8 +575,8 @@ widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
     }
     free(w.name);
     free(w.stack);
-    widen_table_free(&w.paths);
-    pk_clear_marks(ts->arena);
+    /* every path is in the table, the tensors' with their index: the checkpoint's name table */
+    c->by_name = w.paths;
     if (st) return st;
     /* the records torch reads: the pickle, the storages, the small ones; a rewrite drops the others */
     unsigned char *read = calloc(ts->zip.count + 1, 1);
