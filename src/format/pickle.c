@@ -151,10 +151,12 @@ typedef struct chunk {
     _Alignas(16) unsigned char data[];
 } chunk;
 
+enum { BLOCK_SHIFT = 14, BLOCK_NODES = 1u << BLOCK_SHIFT };
+
 struct pk_arena {
     chunk *chunks;
-    pk_node **nodes; /* by id */
-    size_t count, cap;
+    pk_node **blocks; /* nodes by id: blocks of BLOCK_NODES, contiguous (walks over them stay in cache) */
+    size_t count, block_count;
     pk_node *small[256], *none, *truth[2], *empty; /* shared immutable leaves */
 };
 
@@ -195,29 +197,33 @@ void pk_arena_free(pk_arena *a)
         next = c->next;
         munmap(c, sizeof *c + c->size);
     }
-    free(a->nodes);
+    for (size_t b = 0; b < a->block_count; b++) munmap(a->blocks[b], BLOCK_NODES * sizeof(pk_node));
+    free(a->blocks);
     free(a);
 }
 
 size_t pk_arena_count(const pk_arena *a) { return a->count; }
-pk_node *pk_arena_node(const pk_arena *a, size_t id) { return id < a->count ? a->nodes[id] : NULL; }
+pk_node *pk_arena_node(const pk_arena *a, size_t id)
+{
+    return id < a->count ? &a->blocks[id >> BLOCK_SHIFT][id & (BLOCK_NODES - 1)] : NULL;
+}
 
 pk_node *pk_new(pk_arena *a, pk_kind kind)
 {
-    if (a->count == a->cap) {
-        size_t cap = a->cap ? 2 * a->cap : 1024;
-        pk_node **grown = realloc(a->nodes, cap * sizeof *grown);
+    if (a->count >= UINT32_MAX) return NULL;
+    if ((a->count & (BLOCK_NODES - 1)) == 0 && (a->count >> BLOCK_SHIFT) == a->block_count) {
+        pk_node **grown = realloc(a->blocks, (a->block_count + 1) * sizeof *grown);
         if (!grown) return NULL;
-        a->nodes = grown;
-        a->cap = cap;
+        a->blocks = grown;
+        void *block = mmap(NULL, BLOCK_NODES * sizeof(pk_node), PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (block == MAP_FAILED) return NULL;
+        a->blocks[a->block_count++] = block;
     }
-    pk_node *n = arena_alloc(a, sizeof *n);
-    if (!n) return NULL;
-    memset(n, 0, sizeof *n);
+    pk_node *n = &a->blocks[a->count >> BLOCK_SHIFT][a->count & (BLOCK_NODES - 1)]; /* zeroed by mmap */
     n->kind = (uint8_t)kind;
     n->memo = -1;
-    n->id = (uint32_t)a->count;
-    a->nodes[a->count++] = n;
+    n->id = (uint32_t)a->count++;
     return n;
 }
 
@@ -240,8 +246,9 @@ int pk_append(pk_arena *a, pk_node *parent, pk_node *child)
 void pk_clear_marks(pk_arena *a)
 {
     for (size_t i = 0; i < a->count; i++) {
-        a->nodes[i]->memo = -1;
-        a->nodes[i]->mark = 0;
+        pk_node *n = &a->blocks[i >> BLOCK_SHIFT][i & (BLOCK_NODES - 1)];
+        n->memo = -1;
+        n->mark = 0;
     }
 }
 
