@@ -38,14 +38,17 @@ static void on_bus_error(int sig)
 
 static int fail(widen_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* One line on stderr, whatever the names in it hold (the library's messages come escaped already;
+ * escaping is idempotent on them). */
 static int fail(widen_status status, const char *fmt, ...)
 {
+    char line[2048], shown_line[4096];
     va_list ap;
     va_start(ap, fmt);
-    fputs("widen: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
+    widen_escape_text(line, shown_line, sizeof shown_line);
+    fprintf(stderr, "widen: error: %s\n", shown_line);
     return (int)status;
 }
 

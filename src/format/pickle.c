@@ -334,7 +334,7 @@ pk_node *pk_global(pk_arena *a, const char *module, const char *name)
 {
     const pk_global_info *g = module && name ? find_global(module, strlen(module), name, strlen(name)) : NULL;
     pk_node *n = g ? pk_new(a, PK_GLOBAL) : NULL;
-    if (n) n->global = (uint16_t)(g - pk_globals);
+    if (n) n->global = (uint8_t)(g - pk_globals);
     return n;
 }
 
@@ -345,8 +345,10 @@ pk_node *pk_tuple(pk_arena *a, pk_node **items, size_t count)
     pk_node *n = pk_new(a, PK_TUPLE);
     pk_node **slots = n ? arena_alloc(a, count * sizeof *slots) : NULL; /* a tuple never grows */
     if (!slots) return NULL;
-    for (size_t i = 0; i < count; i++)
+    for (size_t i = 0; i < count; i++) {
         if (!(slots[i] = items[i])) return NULL;
+        n->unhashable |= items[i]->unhashable;
+    }
     n->items = slots;
     n->count = n->cap = (uint32_t)count;
     return n;
@@ -509,6 +511,12 @@ static uint64_t le(const unsigned char *p, int n)
     return x;
 }
 
+static pk_node *unhashable(pk_node *n)
+{
+    if (n) n->unhashable = 1;
+    return n;
+}
+
 static pk_node *scalar(vm *v, pk_kind kind, int64_t i)
 {
     if (kind == PK_INT) return pk_int(v->arena, i);
@@ -647,7 +655,7 @@ static int global(vm *v)
     free(full);
     pk_node *n = pk_new(v->arena, PK_GLOBAL);
     if (!n) return NOMEM();
-    n->global = (uint16_t)g;
+    n->global = (uint8_t)g;
     return push(v, n);
 }
 
@@ -685,8 +693,16 @@ static int call(vm *v, unsigned char op)
             return FAIL("%s: pickle NEWOBJ of %s.%s, which torch.save never writes", v->what, g->module, g->name);
         break;
     }
+    int container = g->role == PK_ROLE_ORDERED_DICT || g->role == PK_ROLE_COUNTER || strcmp(g->name, "set") == 0 ||
+                    strcmp(g->name, "bytearray") == 0;
+    if (strcmp(g->module, "builtins") == 0 && strcmp(g->name, "set") == 0 && args->count && /* set(items) hashes them */
+        (args->items[0]->kind == PK_LIST || args->items[0]->kind == PK_TUPLE))
+        for (uint32_t i = 0; i < args->items[0]->count; i++)
+            if (args->items[0]->items[i]->unhashable)
+                return FAIL("%s: pickle builds a set of something Python cannot hash (torch.load fails on it)", v->what);
     pk_node *n = pk_new(v->arena, op == 'R' ? PK_REDUCE : PK_NEWOBJ);
     if (!n || pk_append(v->arena, n, fn) || pk_append(v->arena, n, args)) return NOMEM();
+    n->unhashable = (uint8_t)container;
     return push(v, n);
 }
 
@@ -749,6 +765,7 @@ static int step(vm *v, int *stop, pk_node **result)
     case 's': /* SETITEM */
         if (!(b = pop(v, "SETITEM")) || !(a = pop(v, "SETITEM")) || !(n = top(v, "SETITEM"))) return -1;
         if (!settable(n)) return FAIL("%s: pickle SETITEM on something that is not a dict", v->what);
+        if (a->unhashable) return FAIL("%s: pickle uses something Python cannot hash as a dict key", v->what);
         return pk_pair_append(v->arena, n, a, b) ? NOMEM() : 0;
     case 'u': /* SETITEMS */
         if (pop_mark(v, "SETITEMS", &from)) return -1;
@@ -756,6 +773,8 @@ static int step(vm *v, int *stop, pk_node **result)
             return FAIL("%s: pickle SETITEMS on something that is not a dict", v->what);
         if ((v->sp - from) % 2) return FAIL("%s: pickle SETITEMS with an odd number of items", v->what);
         n = v->stack[from - 1];
+        for (size_t i = from; i < v->sp; i += 2)
+            if (v->stack[i]->unhashable) return FAIL("%s: pickle uses something Python cannot hash as a dict key", v->what);
         for (size_t i = from; i < v->sp; i += 2)
             if (pk_pair_append(v->arena, n, v->stack[i], v->stack[i + 1])) return NOMEM();
         v->sp = from;
@@ -780,9 +799,9 @@ static int step(vm *v, int *stop, pk_node **result)
     case 0x88: return push(v, scalar(v, PK_BOOL, 1));
     case 0x89: return push(v, scalar(v, PK_BOOL, 0));
     case ')': return push(v, pk_empty_tuple(v->arena));
-    case ']': return push(v, pk_new(v->arena, PK_LIST));
-    case '}': return push(v, pk_new(v->arena, PK_DICT));
-    case 0x8f: return push(v, pk_new(v->arena, PK_SET));
+    case ']': return push(v, unhashable(pk_new(v->arena, PK_LIST)));
+    case '}': return push(v, unhashable(pk_new(v->arena, PK_DICT)));
+    case 0x8f: return push(v, unhashable(pk_new(v->arena, PK_SET)));
     case 'J':
         if (need(v, 4, "BININT")) return -1;
         v->p += 4;

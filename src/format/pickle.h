@@ -47,7 +47,8 @@ extern const pk_global_info pk_globals[];
 typedef struct pk_node {
     uint8_t kind;
     uint8_t mark;      /* graph walks' bits: pk_check_graph's 1 (on the path) and 2 (done), callers' from 4 on */
-    uint16_t global;   /* GLOBAL */
+    uint8_t global;    /* GLOBAL: its index in pk_globals */
+    uint8_t unhashable; /* a list, dict, set or mutable object, or a tuple holding one: no dict key or set item */
     uint32_t id;       /* index in the arena */
     union {
         int64_t i;     /* BOOL, INT; PERSID: the reader's storage index */

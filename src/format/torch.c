@@ -17,6 +17,8 @@
 #define NOMEM() widen_fail(err, WIDEN_EIO, "out of memory")
 /* a precision for %.*s of text that is not NUL-terminated (keys point into the pickle) */
 #define SHOWN(len) (int)((len) > 200 ? 200 : (len))
+#define BAD_VIEW(what) widen_fail(err, WIDEN_EFORMAT, "%s: tensor '%s': %s ('%.*s')", c->path, name, what, \
+                                  SHOWN(sto->key_len), sto->key)
 
 const char *widen_torch_storage_name(widen_dtype dtype)
 {
@@ -30,6 +32,23 @@ const char *widen_torch_dtype_name(widen_dtype dtype)
     for (size_t g = 0; pk_globals[g].module; g++)
         if (pk_globals[g].role == PK_ROLE_DTYPE && pk_globals[g].dtype == (int)dtype) return pk_globals[g].name;
     return NULL;
+}
+
+/* A storage location torch can restore a storage to (its location tags): cpu, meta, mps, or a device
+ * type with an optional index (cuda:0). Others fail torch.load; widen refuses them. */
+static int known_location(const pk_node *loc)
+{
+    static const char *const types[] = {"cpu", "meta", "mps", "cuda", "xpu", "hpu", "mtia", "xla", "ipu", NULL};
+    size_t n = 0;
+    while (n < loc->len && loc->s[n] >= 'a' && loc->s[n] <= 'z') n++;
+    int known = 0;
+    for (int i = 0; types[i] && !known; i++) known = strlen(types[i]) == n && memcmp(types[i], loc->s, n) == 0;
+    if (!known) return 0;
+    if (n == loc->len) return 1;
+    if (loc->s[n] != ':' || n + 1 == loc->len || loc->len - n > 8) return 0;
+    for (size_t i = n + 1; i < loc->len; i++)
+        if (loc->s[i] < '0' || loc->s[i] > '9') return 0;
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -47,6 +66,9 @@ static widen_status register_storages(widen_checkpoint *c, torch_state *ts, wide
         const pk_global_info *g = pk_global_of(type);
         if (!key->len || memchr(key->s, '\0', key->len))
             return BAD("%s: a storage key is empty or holds a NUL byte", c->path);
+        if (!known_location(t->items[3]))
+            return BAD("%s: storage '%.*s' has the location '%.*s', which torch.load does not know", c->path,
+                       SHOWN(key->len), key->s, SHOWN(t->items[3]->len), t->items[3]->s);
         size_t existing;
         if (widen_table_get(&ts->storage_keys, key->s, key->len, &existing)) {
             const torch_storage *s = &ts->storages[existing];
@@ -152,11 +174,19 @@ static int rebuild_dtype(const torch_state *ts, const site_info *si)
     const pk_node *a = si->args;
     if (a->count < (si->v3 ? 7u : 6u) || a->count > (si->v3 ? 8u : 7u)) return -1;
     if (a->items[0]->kind != PK_PERSID || a->items[1]->kind != PK_INT || a->items[1]->i < 0 ||
-        a->items[2]->kind != PK_TUPLE || a->items[3]->kind != PK_TUPLE)
-        return -1;
-    /* a lazily negated or conjugated view (metadata {'neg': True} ...): its bytes are not its values */
+        a->items[2]->kind != PK_TUPLE || a->items[3]->kind != PK_TUPLE || a->items[4]->kind != PK_BOOL)
+        return -1; /* torch sets requires_grad from the fifth: a bool, or it fails */
+    /* the metadata argument, read as torch reads it (`if metadata:`): anything false is none; a dict
+     * ({'neg': True} ...) makes a lazily negated or conjugated view, whose bytes are not its values (not
+     * modeled); anything else fails torch's set_tensor_metadata */
     const pk_node *meta = a->count == (si->v3 ? 8u : 7u) ? a->items[a->count - 1] : NULL;
-    if (meta && meta->kind != PK_NONE && !(meta->kind == PK_DICT && meta->count == 0)) return WIDEN_DTYPE_COUNT;
+    if (meta) {
+        int empty = meta->kind == PK_NONE || ((meta->kind == PK_BOOL || meta->kind == PK_INT) && meta->i == 0) ||
+                    (meta->kind == PK_FLOAT && (meta->bits << 1) == 0) ||
+                    ((meta->kind == PK_STR) && meta->len == 0) ||
+                    ((meta->kind == PK_TUPLE || meta->kind == PK_LIST || meta->kind == PK_DICT) && meta->count == 0);
+        if (!empty) return meta->kind == PK_DICT ? WIDEN_DTYPE_COUNT : -1;
+    }
     if (!si->v3) return (int)ts->storages[a->items[0]->i].dtype;
     const pk_global_info *g = pk_global_of(a->items[6]);
     if (!g || g->role != PK_ROLE_DTYPE) return -1;
@@ -373,6 +403,80 @@ static widen_status walk_named(walker *w, pk_node *n, pk_node *holder, uint32_t 
     return walk_opaque(w, n);
 }
 
+/* The view rebuild arguments describe over their storage, elements of `esize` bytes (0: a dtype of
+ * no whole byte size, whose bounds torch checks and widen cannot: refused): sizes, strides, the
+ * offset, each bound and overflow checked as torch's set_ checks them. Fills t (shape, rank,
+ * offset, nbytes) and tt (strides, offset, contiguity, storage) when they are not NULL. */
+static widen_status check_view(const widen_checkpoint *c, const torch_state *ts, const pk_node *args, unsigned esize,
+                               const char *name, widen_tensor_info *t, torch_tensor *tt, uint64_t *elements,
+                               widen_error *err)
+{
+    widen_tensor_info t0;
+    torch_tensor tt0;
+    if (!t) t = &t0;
+    if (!tt) tt = &tt0;
+    const torch_storage *sto = &ts->storages[args->items[0]->i];
+    const pk_node *size = args->items[2], *stride = args->items[3];
+    if (!esize) return BAD_VIEW("has a dtype of no whole byte size, which widen does not read");
+    if (size->count > WIDEN_MAX_RANK || stride->count != size->count)
+        return BAD_VIEW("size and stride disagree or its rank is over 16");
+    t->rank = (int)size->count;
+    uint64_t numel = 1, expect = 1, extent = 0;
+    tt->contiguous = 1;
+    for (int d = t->rank - 1; d >= 0; d--) {
+        const pk_node *sz = size->items[d], *sd = stride->items[d];
+        if (sz->kind != PK_INT || sd->kind != PK_INT || sz->i < 0 || sd->i < 0)
+            return BAD_VIEW("sizes and strides must be non-negative integers");
+        t->shape[d] = (uint64_t)sz->i;
+        tt->strides[d] = (uint64_t)sd->i;
+        if (t->shape[d] != 1 && (uint64_t)sd->i != expect) tt->contiguous = 0;
+        if (__builtin_mul_overflow(expect, t->shape[d], &expect) || __builtin_mul_overflow(numel, t->shape[d], &numel))
+            return BAD_VIEW("element count overflows");
+        uint64_t reach;
+        if (t->shape[d] && (__builtin_mul_overflow(t->shape[d] - 1, (uint64_t)sd->i, &reach) ||
+                            __builtin_add_overflow(extent, reach, &extent)))
+            return BAD_VIEW("reaches past the end of its storage");
+    }
+    uint64_t bytes, storage_elements = sto->numel * sto->esize / esize;
+    if (__builtin_mul_overflow(numel, (uint64_t)esize, &bytes)) return BAD_VIEW("byte count overflows");
+    if (numel == 0) tt->contiguous = 1; /* no bytes: whatever its strides say */
+    tt->storage = (size_t)args->items[0]->i;
+    tt->storage_offset = (uint64_t)args->items[1]->i;
+    if (numel && (tt->storage_offset > storage_elements || extent >= storage_elements - tt->storage_offset))
+        return BAD_VIEW("reaches past the end of its storage");
+    /* an empty tensor reads nothing: torch accepts any offset for it, and widen points it at its storage */
+    t->offset = sto->entry->data_offset + (numel ? tt->storage_offset * esize : 0);
+    t->nbytes = tt->contiguous ? bytes : 0;
+    *elements = numel;
+    return WIDEN_OK;
+}
+
+/* torch runs every _rebuild_tensor_v2/v3 call it unpickles, named or not, reached or not: one that
+ * fails there fails torch.load, so the file is refused, whatever widen would do with the rest. */
+static widen_status check_rebuilds(const widen_checkpoint *c, const torch_state *ts, widen_error *err)
+{
+    for (size_t id = 0, nodes = pk_arena_count(ts->arena); id < nodes; id++) {
+        pk_node *n = pk_arena_node(ts->arena, id);
+        pk_role role = n->kind == PK_REDUCE ? pk_role_of(n) : PK_ROLE_OTHER;
+        if (role == PK_ROLE_REBUILD_PARAMETER || role == PK_ROLE_REBUILD_PARAMETER_STATE) { /* Parameter(data, requires_grad) */
+            const pk_node *a = n->items[1];
+            if (a->count != (role == PK_ROLE_REBUILD_PARAMETER ? 3u : 4u) || a->items[1]->kind != PK_BOOL)
+                return BAD("%s: a Parameter's rebuild arguments are malformed (torch.load fails on them)", c->path);
+            continue;
+        }
+        if (role != PK_ROLE_REBUILD_V2 && role != PK_ROLE_REBUILD_V3) continue;
+        site_info si = {.args = n->items[1], .v3 = role == PK_ROLE_REBUILD_V3};
+        int dtype = rebuild_dtype(ts, &si);
+        if (dtype < 0) return BAD("%s: a tensor's rebuild arguments are malformed (torch.load fails on them)", c->path);
+        const pk_node *a = si.args;
+        unsigned esize = si.v3 ? pk_global_of(a->items[6])->size : ts->storages[a->items[0]->i].esize;
+        uint64_t numel;
+        widen_status st = check_view(c, ts, a, esize, "(a tensor torch rebuilds)", NULL, NULL, &numel, err);
+        if (st) return st;
+    }
+    return WIDEN_OK;
+}
+
 static widen_status add_tensor(walker *w, const char *name, pk_node *site, const site_info *si, pk_node *holder,
                                uint32_t slot)
 {
@@ -403,9 +507,6 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *site, const
         sto->pinned = 1;
         return st;
     }
-    const pk_node *size = args->items[2], *stride = args->items[3];
-    if (size->count > WIDEN_MAX_RANK || stride->count != size->count)
-        return BAD("%s: tensor '%s': size and stride disagree or rank is over %d", c->path, name, WIDEN_MAX_RANK);
     if (c->count == w->tensor_cap) {
         size_t cap = w->tensor_cap ? 2 * w->tensor_cap : 64;
         widen_tensor_info *t = realloc(c->tensors, cap * sizeof *t);
@@ -421,27 +522,10 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *site, const
     memset(tt, 0, sizeof *tt);
     unsigned esize = widen_dtype_bits((widen_dtype)dtype) / 8;
     t->dtype = (widen_dtype)dtype;
-    t->rank = (int)size->count;
-    uint64_t numel = 1, expect = 1, extent = 0;
-    tt->contiguous = 1;
-    for (int d = t->rank - 1; d >= 0; d--) {
-        const pk_node *sz = size->items[d], *sd = stride->items[d];
-        if (sz->kind != PK_INT || sd->kind != PK_INT || sz->i < 0 || sd->i < 0)
-            return BAD("%s: tensor '%s': sizes and strides must be non-negative integers", c->path, name);
-        t->shape[d] = (uint64_t)sz->i;
-        tt->strides[d] = (uint64_t)sd->i;
-        if (t->shape[d] != 1 && (uint64_t)sd->i != expect) tt->contiguous = 0;
-        if (__builtin_mul_overflow(expect, t->shape[d], &expect) || __builtin_mul_overflow(numel, t->shape[d], &numel))
-            return BAD("%s: tensor '%s': element count overflows", c->path, name);
-        uint64_t reach;
-        if (t->shape[d] && (__builtin_mul_overflow(t->shape[d] - 1, (uint64_t)sd->i, &reach) ||
-                            __builtin_add_overflow(extent, reach, &extent)))
-            return BAD("%s: tensor '%s' reaches past the end of its storage '%.*s'", c->path, name, SHOWN(sto->key_len), sto->key);
-    }
-    uint64_t bytes, storage_elements = sto->numel * sto->esize / esize;
-    if (__builtin_mul_overflow(numel, (uint64_t)esize, &bytes))
-        return BAD("%s: tensor '%s': byte count overflows", c->path, name);
-    if (numel == 0) tt->contiguous = 1; /* no bytes: whatever its strides say */
+    uint64_t numel, bytes;
+    widen_status st = check_view(c, ts, args, esize, name, t, tt, &numel, err);
+    if (st) return st;
+    bytes = numel * esize;
     tt->site = site;
     tt->holder = holder;
     tt->slot = slot;
@@ -449,15 +533,7 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *site, const
     tt->depth = si->depth;
     tt->v3 = si->v3;
     tt->args = si->args;
-    tt->storage = (size_t)args->items[0]->i;
-    tt->storage_offset = (uint64_t)args->items[1]->i;
-    if (numel && (tt->storage_offset > storage_elements || extent >= storage_elements - tt->storage_offset))
-        return BAD("%s: tensor '%s' reaches past the end of its storage '%.*s'", c->path, name, SHOWN(sto->key_len), sto->key);
-    if (!numel && tt->storage_offset > storage_elements)
-        return BAD("%s: tensor '%s' starts past the end of its storage '%.*s'", c->path, name, SHOWN(sto->key_len), sto->key);
     if (si->v3) sto->v3_viewed = 1;
-    t->offset = sto->entry->data_offset + tt->storage_offset * esize;
-    t->nbytes = tt->contiguous ? bytes : 0;
     t->name = name; /* the claimed path, in the arena */
     widen_table_update(&w->paths, name, strlen(name), c->count);
     c->count++;
@@ -577,7 +653,7 @@ widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
     free(w.stack);
     /* every path is in the table, the tensors' with their index: the checkpoint's name table */
     c->by_name = w.paths;
-    if (st) return st;
+    if (st || (st = check_rebuilds(c, ts, err))) return st; /* the named ones first, to name them */
     /* the records torch reads: the pickle, the storages, the small ones; a rewrite drops the others */
     unsigned char *read = calloc(ts->zip.count + 1, 1);
     if (!read) return NOMEM();
