@@ -22,6 +22,7 @@
 typedef struct verifier {
     widen_checkpoint *in, *out;
     const widen_transform *tr;
+    char *provenance; /* what a safetensors output's `widen` key must hold, byte for byte */
     widen_plan plan;
     widen_verify_report *report;
     widen_error *err;
@@ -159,15 +160,9 @@ static void compare_metadata(verifier *v)
         const char *k = out->metadata[i].key, *value = out->metadata[i].value;
         size_t at;
         if (strcmp(k, WIDEN_PROVENANCE_KEY) == 0) {
-            widen_transform *recorded = NULL;
-            widen_error e;
-            char *a = NULL, *b = widen_transform_to_json(v->tr);
-            if (widen_transform_from_json(value, &recorded, &e) == WIDEN_OK) a = widen_transform_to_json(recorded);
-            if (!a || !b || strcmp(a, b) != 0)
-                difference(r, "%s: metadata key '%s' does not record the transform being verified", out->path, k);
-            free(a);
-            free(b);
-            widen_transform_free(recorded);
+            if (!v->provenance || strcmp(value, v->provenance) != 0)
+                difference(r, "%s: metadata key '%s' does not record the transform being verified as widen records it",
+                           out->path, k);
         } else if (from_pt) {
             if (strcmp(k, "format") != 0 || strcmp(value, "pt") != 0)
                 difference(r, "%s: metadata key '%s' is not in the input", out->path, k);
@@ -521,7 +516,6 @@ widen_status widen_verify(const char *input, const char *output, const char *man
     widen_transform *tr = NULL;
     json_t *manifest = NULL;
     widen_torch_layout layout = {0};
-    char *provenance = NULL;
     widen_status st = widen_isa_init(err);
     if (st || (st = widen_open(input, &v.in, err)) || (st = widen_open(output, &v.out, err))) goto done;
     if (manifest_path) {
@@ -529,9 +523,10 @@ widen_status widen_verify(const char *input, const char *output, const char *man
             st = err ? err->status : WIDEN_EFORMAT;
             goto done;
         }
-        char *text = json_dumps(json_object_get(manifest, "transform"), JSON_COMPACT);
-        st = text ? widen_transform_from_json(text, &tr, err) : widen_fail(err, WIDEN_EIO, "out of memory");
-        free(text);
+        /* apply records the transform's JSON in the manifest as it writes it into a safetensors
+         * output: compact, the same keys in the same order */
+        v.provenance = json_dumps(json_object_get(manifest, "transform"), JSON_COMPACT);
+        st = v.provenance ? widen_transform_from_json(v.provenance, &tr, err) : widen_fail(err, WIDEN_EIO, "out of memory");
     } else {
         const char *recorded = metadata_get(v.out, WIDEN_PROVENANCE_KEY);
         if (!recorded) {
@@ -539,6 +534,10 @@ widen_status widen_verify(const char *input, const char *output, const char *man
                             output, WIDEN_PROVENANCE_KEY);
             goto done;
         }
+        /* the output's own record, which must be in the form widen writes (compact JSON) */
+        json_t *parsed = json_loads(recorded, JSON_REJECT_DUPLICATES, NULL);
+        v.provenance = parsed ? json_dumps(parsed, JSON_COMPACT) : NULL;
+        json_decref(parsed);
         st = widen_transform_from_json(recorded, &tr, err);
     }
     if (st) goto done;
@@ -568,8 +567,7 @@ widen_status widen_verify(const char *input, const char *output, const char *man
         st = widen_torch_write(v.in, tr, &v.plan, &cmp.base, &eo, &layout, err);
         if (!st && manifest) st = widen_torch_hash_views(v.in, &v.plan, &eo, err);
     } else {
-        const char *recorded = metadata_get(v.out, WIDEN_PROVENANCE_KEY); /* checked above to record this transform */
-        st = widen_safetensors_write(v.in, &v.plan, recorded, &cmp.base, &eo, err);
+        st = widen_safetensors_write(v.in, &v.plan, v.provenance, &cmp.base, &eo, err);
     }
     if (st) goto done;
     if (cmp.base.position != v.out->size && cmp.count < 64)
@@ -588,7 +586,7 @@ widen_status widen_verify(const char *input, const char *output, const char *man
     if (manifest) check_manifest_hashes(manifest, manifest_path, &v.plan, report);
     st = report->differences ? WIDEN_DIFFERENT : WIDEN_OK;
 done:
-    free(provenance);
+    free(v.provenance);
     widen_torch_layout_free(&layout);
     free(v.in_to_out);
     free(v.out_to_in);
