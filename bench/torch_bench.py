@@ -64,10 +64,10 @@ def measure(commands, outputs, runs):
     return results
 
 
-def table(results, base, note):
+def table(results, base, note, label="cp"):
     print(note)
     print()
-    print("| command | median wall (s) | ratio to cp | peak RSS (MiB) |")
+    print(f"| command | median wall (s) | ratio to {label} | peak RSS (MiB) |")
     print("|---|---|---|---|")
     b = statistics.median(w for w, _ in results[base])
     for name, samples in results.items():

@@ -39,6 +39,9 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
                                    void *progress_user, widen_error *err)
 {
     enum { STEP = 8u << 20 };
+    if (!ckpt) return widen_fail(err, WIDEN_EUSAGE, "widen_hash_checkpoint needs a checkpoint");
+    widen_status st0 = widen_checkpoint_check_work(ckpt, err); /* every name is hashed: views count each time */
+    if (st0) return st0;
     const widen_kernels *k = hash_kernels();
     widen_hash_state *file = aligned_alloc(64, 2 * sizeof *file), *tensor = file + 1;
     if (!file) return widen_fail(err, WIDEN_EIO, "out of memory");

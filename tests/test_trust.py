@@ -469,8 +469,10 @@ def test_the_archive_folder_is_never_the_inputs(tmp_path):
     """An input whose entries all start with '../' (a zip slip torch loads): the output's folder is
     archive/."""
     data = P.dumps(conv_pickle())
-    path = P.write_pt(tmp_path / "slip.pt", data, records_of(**{"0": f32(8, 3, 3, 3)}), prefix="..")
-    run("apply", path, "-o", tmp_path / "o.pt", "--to", "4", check=0)
+    path = P.write_pt(tmp_path / "slip.pt", data, records_of(**{"0": f32(8, 3, 3, 3)}), prefix="..",
+                      extra={"../extra.txt": b"not read by torch.load"})
+    proc = run("apply", path, "-o", tmp_path / "o.pt", "--to", "4", check=0)
+    assert "dropping 1 archive entry that torch.load does not read" in proc.stderr
     with zipfile.ZipFile(tmp_path / "o.pt") as z:
         assert all(n.startswith("archive/") for n in z.namelist())
 

@@ -401,7 +401,7 @@ widen_status widen_safetensors_read(widen_checkpoint *c, widen_error *err)
     ws(&ps);
     if (ps.p != ps.end) return bad(&ps, "text after the header's object");
     /* file order: by offset; the name table then holds stale indices, rebuilt by the caller */
-    qsort(c->tensors, c->count, sizeof *c->tensors, by_offsets);
+    if (c->count) qsort(c->tensors, c->count, sizeof *c->tensors, by_offsets);
     widen_table_free(&c->by_name);
     uint64_t expect = 8 + n;
     for (size_t i = 0; i < c->count; i++) {
