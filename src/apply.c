@@ -1,7 +1,6 @@
 /* apply.c: file to file: plan, stream into a temporary file beside the output, fsync, rename. */
 #include <errno.h>
 #include <fcntl.h>
-#include <jansson.h>
 #include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
@@ -13,6 +12,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "text.h"
 #include "format/torch.h"
 #include "write.h"
 
@@ -151,39 +151,54 @@ static widen_status temp_commit(temp_file *tf, const char *target, int do_fsync,
 }
 
 
-static json_t *tensor_json(widen_dtype dtype, int rank, const uint64_t *shape, widen_hash128 hash)
+static void tensor_json(widen_text *t, widen_dtype dtype, int rank, const uint64_t *shape, widen_hash128 hash)
 {
     char hex[33];
-    json_t *obj = json_object(), *dims = json_array();
-    for (int d = 0; d < rank; d++) json_array_append_new(dims, json_integer((json_int_t)shape[d]));
     widen_hash128_hex(hash, hex);
-    json_object_set_new(obj, "dtype", json_string(widen_dtype_name(dtype)));
-    json_object_set_new(obj, "shape", dims);
-    json_object_set_new(obj, "xxh3_128", json_string(hex));
-    return obj;
+    widen_text_puts(t, "{\"dtype\": ");
+    widen_text_json_string(t, widen_dtype_name(dtype));
+    widen_text_puts(t, ", \"shape\": [");
+    for (int d = 0; d < rank; d++) {
+        if (d) widen_text_puts(t, ", ");
+        widen_text_uint(t, shape[d]);
+    }
+    widen_text_puts(t, "], \"xxh3_128\": \"");
+    widen_text_puts(t, hex);
+    widen_text_puts(t, "\"}");
 }
 
+/* The manifest, written as text (no JSON tree: it lists every tensor). `transform_json` is the
+ * provenance apply records, kept as it is (verify compares it byte for byte). */
 static char *manifest_text(const char *input, const char *output, const char *transform_json, const widen_plan *plan)
 {
-    json_t *root = json_object(), *tensors = json_array();
-    json_object_set_new(root, "tool", json_string("widen"));
-    json_object_set_new(root, "version", json_string(WIDEN_VERSION_STRING));
-    json_object_set_new(root, "input", json_string(input));
-    json_object_set_new(root, "output", json_string(output));
-    json_object_set_new(root, "transform", json_loads(transform_json, 0, NULL));
+    widen_text t = {0};
+    widen_text_puts(&t, "{\n  \"tool\": \"widen\",\n  \"version\": ");
+    widen_text_json_string(&t, WIDEN_VERSION_STRING);
+    widen_text_puts(&t, ",\n  \"input\": ");
+    widen_text_json_string(&t, input);
+    widen_text_puts(&t, ",\n  \"output\": ");
+    widen_text_json_string(&t, output);
+    widen_text_puts(&t, ",\n  \"transform\": ");
+    widen_text_puts(&t, transform_json);
+    widen_text_puts(&t, ",\n  \"tensors\": [");
     for (size_t i = 0; i < plan->count; i++) {
         const widen_plan_tensor *p = &plan->tensors[i];
-        json_t *obj = json_object();
-        json_object_set_new(obj, "name", json_string(p->name));
-        json_object_set_new(obj, "op", json_string(p->op == WIDEN_OP_COPY ? "copy" : p->axis < 0 ? "cast" : "remap"));
-        json_object_set_new(obj, "input", tensor_json(p->in->dtype, p->in->rank, p->in->shape, p->in_hash));
-        json_object_set_new(obj, "output", tensor_json(p->dtype, p->rank, p->shape, p->out_hash));
-        json_array_append_new(tensors, obj);
+        widen_text_puts(&t, i ? ",\n    {\"name\": " : "\n    {\"name\": ");
+        widen_text_json_string(&t, p->name);
+        widen_text_puts(&t, ", \"op\": ");
+        widen_text_json_string(&t, p->op == WIDEN_OP_COPY ? "copy" : p->axis < 0 ? "cast" : "remap");
+        widen_text_puts(&t, ",\n     \"input\": ");
+        tensor_json(&t, p->in->dtype, p->in->rank, p->in->shape, p->in_hash);
+        widen_text_puts(&t, ",\n     \"output\": ");
+        tensor_json(&t, p->dtype, p->rank, p->shape, p->out_hash);
+        widen_text_puts(&t, "}");
     }
-    json_object_set_new(root, "tensors", tensors);
-    char *text = json_dumps(root, JSON_INDENT(2));
-    json_decref(root);
-    return text;
+    widen_text_puts(&t, plan->count ? "\n  ]\n}" : "]\n}");
+    if (t.failed) {
+        free(t.data);
+        return NULL;
+    }
+    return t.data;
 }
 
 /* The path a name will have once created: its folder resolved (links, "..") and its own name. */

@@ -42,3 +42,24 @@ def test_peak_rss_is_bounded_on_a_512_mib_file(tmp_path):
         f.seek(8 + n + begin)
         got = np.frombuffer(f.read(end - begin), dtype="<f4").reshape(1280, 4, 14, 14)
     assert got.tobytes() == np.pad(stem, ((0, 0), (0, 1), (0, 0), (0, 0))).tobytes()
+
+
+def test_memory_follows_names_not_data_on_100000_tensors(tmp_path):
+    """A checkpoint of 100,000 tensors (torch.save): memory grows with the names, not the data: at
+    most 4 KiB a tensor for apply, 8 KiB for verify (which reads two checkpoints and a manifest), on
+    top of the bounded data path; and every name is read."""
+    import collections
+    import torch
+    n = 100_000
+    sd = collections.OrderedDict([("stem.weight", torch.ones(8, 3, 3, 3))] +
+                                 [(f"blocks.{i}.weight", torch.full((4,), float(i))) for i in range(n)])
+    src, out, manifest = tmp_path / "many.pt", tmp_path / "o.pt", tmp_path / "m.json"
+    torch.save(sd, src)
+    assert peak_rss_kib("apply", src, "-o", out, "--to", "4", "--manifest", manifest, "--no-fsync") < LIMIT_KIB + 4 * n
+    assert peak_rss_kib("verify", src, out, "--manifest", manifest) < LIMIT_KIB + 8 * n
+    doc = json.loads(subprocess.run([WIDEN, "inspect", out, "--json"], capture_output=True, text=True).stdout)
+    assert len(doc["tensors"]) == n + 1 and doc["tensors"][0]["shape"] == [8, 4, 3, 3]
+    entries = {t["name"]: t for t in json.loads(manifest.read_text())["tensors"]}
+    import xxhash
+    assert entries["blocks.77777.weight"]["output"]["xxh3_128"] == xxhash.xxh3_128_hexdigest(
+        np.full(4, 77777.0, np.float32).tobytes())

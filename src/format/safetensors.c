@@ -6,6 +6,7 @@
 
 #include "../dtype.h"
 #include "../internal.h"
+#include "../text.h"
 
 #define MAX_HEADER 100000000ull
 
@@ -421,113 +422,56 @@ widen_status widen_safetensors_read(widen_checkpoint *c, widen_error *err)
 
 /* ---------------------------------------------------------------------------------------------- */
 
-/* A growing text buffer for the header (no JSON tree: a header may name a million tensors). */
-typedef struct text {
-    char *data;
-    size_t len, cap;
-    int failed;
-} text;
-
-static void add(text *t, const char *s, size_t n)
-{
-    if (t->failed) return;
-    if (t->len + n + 1 > t->cap) {
-        size_t cap = t->cap ? t->cap : 4096;
-        while (cap < t->len + n + 1) cap *= 2;
-        char *grown = realloc(t->data, cap);
-        if (!grown) {
-            t->failed = 1;
-            return;
-        }
-        t->data = grown;
-        t->cap = cap;
-    }
-    memcpy(t->data + t->len, s, n);
-    t->len += n;
-}
-
-static void add_text(text *t, const char *s)
-{
-    add(t, s, strlen(s));
-}
-
-/* A JSON string as jansson and Python's json.dumps(ensure_ascii=False) write it: UTF-8 as it is, the
- * quote, the backslash and control characters escaped. */
-static void add_string(text *t, const char *s)
-{
-    add(t, "\"", 1);
-    const char *run = s;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        add(t, run, (size_t)(s - run));
-        char esc[8];
-        const char *named = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r"
-                            : c == '\b' ? "\\b" : c == '\f' ? "\\f" : NULL;
-        if (!named) snprintf(esc, sizeof esc, "\\u%04x", c);
-        add_text(t, named ? named : esc);
-        run = s + 1;
-    }
-    add(t, run, (size_t)(s - run));
-    add(t, "\"", 1);
-}
-
-static void add_uint(text *t, uint64_t v)
-{
-    char buf[24];
-    add(t, buf, (size_t)snprintf(buf, sizeof buf, "%llu", (unsigned long long)v));
-}
-
 widen_status widen_safetensors_header(const widen_plan *plan, const widen_checkpoint *in,
                                       const char *provenance, unsigned char **header, size_t *len,
                                       widen_error *err)
 {
-    text t = {0};
-    add(&t, "        {", 9); /* the length, filled in below */
+    widen_text t = {0};
+    widen_text_add(&t, "        {", 9); /* the length, filled in below */
     int from_pt = strcmp(in->format, "pt") == 0, first = 1;
     if (in->metadata_count || provenance || from_pt) {
-        add_text(&t, "\"__metadata__\":{");
+        widen_text_puts(&t, "\"__metadata__\":{");
         /* what safetensors.torch.save_file writes, and Hugging Face transformers requires */
-        if (from_pt) add_text(&t, "\"format\":\"pt\""), first = 0;
+        if (from_pt) widen_text_puts(&t, "\"format\":\"pt\""), first = 0;
         for (size_t i = 0; i < in->metadata_count; i++) {
             if (strcmp(in->metadata[i].key, WIDEN_PROVENANCE_KEY) == 0) continue;
-            if (!first) add(&t, ",", 1);
+            if (!first) widen_text_add(&t, ",", 1);
             first = 0;
-            add_string(&t, in->metadata[i].key);
-            add(&t, ":", 1);
-            add_string(&t, in->metadata[i].value);
+            widen_text_json_string(&t, in->metadata[i].key);
+            widen_text_add(&t, ":", 1);
+            widen_text_json_string(&t, in->metadata[i].value);
         }
         if (provenance) {
-            if (!first) add(&t, ",", 1);
-            add_string(&t, WIDEN_PROVENANCE_KEY);
-            add(&t, ":", 1);
-            add_string(&t, provenance);
+            if (!first) widen_text_add(&t, ",", 1);
+            widen_text_json_string(&t, WIDEN_PROVENANCE_KEY);
+            widen_text_add(&t, ":", 1);
+            widen_text_json_string(&t, provenance);
         }
-        add(&t, "}", 1);
+        widen_text_add(&t, "}", 1);
         first = 0;
     }
     uint64_t offset = 0;
     for (size_t i = 0; i < plan->count; i++) {
         const widen_plan_tensor *p = &plan->tensors[i];
-        if (!first) add(&t, ",", 1);
+        if (!first) widen_text_add(&t, ",", 1);
         first = 0;
-        add_string(&t, p->name);
-        add_text(&t, ":{\"dtype\":");
-        add_string(&t, widen_dtype_name(p->dtype));
-        add_text(&t, ",\"shape\":[");
+        widen_text_json_string(&t, p->name);
+        widen_text_puts(&t, ":{\"dtype\":");
+        widen_text_json_string(&t, widen_dtype_name(p->dtype));
+        widen_text_puts(&t, ",\"shape\":[");
         for (int d = 0; d < p->rank; d++) {
-            if (d) add(&t, ",", 1);
-            add_uint(&t, p->shape[d]);
+            if (d) widen_text_add(&t, ",", 1);
+            widen_text_uint(&t, p->shape[d]);
         }
-        add_text(&t, "],\"data_offsets\":[");
-        add_uint(&t, offset);
-        add(&t, ",", 1);
-        add_uint(&t, offset + p->nbytes);
-        add_text(&t, "]}");
+        widen_text_puts(&t, "],\"data_offsets\":[");
+        widen_text_uint(&t, offset);
+        widen_text_add(&t, ",", 1);
+        widen_text_uint(&t, offset + p->nbytes);
+        widen_text_puts(&t, "]}");
         offset += p->nbytes;
     }
-    add(&t, "}", 1);
-    while (!t.failed && (t.len - 8) % 8) add(&t, " ", 1); /* padded to a multiple of 8, as the reference pads */
+    widen_text_add(&t, "}", 1);
+    while (!t.failed && (t.len - 8) % 8) widen_text_add(&t, " ", 1); /* padded to a multiple of 8, as the reference pads */
     if (t.failed) {
         free(t.data);
         return widen_fail(err, WIDEN_EIO, "out of memory");
