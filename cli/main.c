@@ -377,8 +377,12 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
         for (size_t i = 0; i < n; i++) {
             const widen_tensor_info *t = widen_tensor_at(c, i);
             shape_text(t, shape, sizeof shape);
+            /* a column as wide as its widest entry, up to a limit: a name of megabytes must not pad
+             * every other row to its width */
             if ((int)strlen(shown(t->name, 0)) > wn) wn = (int)strlen(shown(t->name, 0));
             if ((int)strlen(shape) > ws) ws = (int)strlen(shape);
+            if (wn > 60) wn = 60;
+            if (ws > 40) ws = 40;
         }
         printf("%-*s  %-11s  %-*s  %14s%s\n", wn, "NAME", "DTYPE", ws, "SHAPE", "BYTES", want_hash ? "  XXH3-128" : "");
         for (size_t i = 0; i < n; i++) {

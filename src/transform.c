@@ -26,15 +26,37 @@ void widen_transform_free(widen_transform *t)
     free(t);
 }
 
+/* An fp32 number as strtof reads it (subnormals included: glibc flags them ERANGE but returns them),
+ * or "bits:0xXXXXXXXX", the exact bits (how a NaN is recorded, payload and sign kept). Overflow and a
+ * non-zero number that underflows to zero are refused. */
 static widen_status parse_float(const char *text, float *out, const char *what, widen_error *err)
 {
     char *end;
+    if (strncmp(text, "bits:0x", 7) == 0) {
+        errno = 0;
+        unsigned long bits = strtoul(text + 7, &end, 16);
+        if (!text[7] || *end || errno || bits > 0xffffffffu || text[7] == '-' || text[7] == '+')
+            return widen_fail(err, WIDEN_EUSAGE, "%s: '%s' is not bits:0x and 8 hex digits", what, text);
+        uint32_t u = (uint32_t)bits;
+        memcpy(out, &u, sizeof u);
+        return WIDEN_OK;
+    }
     errno = 0;
     float v = strtof(text, &end);
-    if (!*text || *end || errno == ERANGE)
+    if (!*text || *end || (errno == ERANGE && (isinf(v) || v == 0)))
         return widen_fail(err, WIDEN_EUSAGE, "%s: '%s' is not an fp32 number", what, text);
     *out = v;
     return WIDEN_OK;
+}
+
+/* An fp32 number as text that parse_float reads back to the same bits: nine significant digits,
+ * or the bits of a NaN. */
+static void format_float(float v, char *out, size_t size)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    if (isnan(v)) snprintf(out, size, "bits:0x%08x", (unsigned)u);
+    else snprintf(out, size, "%.9g", (double)v);
 }
 
 /* normal:STD[:SEED] */
@@ -232,14 +254,16 @@ const widen_tensor_edit *widen_transform_edit(const widen_transform *t, const ch
 
 void widen_map_entry_format(const widen_map_entry *e, char *out, size_t size)
 {
+    char v[32];
+    format_float(e->value, v, sizeof v);
     switch (e->kind) {
     case WIDEN_MAP_SOURCE: snprintf(out, size, "%u", e->channel); break;
     case WIDEN_MAP_ZERO: snprintf(out, size, "zero"); break;
-    case WIDEN_MAP_CONST: snprintf(out, size, "const:%.9g", (double)e->value); break;
-    case WIDEN_MAP_SCALE: snprintf(out, size, "%u*%.9g", e->channel, (double)e->value); break;
+    case WIDEN_MAP_CONST: snprintf(out, size, "const:%s", v); break;
+    case WIDEN_MAP_SCALE: snprintf(out, size, "%u*%s", e->channel, v); break;
     case WIDEN_MAP_MEAN: snprintf(out, size, "mean"); break;
     case WIDEN_MAP_SUM: snprintf(out, size, "sum"); break;
-    case WIDEN_MAP_NORMAL: snprintf(out, size, "normal:%.9g:%llu", (double)e->value, (unsigned long long)e->seed); break;
+    case WIDEN_MAP_NORMAL: snprintf(out, size, "normal:%s:%llu", v, (unsigned long long)e->seed); break;
     }
 }
 

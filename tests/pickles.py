@@ -176,15 +176,20 @@ def from_type_v2(tensor_call, cls=("torch", "Tensor"), state=None):
                 (tensor_call.fn, Global(*cls), tensor_call.args, state if state is not None else {}))
 
 
-def write_pt(path, pickle_bytes, records, prefix="archive", version=b"3\n", extra=None, order=None):
+def write_pt(path, pickle_bytes, records, prefix="archive", version=b"3\n", extra=None, order=None,
+             byteorder=b"little", attributes=None):
     """A torch.save-like zip: data.pkl, byteorder, data/<key> records, version (Python's zipfile:
-    stored entries without torch's alignment, which readers must not need)."""
-    entries = [(f"{prefix}/data.pkl", pickle_bytes), (f"{prefix}/byteorder", b"little")]
+    stored entries without torch's alignment, which readers must not need). `attributes` sets the
+    external attributes of named entries."""
+    entries = [(f"{prefix}/data.pkl", pickle_bytes), (f"{prefix}/byteorder", byteorder)]
     entries += [(f"{prefix}/data/{k}", v) for k, v in records.items()]
     if version is not None:
         entries.append((f"{prefix}/version", version))
     entries += list((extra or {}).items())
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         for name, data in (order(entries) if order else entries):
-            z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
+            info = zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0))
+            if attributes and name in attributes:
+                info.external_attr = attributes[name]
+            z.writestr(info, data)
     return path

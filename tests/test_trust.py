@@ -234,6 +234,106 @@ def test_long_keys_and_names_are_read_whole(tmp_path):
     run("verify", path, out, "--manifest", tmp_path / "m.json", check=0)
 
 
+def test_what_torch_would_change_or_read_otherwise_is_refused(tmp_path):
+    """Found by an attack review: a state that sets `data` or `real` (torch's setattr repoints the
+    tensor or writes into its storage), a container changed after a call read it (torch keeps what the
+    call saw, a rewrite what it became), a dict key built by _codecs.encode (it can equal 'abc'), a
+    storage record marked a directory (torch reads nothing of it), a big-endian archive or a version
+    record under a long folder name (once looked up in a 128-byte buffer), a location torch does not
+    know or that holds no data, gradients on an integer tensor, a Parameter's requires_grad that is not
+    a bool, Python 2 names outside protocol 2, multi-disk, patch and strong-encryption zip fields."""
+    a, b = P.tensor_v2(P.storage("0", "F32", 4), [4]), P.tensor_v2(P.storage("1", "F32", 4), [4])
+    recs = records_of(**{"0": f32(4), "1": f32(4, seed=2)})
+    items = [1]
+    late = {}
+    cases = {
+        "state_data": P.ordered_dict([("w", P.from_type_v2(a, ("torch.nn.parameter", "Parameter"), {"data": b}))]),
+        "state_real": P.ordered_dict([("a", a), ("b", P.from_type_v2(P.tensor_v2(P.storage("0", "F32", 4), [2]),
+                                                                     state={"real": 0}))]),
+        "state_slots": P.ordered_dict([("w", P.from_type_v2(a, state=({}, {"grad": b})))]),
+        "set_then_append": P.ordered_dict([("s", P.Call(P.Global("builtins", "set"), (items,))), ("L", items),
+                                           ("more", P.Raw(b""))]),
+        "codecs_key": P.ordered_dict([("abc", a), (P.Call(P.Global("_codecs", "encode"), ("nop", "rot13")), b)]),
+        "int_grad": P.ordered_dict([("w", P.Call(P.Global("torch._utils", "_rebuild_tensor_v2"),
+                                                 (P.storage("0", "I64", 2), 0, (2,), (1,), True, P.ordered_dict())))]),
+        "parameter_grad_int": P.ordered_dict([("w", P.NewObj(P.Global("torch.nn.parameter", "Parameter"), (a, 1)))]),
+        "cpu0": P.ordered_dict([("w", P.tensor_v2(P.Persid(("storage", P.Global("torch", "FloatStorage"), "0", "cpu:0",
+                                                            4)), [4]))]),
+        "meta": P.ordered_dict([("w", P.tensor_v2(P.Persid(("storage", P.Global("torch", "FloatStorage"), "0", "meta",
+                                                            4)), [4]))]),
+    }
+    reasons = {"state_data": "state", "state_real": "state", "state_slots": "state", "set_then_append": "after a call",
+               "codecs_key": "_codecs.encode", "int_grad": "requires gradients", "parameter_grad_int": "Parameter",
+               "cpu0": "location", "meta": "location"}
+    for case, obj in cases.items():
+        data = P.dumps(obj)
+        if case == "set_then_append":  # the list, fetched from the memo after set() read it, gets one more item
+            memo_of_list = data.index(b"]") + 1
+            data = data[:-2] + b"h" + data[memo_of_list + 1:memo_of_list + 2] + b"K\x02a" + data[-2:]
+        path = P.write_pt(tmp_path / f"{case}.pt", data, recs)
+        proc = run("inspect", path)
+        assert proc.returncode == 3 and reasons[case] in proc.stderr, (case, proc.stderr)
+    # Python 2 names are mapped only under protocol 2, as torch maps them
+    set2 = P.ordered_dict([("w", a), ("s", P.Call(P.Global("__builtin__", "set"), ([1],)))])
+    assert run("inspect", P.write_pt(tmp_path / "p2.pt", P.dumps(set2), recs)).returncode == 0
+    assert run("inspect", P.write_pt(tmp_path / "p3.pt", P.dumps(set2, proto=3), recs)).returncode == 3
+    conv = P.dumps(P.ordered_dict([("w", a)]))
+    for name, kwargs in {"directory": {"attributes": {"archive/data/0": 0x10}},
+                         "big_long": {"prefix": "p" * 118, "byteorder": b"big"},
+                         "version_long": {"prefix": "p" * 115, "extra": {"p" * 115 + "/.data/version": b"99\n"}}}.items():
+        proc = run("inspect", P.write_pt(tmp_path / f"{name}.pt", conv, records_of(**{"0": f32(4)}), **kwargs))
+        assert proc.returncode == 3, (name, proc.stderr)
+    slash = P.dumps(P.ordered_dict([("w", P.tensor_v2(P.storage("0/", "F32", 4), [4]))]))
+    assert run("inspect", P.write_pt(tmp_path / "slash.pt", slash, {"0/": f32(4).tobytes()})).returncode == 3
+    good = P.write_pt(tmp_path / "good.pt", conv, records_of(**{"0": f32(4)}))
+    raw = good.read_bytes()
+    cd = raw.index(b"PK\x01\x02")
+    z64 = raw.rindex(b"PK\x06\x06") if b"PK\x06\x06" in raw else None
+    eocd = raw.rindex(b"PK\x05\x06")
+    patches = {"patch": (cd + 8, struct.pack("<H", 0x20)), "strong": (cd + 8, struct.pack("<H", 0x40)),
+               "entry_disk": (cd + 34, struct.pack("<H", 1)), "eocd_disk": (eocd + 4, struct.pack("<H", 1)),
+               "eocd_count": (eocd + 8, struct.pack("<H", 1))}
+    assert z64 is None  # Python's zipfile writes no ZIP64 record for a small archive
+    for name, (at, value) in patches.items():
+        bad = tmp_path / f"{name}.pt"
+        bad.write_bytes(raw[:at] + value + raw[at + len(value):])
+        proc = run("inspect", bad)
+        assert proc.returncode == 3, (name, proc.stderr)
+
+
+def test_maps_record_their_values_exactly(tmp_path):
+    """A NaN with a payload and a subnormal constant, recorded so that verify replays the same bits
+    (a NaN was once recorded as 'nan' and verify rejected apply's own output)."""
+    src = tmp_path / "in.safetensors"
+    save(str(src), {"w": ("F32", f32(4, 3, 2, 2))})
+    for const in ("nan(0x1234)", "-nan(0x55)", "0x1p-130"):
+        out, manifest = tmp_path / "o.safetensors", tmp_path / "m.json"
+        run("apply", src, "-o", out, "--map", f"0,1,2,const:{const}", "--manifest", manifest, "--force", check=0)
+        run("verify", src, out, check=0)
+        run("verify", src, out, "--manifest", manifest, check=0)
+        got = load(str(out))[1]["w"][1][:, 3]
+        assert got.view(np.uint32)[0, 0, 0] == np.float32(float.fromhex("0x1p-130")).view(np.uint32) or const != "0x1p-130"
+    bits = load(str(tmp_path / "o.safetensors"))[1]["w"][1]
+    assert bits.shape == (4, 4, 2, 2)
+    assert run("apply", src, "-o", tmp_path / "u.safetensors", "--map", "0,1,2,const:1e-50").returncode == 2
+
+
+def test_listings_stay_proportionate(tmp_path):
+    """A name of megabytes does not pad every row of inspect's table to its width, and names with
+    the storage key each repeats are budgeted: a 220 KB file once listed 1.2 GB."""
+    long_key = "k" * 60000
+    t = P.tensor_v2(P.storage(long_key, "F32", 1), [1])
+    path = P.write_pt(tmp_path / "keys.pt", P.dumps({"t": [t] * 20000}), {long_key: f32(1).tobytes()})
+    assert os.path.getsize(path) < 300_000
+    proc = run_bounded("inspect", path, "--json")
+    assert proc.returncode == 3 and "MiB" in proc.stderr
+    wide = P.dumps(P.ordered_dict([("x" * 100_000, P.tensor_v2(P.storage("0", "F32", 1), [1]))] +
+                                  [(f"t{i}", P.tensor_v2(P.storage("0", "F32", 1), [1])) for i in range(3000)]))
+    path = P.write_pt(tmp_path / "wide.pt", wide, {"0": f32(1).tobytes()})
+    out = run_bounded("inspect", path).stdout
+    assert len(out) < 100_000 + 3001 * 200
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. No crash, no endless work, from a few kilobytes.
 

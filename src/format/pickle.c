@@ -347,7 +347,7 @@ pk_node *pk_tuple(pk_arena *a, pk_node **items, size_t count)
     if (!slots) return NULL;
     for (size_t i = 0; i < count; i++) {
         if (!(slots[i] = items[i])) return NULL;
-        n->unhashable |= items[i]->unhashable;
+        n->flags |= items[i]->flags & PK_UNHASHABLE;
     }
     n->items = slots;
     n->count = n->cap = (uint32_t)count;
@@ -436,6 +436,9 @@ typedef struct vm {
     memo_slot *memo;   /* torch's memo is a dict: any 32-bit index; the others hashed */
     size_t memo_mask, memo_count;
     widen_table globals;
+    pk_node **freezing; /* freeze's stack */
+    size_t freezing_cap;
+    int proto;          /* the last PROTO (-1: none): torch maps Python 2 names only under protocol 2 */
     widen_error *err;
     widen_status st;
 } vm;
@@ -513,7 +516,7 @@ static uint64_t le(const unsigned char *p, int n)
 
 static pk_node *unhashable(pk_node *n)
 {
-    if (n) n->unhashable = 1;
+    if (n) n->flags |= PK_UNHASHABLE;
     return n;
 }
 
@@ -624,7 +627,7 @@ static int global(vm *v)
     }
     const char *module = (const char *)line[0], *name = (const char *)line[1];
     size_t mlen = len[0], nlen = len[1];
-    int mapped = 0;
+    int mapped = v->proto != 2; /* torch maps only what a protocol 2 pickle names */
     for (size_t i = 0; i < sizeof name_mapping / sizeof name_mapping[0] && !mapped; i++)
         if (strlen(name_mapping[i][0]) == mlen && memcmp(name_mapping[i][0], module, mlen) == 0 &&
             strlen(name_mapping[i][1]) == nlen && memcmp(name_mapping[i][1], name, nlen) == 0) {
@@ -659,6 +662,46 @@ static int global(vm *v)
     return push(v, n);
 }
 
+/* Whatever a call is given, it reads when it runs (set(items) copies them, _rebuild_from_type_v2 sets
+ * its state, BUILD copies its dict): a later APPEND, SETITEM or BUILD on any of it would give torch one
+ * value and a rewrite of the final graph another, so it is frozen, and changing it is refused. Each
+ * node is frozen once, whatever reaches it again. */
+static int freeze(vm *v, pk_node *n)
+{
+    if (n->flags & PK_FROZEN) return 0;
+    size_t sp = 0;
+    n->flags |= PK_FROZEN;
+    v->freezing[sp++] = n;
+    while (sp) {
+        pk_node *cur = v->freezing[--sp];
+        size_t need = sp + cur->count + 1;
+        if (need > v->freezing_cap) {
+            size_t cap = v->freezing_cap * 2;
+            while (cap < need) cap *= 2;
+            pk_node **grown = realloc(v->freezing, cap * sizeof *grown);
+            if (!grown) return NOMEM();
+            v->freezing = grown;
+            v->freezing_cap = cap;
+        }
+        for (uint32_t i = 0; i < cur->count; i++)
+            if (!(cur->items[i]->flags & PK_FROZEN)) {
+                cur->items[i]->flags |= PK_FROZEN;
+                v->freezing[sp++] = cur->items[i];
+            }
+        if (cur->state && !(cur->state->flags & PK_FROZEN)) {
+            cur->state->flags |= PK_FROZEN;
+            v->freezing[sp++] = cur->state;
+        }
+    }
+    return 0;
+}
+
+static int changed_after_use(vm *v)
+{
+    return FAIL("%s: pickle changes a container after a call has read it (torch would load what the call saw, a "
+                "rewrite what it became)", v->what);
+}
+
 /* The dict-likes SETITEM(S) may fill: dicts, and OrderedDict or Counter objects (torch checks the
  * target's type the same way). */
 static int settable(const pk_node *n)
@@ -688,8 +731,12 @@ static int call(vm *v, unsigned char op)
             return FAIL("%s: pickle %s builds %s.%s from arguments; widen reads them filled item by item, as torch.save "
                         "writes them", v->what, opn, g->module, g->name);
         break;
+    case PK_ROLE_PARAMETER: /* Parameter(data[, requires_grad]): torch requires a bool */
+        if (op == 0x81 && (args->count > 2 || (args->count == 2 && args->items[1]->kind != PK_BOOL)))
+            return FAIL("%s: pickle builds a Parameter with arguments torch refuses", v->what);
+        break;
     default:
-        if (op == 0x81 && g->role != PK_ROLE_PARAMETER && strcmp(g->name, "Size") != 0)
+        if (op == 0x81 && strcmp(g->name, "Size") != 0)
             return FAIL("%s: pickle NEWOBJ of %s.%s, which torch.save never writes", v->what, g->module, g->name);
         break;
     }
@@ -698,11 +745,12 @@ static int call(vm *v, unsigned char op)
     if (strcmp(g->module, "builtins") == 0 && strcmp(g->name, "set") == 0 && args->count && /* set(items) hashes them */
         (args->items[0]->kind == PK_LIST || args->items[0]->kind == PK_TUPLE))
         for (uint32_t i = 0; i < args->items[0]->count; i++)
-            if (args->items[0]->items[i]->unhashable)
+            if (args->items[0]->items[i]->flags & PK_UNHASHABLE)
                 return FAIL("%s: pickle builds a set of something Python cannot hash (torch.load fails on it)", v->what);
     pk_node *n = pk_new(v->arena, op == 'R' ? PK_REDUCE : PK_NEWOBJ);
     if (!n || pk_append(v->arena, n, fn) || pk_append(v->arena, n, args)) return NOMEM();
-    n->unhashable = (uint8_t)container;
+    if (container) n->flags |= PK_UNHASHABLE;
+    if (freeze(v, args)) return -1;
     return push(v, n);
 }
 
@@ -733,7 +781,7 @@ static int step(vm *v, int *stop, pk_node **result)
     switch (op) {
     case 0x80: /* PROTO: torch accepts any number (and warns) */
         if (need(v, 1, "PROTO")) return -1;
-        v->p++;
+        v->proto = *v->p++;
         return 0;
     case '.': /* STOP */
         if (!(*result = pop(v, "STOP"))) return -1;
@@ -747,17 +795,20 @@ static int step(vm *v, int *stop, pk_node **result)
             return FAIL("%s: pickle BUILD on an object that is not an OrderedDict or Counter", v->what);
         if (b->kind != PK_DICT) return FAIL("%s: pickle BUILD with a state that is not a dict", v->what);
         if (a->state) return FAIL("%s: pickle BUILD twice on one object", v->what);
+        if (a->flags & PK_FROZEN) return changed_after_use(v);
         a->state = b;
-        return 0;
+        return freeze(v, b); /* its entries are copied into the object now */
     case 'a': /* APPEND */
         if (!(b = pop(v, "APPEND")) || !(a = top(v, "APPEND"))) return -1;
         if (a->kind != PK_LIST) return FAIL("%s: pickle APPEND to something that is not a list", v->what);
+        if (a->flags & PK_FROZEN) return changed_after_use(v);
         return pk_append(v->arena, a, b) ? NOMEM() : 0;
     case 'e': /* APPENDS */
         if (pop_mark(v, "APPENDS", &from)) return -1;
         if (from <= floor_of(v) || v->stack[from - 1]->kind != PK_LIST)
             return FAIL("%s: pickle APPENDS to something that is not a list", v->what);
         a = v->stack[from - 1];
+        if (a->flags & PK_FROZEN) return changed_after_use(v);
         for (size_t i = from; i < v->sp; i++)
             if (pk_append(v->arena, a, v->stack[i])) return NOMEM();
         v->sp = from;
@@ -765,7 +816,8 @@ static int step(vm *v, int *stop, pk_node **result)
     case 's': /* SETITEM */
         if (!(b = pop(v, "SETITEM")) || !(a = pop(v, "SETITEM")) || !(n = top(v, "SETITEM"))) return -1;
         if (!settable(n)) return FAIL("%s: pickle SETITEM on something that is not a dict", v->what);
-        if (a->unhashable) return FAIL("%s: pickle uses something Python cannot hash as a dict key", v->what);
+        if (a->flags & PK_UNHASHABLE) return FAIL("%s: pickle uses something Python cannot hash as a dict key", v->what);
+        if (n->flags & PK_FROZEN) return changed_after_use(v);
         return pk_pair_append(v->arena, n, a, b) ? NOMEM() : 0;
     case 'u': /* SETITEMS */
         if (pop_mark(v, "SETITEMS", &from)) return -1;
@@ -774,7 +826,9 @@ static int step(vm *v, int *stop, pk_node **result)
         if ((v->sp - from) % 2) return FAIL("%s: pickle SETITEMS with an odd number of items", v->what);
         n = v->stack[from - 1];
         for (size_t i = from; i < v->sp; i += 2)
-            if (v->stack[i]->unhashable) return FAIL("%s: pickle uses something Python cannot hash as a dict key", v->what);
+            if (v->stack[i]->flags & PK_UNHASHABLE)
+                return FAIL("%s: pickle uses something Python cannot hash as a dict key", v->what);
+        if (n->flags & PK_FROZEN) return changed_after_use(v);
         for (size_t i = from; i < v->sp; i += 2)
             if (pk_pair_append(v->arena, n, v->stack[i], v->stack[i + 1])) return NOMEM();
         v->sp = from;
@@ -873,7 +927,9 @@ static void build_paths(void)
 widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk_arena **arena, pk_node **root,
                      widen_error *err)
 {
-    vm v = {.p = data, .end = data + len, .start = data, .what = what, .err = err};
+    vm v = {.p = data, .end = data + len, .start = data, .what = what, .err = err, .proto = -1};
+    if (!(v.freezing = malloc(256 * sizeof *v.freezing))) return widen_fail(err, WIDEN_EIO, "out of memory");
+    v.freezing_cap = 256;
     *root = NULL;
     *arena = pk_arena_new();
     if (!*arena) return widen_fail(err, WIDEN_EIO, "out of memory");
@@ -895,6 +951,7 @@ widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk
     free(v.marks);
     free(v.memo);
     free(v.dense);
+    free(v.freezing);
     widen_table_free(&v.globals);
     if (v.st) {
         pk_arena_free(*arena);

@@ -48,7 +48,7 @@ typedef struct pk_node {
     uint8_t kind;
     uint8_t mark;      /* graph walks' bits: pk_check_graph's 1 (on the path) and 2 (done), callers' from 4 on */
     uint8_t global;    /* GLOBAL: its index in pk_globals */
-    uint8_t unhashable; /* a list, dict, set or mutable object, or a tuple holding one: no dict key or set item */
+    uint8_t flags;     /* PK_UNHASHABLE, PK_FROZEN */
     uint32_t id;       /* index in the arena */
     union {
         int64_t i;     /* BOOL, INT; PERSID: the reader's storage index */
@@ -62,6 +62,11 @@ typedef struct pk_node {
     int32_t memo;          /* writer: memo slot once emitted, -1 before */
     uint32_t height;       /* graph check: the longest path below */
 } pk_node;
+
+enum {
+    PK_UNHASHABLE = 1, /* a list, dict, set or mutable object, or a tuple holding one: no dict key or set item */
+    PK_FROZEN = 2      /* given to a call (REDUCE, NEWOBJ, BUILD), which read it then: never changed after */
+};
 
 typedef struct pk_arena pk_arena;
 

@@ -38,13 +38,16 @@ const char *widen_torch_dtype_name(widen_dtype dtype)
  * type with an optional index (cuda:0). Others fail torch.load; widen refuses them. */
 static int known_location(const pk_node *loc)
 {
-    static const char *const types[] = {"cpu", "meta", "mps", "cuda", "xpu", "hpu", "mtia", "xla", "ipu", NULL};
+    /* "meta" is a place torch knows, but its storages hold no data: torch would load what widen cannot
+     * read (the record's bytes), so it is not among these */
+    static const char *const types[] = {"cpu", "mps", "cuda", "xpu", "hpu", "mtia", "xla", "ipu", NULL};
     size_t n = 0;
     while (n < loc->len && loc->s[n] >= 'a' && loc->s[n] <= 'z') n++;
     int known = 0;
     for (int i = 0; types[i] && !known; i++) known = strlen(types[i]) == n && memcmp(types[i], loc->s, n) == 0;
     if (!known) return 0;
     if (n == loc->len) return 1;
+    if (n == 3 && memcmp(loc->s, "cpu", 3) == 0) return 0; /* "cpu:0" is no tag of torch's */
     if (loc->s[n] != ':' || n + 1 == loc->len || loc->len - n > 8) return 0;
     for (size_t i = n + 1; i < loc->len; i++)
         if (loc->s[i] < '0' || loc->s[i] > '9') return 0;
@@ -105,6 +108,9 @@ static widen_status register_storages(widen_checkpoint *c, torch_state *ts, wide
                                   SHOWN(key->len), key->s);
         if (s->entry->method != 0)
             return BAD("%s: storage record '%s' is compressed; torch.save stores records", c->path, s->entry->name);
+        if (s->entry->directory)
+            return BAD("%s: storage record '%s' is marked a directory, whose bytes torch's reader does not read", c->path,
+                       s->entry->name);
         uint64_t bytes;
         if (!s->esize || __builtin_mul_overflow(s->numel, (uint64_t)s->esize, &bytes) || bytes != s->entry->size)
             return BAD("%s: storage '%.*s' declares %llu elements of torch.%s but its record holds %llu bytes", c->path,
@@ -326,13 +332,16 @@ static int key_text(walker *w, const pk_node *k, char *buf, size_t size, const c
     case PK_BIGINT:
         *st = BAD("%s: a dict key is an integer beyond 64 bits, which widen does not name", w->ckpt->path);
         return -1;
-    case PK_REDUCE: {
+    case PK_REDUCE: case PK_NEWOBJ: {
+        /* a constructed key may equal a str or an int (complex(1, 0) == 1, _codecs.encode('nop', 'rot13')
+         * == 'abc'): only those that never do are let through, unnamed */
         const pk_global_info *g = pk_global_of(k->items[0]);
-        if (g && strcmp(g->name, "complex") == 0) { /* complex(1, 0) == 1: Python merges it with the key 1 */
-            *st = BAD("%s: a dict key is a complex number, which widen does not name", w->ckpt->path);
-            return -1;
-        }
-        return 0;
+        if (g && ((strcmp(g->module, "torch") == 0 && (strcmp(g->name, "Size") == 0 || strcmp(g->name, "device") == 0)) ||
+                  strcmp(g->name, "_get_layout") == 0))
+            return 0;
+        *st = BAD("%s: a dict key is built by %s.%s, which could equal a named key; widen does not read it", w->ckpt->path,
+                  g ? g->module : "?", g ? g->name : "?");
+        return -1;
     }
     default: return 0; /* None, tuples, bytes, globals ...: never equal to a str or an int */
     }
@@ -451,6 +460,47 @@ static widen_status check_view(const widen_checkpoint *c, const torch_state *ts,
     return WIDEN_OK;
 }
 
+/* The attributes torch sets from a tensor's `state` (_rebuild_from_type_v2,
+ * _rebuild_parameter_with_state: setattr for each key) that are the tensor's own: `data` repoints it,
+ * `real` writes into its storage, the read-only ones fail the load. A state naming any of them is
+ * refused; other names are Python attributes, which pass through. */
+static const char *const tensor_attributes[] = {
+    "H", "T", "__class__", "__cuda_array_interface__", "__dict__", "__weakref__", "_backward_hooks", "_base", "_cdata",
+    "_grad", "_grad_fn", "_has_symbolic_sizes_strides", "_python_dispatch", "_version", "data", "device", "dtype",
+    "grad", "grad_fn", "imag", "is_leaf", "is_nested", "is_quantized", "is_sparse", "is_sparse_csr", "itemsize",
+    "layout", "mH", "mT", "name", "names", "nbytes", "ndim", "output_nr", "real", "requires_grad", "retains_grad",
+    "shape", "volatile", "_post_accumulate_grad_hooks", "grad_dtype", NULL};
+
+static int safe_state_dict(const pk_node *d)
+{
+    if (d->kind == PK_NONE) return 1;
+    if (d->kind != PK_DICT) return 0;
+    for (uint32_t i = 0; i + 1 < d->count; i += 2) {
+        const pk_node *k = d->items[i];
+        if (k->kind != PK_STR) return 0;
+        if (k->len >= 3 && memcmp(k->s, "is_", 3) == 0) return 0; /* is_cpu, is_cuda, ...: read-only properties */
+        for (int a = 0; tensor_attributes[a]; a++)
+            if (strlen(tensor_attributes[a]) == k->len && memcmp(tensor_attributes[a], k->s, k->len) == 0) return 0;
+    }
+    return 1;
+}
+
+/* A state as _set_obj_state takes it: a dict, or (dict, slots dict); None or empty: nothing. */
+static int safe_state(const pk_node *state)
+{
+    if (state->kind == PK_TUPLE) return state->count == 2 && safe_state_dict(state->items[0]) && safe_state_dict(state->items[1]);
+    return safe_state_dict(state);
+}
+
+/* Torch's floating and complex dtypes (only those can require gradients), by name. */
+static int grad_dtype(const pk_global_info *g)
+{
+    const char *n = g->name;
+    return strncmp(n, "float", 5) == 0 || strncmp(n, "bfloat", 6) == 0 || strncmp(n, "complex", 7) == 0 ||
+           strncmp(n, "Float", 5) == 0 || strncmp(n, "Double", 6) == 0 || strncmp(n, "Half", 4) == 0 ||
+           strncmp(n, "BFloat16", 8) == 0 || strncmp(n, "Complex", 7) == 0;
+}
+
 /* torch runs every _rebuild_tensor_v2/v3 call it unpickles, named or not, reached or not: one that
  * fails there fails torch.load, so the file is refused, whatever widen would do with the rest. */
 static widen_status check_rebuilds(const widen_checkpoint *c, const torch_state *ts, widen_error *err)
@@ -462,6 +512,16 @@ static widen_status check_rebuilds(const widen_checkpoint *c, const torch_state 
             const pk_node *a = n->items[1];
             if (a->count != (role == PK_ROLE_REBUILD_PARAMETER ? 3u : 4u) || a->items[1]->kind != PK_BOOL)
                 return BAD("%s: a Parameter's rebuild arguments are malformed (torch.load fails on them)", c->path);
+            if (role == PK_ROLE_REBUILD_PARAMETER_STATE && !safe_state(a->items[3]))
+                return BAD("%s: a Parameter's state sets what torch.load would change the tensor with (data, real, "
+                           "grad, ...); widen does not read it", c->path);
+            continue;
+        }
+        if (role == PK_ROLE_FROM_TYPE_V2) {
+            const pk_node *a = n->items[1];
+            if (a->count != 4 || !safe_state(a->items[3]))
+                return BAD("%s: a tensor's state sets what torch.load would change the tensor with (data, real, grad, "
+                           "...); widen does not read it", c->path);
             continue;
         }
         if (role != PK_ROLE_REBUILD_V2 && role != PK_ROLE_REBUILD_V3) continue;
@@ -470,6 +530,8 @@ static widen_status check_rebuilds(const widen_checkpoint *c, const torch_state 
         if (dtype < 0) return BAD("%s: a tensor's rebuild arguments are malformed (torch.load fails on them)", c->path);
         const pk_node *a = si.args;
         unsigned esize = si.v3 ? pk_global_of(a->items[6])->size : ts->storages[a->items[0]->i].esize;
+        if (a->items[4]->i && !grad_dtype(si.v3 ? pk_global_of(a->items[6]) : pk_global_of(ts->storages[a->items[0]->i].type)))
+            return BAD("%s: a tensor that is not floating point requires gradients (torch.load fails on it)", c->path);
         uint64_t numel;
         widen_status st = check_view(c, ts, a, esize, "(a tensor torch rebuilds)", NULL, NULL, &numel, err);
         if (st) return st;
@@ -534,6 +596,10 @@ static widen_status add_tensor(walker *w, const char *name, pk_node *site, const
     tt->v3 = si->v3;
     tt->args = si->args;
     if (si->v3) sto->v3_viewed = 1;
+    w->path_bytes += sto->key_len; /* listings repeat the storage key with each name */
+    if (w->path_bytes > TORCH_MAX_NAME_BYTES)
+        return BAD("%s: the names of this pickle's values exceed %llu MiB together", c->path,
+                   (unsigned long long)(TORCH_MAX_NAME_BYTES >> 20));
     t->name = name; /* the claimed path, in the arena */
     widen_table_update(&w->paths, name, strlen(name), c->count);
     c->count++;
@@ -563,9 +629,14 @@ static void forget_pages(void *user, uint64_t offset, uint64_t len)
 
 static const widen_zip_entry *record(const torch_state *ts, const char *name)
 {
-    char full[128];
-    int n = snprintf(full, sizeof full, "%s%s", ts->prefix, name);
-    return n > 0 && (size_t)n < sizeof full ? widen_zip_find(&ts->zip, full, (size_t)n) : NULL;
+    size_t plen = strlen(ts->prefix), nlen = strlen(name);
+    char *full = malloc(plen + nlen + 1); /* the prefix is the input's: any length */
+    if (!full) return NULL;
+    memcpy(full, ts->prefix, plen);
+    memcpy(full + plen, name, nlen + 1);
+    const widen_zip_entry *e = widen_zip_find(&ts->zip, full, plen + nlen);
+    free(full);
+    return e;
 }
 
 /* What torch's reader checks of the archive before the pickle: one top folder for every entry
@@ -599,6 +670,12 @@ static widen_status check_archive(widen_checkpoint *c, torch_state *ts, widen_er
     if (!pkl) {
         if (npy) return BAD("%s: a NumPy .npz archive, which widen does not read yet", c->path);
         return BAD("%s: zip archive without %sdata.pkl: not a PyTorch checkpoint", c->path, ts->prefix);
+    }
+    const char *read[] = {"data.pkl", ".data/version", "version", "byteorder"};
+    for (size_t i = 0; i < sizeof read / sizeof read[0]; i++) {
+        const widen_zip_entry *e = record(ts, read[i]);
+        if (e && e->directory)
+            return BAD("%s: record '%s' is marked a directory, whose bytes torch's reader does not read", c->path, e->name);
     }
     for (size_t i = 0; i < ts->zip.count; i++)
         if (ts->zip.entries[i].method != 0)

@@ -11,7 +11,7 @@ enum {
     TORCH_MAX_DEPTH = 1000,          /* nesting (the writer and the name walk recurse this deep) */
     TORCH_MAX_WRAPPERS = 4,          /* Parameter / _rebuild_from_type_v2 layers around one tensor */
 };
-#define TORCH_MAX_NAME_BYTES (256ull << 20) /* all dotted paths of a file together */
+#define TORCH_MAX_NAME_BYTES (128ull << 20) /* all dotted paths of a file, and its tensors' storage keys, together */
 
 /* A storage record, as the persistent ids name it (torch's first reference of a key decides its
  * type and size; widen refuses references that disagree). */

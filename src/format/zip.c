@@ -54,9 +54,15 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
         eocd--;
     }
     uint64_t count = rd16(m + eocd + 10), cd_size = rd32(m + eocd + 12), cd_offset = rd32(m + eocd + 16);
+    /* one disk only, as torch's reader (miniz) requires: no disk numbers, as many entries on it as in all */
+    if (rd16(m + eocd + 4) || rd16(m + eocd + 6) || rd16(m + eocd + 8) != rd16(m + eocd + 10))
+        return BAD("%s: zip: a multi-disk archive", path);
     if (eocd >= 20 && rd32(m + eocd - 20) == LOCATOR64) {
         uint64_t rec = rd64(m + eocd - 20 + 8);
         if (size < 56 || rec > size - 56 || rd32(m + rec) != EOCD64) return BAD("%s: zip: bad ZIP64 end record", path);
+        if (rd32(m + eocd - 20 + 4) || rd32(m + eocd - 20 + 16) != 1 || rd32(m + rec + 16) || rd32(m + rec + 20) ||
+            rd64(m + rec + 24) != rd64(m + rec + 32))
+            return BAD("%s: zip: a multi-disk archive", path);
         count = rd64(m + rec + 32);
         cd_size = rd64(m + rec + 40);
         cd_offset = rd64(m + rec + 48);
@@ -94,7 +100,13 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
         zip->count++;
         names += nlen;
         e->method = method;
-        if (flags & 1) st = BAD("%s: zip entry '%s' is encrypted", path, e->name);
+        /* what miniz refuses: encryption (1, 0x40), patch data (0x20), a masked directory (0x2000),
+         * another disk; and what it takes for a directory (a '/' at the end, or the DOS directory
+         * attribute), whose data it never reads */
+        e->directory = (nlen && name[nlen - 1] == '/') || (rd32(m + at + 38) & 0x10);
+        if (flags & (1 | 0x40 | 0x2000)) st = BAD("%s: zip entry '%s' is encrypted", path, e->name);
+        else if (flags & 0x20) st = BAD("%s: zip entry '%s' holds patch data", path, e->name);
+        else if (rd16(m + at + 34)) st = BAD("%s: zip entry '%s' is on another disk", path, e->name);
         else if (method == 0 && csize != usize) st = BAD("%s: zip entry '%s': stored sizes disagree", path, e->name);
         else if (size < 30 || local > size - 30 || rd32(m + local) != LOCAL) st = BAD("%s: zip entry '%s': bad local header", path, e->name);
         if (st) break;

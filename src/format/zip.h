@@ -16,6 +16,7 @@ typedef struct widen_zip_entry {
     uint64_t size;        /* stored bytes (reading: the compressed size) */
     uint32_t crc;
     uint16_t method;      /* 0: stored */
+    uint8_t directory;    /* miniz takes it for a directory and reads nothing of it */
 } widen_zip_entry;
 
 typedef struct widen_zip {
