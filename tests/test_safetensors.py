@@ -138,3 +138,40 @@ def test_unpadded_header_of_123_bytes_is_not_taken_for_json(tmp_path):
     path = raw_file(str(tmp_path / "odd.safetensors"), header, b"\0" * 8, pad=False)
     assert open(path, "rb").read(1) == b"{"
     assert [t["name"] for t in inspect_json(path)["tensors"]] == ["a"]
+
+
+def test_other_writers_quirks_are_read_as_the_reference_reads_them(tmp_path):
+    """Headers as other writers (Rust, Swift, R, tinygrad) lay them out: fields in another order,
+    unknown fields (the reference ignores them), __metadata__ last or null, escaped names (\\u00e9,
+    \\/), a header padded with newlines: read as the reference reads them; a nesting deeper than
+    serde_json's 128 levels in an unknown field is refused, as the reference refuses it."""
+    header = (b'{"b\\u00e9\\/c":{"shape":[2],"data_offsets":[0,8],"dtype":"F32","extra":{"x":[1,2.5,-3e4,null]}},'
+              b'"a":{"data_offsets":[8,10],"dtype":"U8","shape":[2]},"__metadata__":{"k":"v"}}\n\n\n')
+    data = np.float32([1.5, -2]).tobytes() + b"\x07\x09"
+    path = raw_file(str(tmp_path / "q.safetensors"), header, data, pad=False)
+    doc = inspect_json(path)
+    assert {t["name"]: t["shape"] for t in doc["tensors"]} == {"bé/c": [2], "a": [2]} and doc["metadata"] == {"k": "v"}
+    assert load(path)[1]["bé/c"][1].tolist() == [1.5, -2.0]
+    nulled = raw_file(str(tmp_path / "n.safetensors"), b'{"__metadata__":null,"a":{"dtype":"U8","shape":[1],'
+                                                      b'"data_offsets":[0,1]}}', b"\x01")
+    assert inspect_json(nulled)["metadata"] == {}
+    deep = raw_file(str(tmp_path / "d.safetensors"), b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":' +
+                    b"[" * 200 + b"]" * 200 + b"}}", b"\x01")
+    assert run("inspect", deep).returncode == 3
+
+
+def test_a_header_of_many_tensors_is_read_in_compact_records(tmp_path):
+    """300,000 tensors (a 20 MB header): no JSON tree in memory (an 83 MB header once took 1.6 GB, 1.2 KB
+    a tensor); at most 800 bytes a tensor now, the table included."""
+    import re
+    import subprocess
+    from reference import WIDEN
+    n = 300_000
+    header = json.dumps({f"t{i:07d}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(n)},
+                        separators=(",", ":")).encode()
+    path = raw_file(str(tmp_path / "many.safetensors"), header, b"\0" * n)
+    proc = subprocess.run(["/usr/bin/time", "-v", WIDEN, "inspect", path], capture_output=True, text=True)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == n + 2
+    if not os.environ.get("WIDEN_SANITIZE"):
+        rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+        assert rss * 1024 < 800 * n, rss
