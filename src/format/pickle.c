@@ -243,6 +243,36 @@ int pk_append(pk_arena *a, pk_node *parent, pk_node *child)
     return 0;
 }
 
+int pk_mark_below(pk_walk *walk, pk_node *n, uint8_t bit, void (*visit)(void *user, pk_node *node), void *user)
+{
+    if (n->mark & bit) return 0;
+    size_t sp = 0;
+    n->mark |= bit;
+    for (pk_node *cur = n;;) {
+        if (visit) visit(user, cur);
+        size_t need = sp + cur->count + 1;
+        if (need > walk->cap) {
+            size_t cap = walk->cap ? 2 * walk->cap : 256;
+            while (cap < need) cap *= 2;
+            pk_node **grown = realloc(walk->stack, cap * sizeof *grown);
+            if (!grown) return -1;
+            walk->stack = grown;
+            walk->cap = cap;
+        }
+        for (uint32_t i = 0; i < cur->count; i++)
+            if (!(cur->items[i]->mark & bit)) {
+                cur->items[i]->mark |= bit;
+                walk->stack[sp++] = cur->items[i];
+            }
+        if (cur->state && !(cur->state->mark & bit)) {
+            cur->state->mark |= bit;
+            walk->stack[sp++] = cur->state;
+        }
+        if (!sp) return 0;
+        cur = walk->stack[--sp];
+    }
+}
+
 void pk_clear_marks(pk_arena *a)
 {
     for (size_t i = 0; i < a->count; i++) {
@@ -436,8 +466,7 @@ typedef struct vm {
     memo_slot *memo;   /* torch's memo is a dict: any 32-bit index; the others hashed */
     size_t memo_mask, memo_count;
     widen_table globals;
-    pk_node **freezing; /* freeze's stack */
-    size_t freezing_cap;
+    pk_walk freezing; /* freeze's stack */
     int proto;          /* the last PROTO (-1: none): torch maps Python 2 names only under protocol 2 */
     widen_error *err;
     widen_status st;
@@ -668,32 +697,7 @@ static int global(vm *v)
  * node is frozen once, whatever reaches it again. */
 static int freeze(vm *v, pk_node *n)
 {
-    if (n->flags & PK_FROZEN) return 0;
-    size_t sp = 0;
-    n->flags |= PK_FROZEN;
-    v->freezing[sp++] = n;
-    while (sp) {
-        pk_node *cur = v->freezing[--sp];
-        size_t need = sp + cur->count + 1;
-        if (need > v->freezing_cap) {
-            size_t cap = v->freezing_cap * 2;
-            while (cap < need) cap *= 2;
-            pk_node **grown = realloc(v->freezing, cap * sizeof *grown);
-            if (!grown) return NOMEM();
-            v->freezing = grown;
-            v->freezing_cap = cap;
-        }
-        for (uint32_t i = 0; i < cur->count; i++)
-            if (!(cur->items[i]->flags & PK_FROZEN)) {
-                cur->items[i]->flags |= PK_FROZEN;
-                v->freezing[sp++] = cur->items[i];
-            }
-        if (cur->state && !(cur->state->flags & PK_FROZEN)) {
-            cur->state->flags |= PK_FROZEN;
-            v->freezing[sp++] = cur->state;
-        }
-    }
-    return 0;
+    return pk_mark_below(&v->freezing, n, PK_FROZEN, NULL, NULL) ? NOMEM() : 0;
 }
 
 static int changed_after_use(vm *v)
@@ -795,20 +799,20 @@ static int step(vm *v, int *stop, pk_node **result)
             return FAIL("%s: pickle BUILD on an object that is not an OrderedDict or Counter", v->what);
         if (b->kind != PK_DICT) return FAIL("%s: pickle BUILD with a state that is not a dict", v->what);
         if (a->state) return FAIL("%s: pickle BUILD twice on one object", v->what);
-        if (a->flags & PK_FROZEN) return changed_after_use(v);
+        if (a->mark & PK_FROZEN) return changed_after_use(v);
         a->state = b;
         return freeze(v, b); /* its entries are copied into the object now */
     case 'a': /* APPEND */
         if (!(b = pop(v, "APPEND")) || !(a = top(v, "APPEND"))) return -1;
         if (a->kind != PK_LIST) return FAIL("%s: pickle APPEND to something that is not a list", v->what);
-        if (a->flags & PK_FROZEN) return changed_after_use(v);
+        if (a->mark & PK_FROZEN) return changed_after_use(v);
         return pk_append(v->arena, a, b) ? NOMEM() : 0;
     case 'e': /* APPENDS */
         if (pop_mark(v, "APPENDS", &from)) return -1;
         if (from <= floor_of(v) || v->stack[from - 1]->kind != PK_LIST)
             return FAIL("%s: pickle APPENDS to something that is not a list", v->what);
         a = v->stack[from - 1];
-        if (a->flags & PK_FROZEN) return changed_after_use(v);
+        if (a->mark & PK_FROZEN) return changed_after_use(v);
         for (size_t i = from; i < v->sp; i++)
             if (pk_append(v->arena, a, v->stack[i])) return NOMEM();
         v->sp = from;
@@ -817,7 +821,7 @@ static int step(vm *v, int *stop, pk_node **result)
         if (!(b = pop(v, "SETITEM")) || !(a = pop(v, "SETITEM")) || !(n = top(v, "SETITEM"))) return -1;
         if (!settable(n)) return FAIL("%s: pickle SETITEM on something that is not a dict", v->what);
         if (a->flags & PK_UNHASHABLE) return FAIL("%s: pickle uses something Python cannot hash as a dict key", v->what);
-        if (n->flags & PK_FROZEN) return changed_after_use(v);
+        if (n->mark & PK_FROZEN) return changed_after_use(v);
         return pk_pair_append(v->arena, n, a, b) ? NOMEM() : 0;
     case 'u': /* SETITEMS */
         if (pop_mark(v, "SETITEMS", &from)) return -1;
@@ -828,7 +832,7 @@ static int step(vm *v, int *stop, pk_node **result)
         for (size_t i = from; i < v->sp; i += 2)
             if (v->stack[i]->flags & PK_UNHASHABLE)
                 return FAIL("%s: pickle uses something Python cannot hash as a dict key", v->what);
-        if (n->flags & PK_FROZEN) return changed_after_use(v);
+        if (n->mark & PK_FROZEN) return changed_after_use(v);
         for (size_t i = from; i < v->sp; i += 2)
             if (pk_pair_append(v->arena, n, v->stack[i], v->stack[i + 1])) return NOMEM();
         v->sp = from;
@@ -928,8 +932,6 @@ widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk
                      widen_error *err)
 {
     vm v = {.p = data, .end = data + len, .start = data, .what = what, .err = err, .proto = -1};
-    if (!(v.freezing = malloc(256 * sizeof *v.freezing))) return widen_fail(err, WIDEN_EIO, "out of memory");
-    v.freezing_cap = 256;
     *root = NULL;
     *arena = pk_arena_new();
     if (!*arena) return widen_fail(err, WIDEN_EIO, "out of memory");
@@ -951,7 +953,7 @@ widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk
     free(v.marks);
     free(v.memo);
     free(v.dense);
-    free(v.freezing);
+    free(v.freezing.stack);
     widen_table_free(&v.globals);
     if (v.st) {
         pk_arena_free(*arena);

@@ -46,9 +46,9 @@ extern const pk_global_info pk_globals[];
 
 typedef struct pk_node {
     uint8_t kind;
-    uint8_t mark;      /* graph walks' bits: pk_check_graph's 1 (on the path) and 2 (done), callers' from 4 on */
+    uint8_t mark;      /* walks' bits: pk_check_graph's 1 (on the path) and 2 (done), the torch walk's 4 and 8, PK_FROZEN */
     uint8_t global;    /* GLOBAL: its index in pk_globals */
-    uint8_t flags;     /* PK_UNHASHABLE, PK_FROZEN */
+    uint8_t flags;     /* PK_UNHASHABLE */
     uint32_t id;       /* index in the arena */
     union {
         int64_t i;     /* BOOL, INT; PERSID: the reader's storage index */
@@ -64,8 +64,8 @@ typedef struct pk_node {
 } pk_node;
 
 enum {
-    PK_UNHASHABLE = 1, /* a list, dict, set or mutable object, or a tuple holding one: no dict key or set item */
-    PK_FROZEN = 2      /* given to a call (REDUCE, NEWOBJ, BUILD), which read it then: never changed after */
+    PK_UNHASHABLE = 1, /* flags: a list, dict, set or mutable object, or a tuple holding one: no dict key or set item */
+    PK_FROZEN = 16     /* mark, while loading: given to a call (REDUCE, NEWOBJ, BUILD), which read it then */
 };
 
 typedef struct pk_arena pk_arena;
@@ -109,6 +109,15 @@ const pk_global_info *pk_global_of(const pk_node *n);
 /* The role of a GLOBAL node, or of a REDUCE/NEWOBJ node's callable; PK_ROLE_OTHER otherwise. */
 pk_role pk_role_of(const pk_node *n);
 int pk_str_is(const pk_node *n, const char *text);
+
+/* A walk's stack, reused from one walk to the next. */
+typedef struct pk_walk {
+    pk_node **stack;
+    size_t cap;
+} pk_walk;
+/* Sets mark bit `bit` on n and on every node below it that lacks it (children and BUILD states),
+ * calling visit, when not NULL, on each node it marks; iterative. -1 when out of memory. */
+int pk_mark_below(pk_walk *walk, pk_node *n, uint8_t bit, void (*visit)(void *user, pk_node *node), void *user);
 
 /* Sets every node's memo back to -1 and mark to 0. Immutable leaves (None, booleans, ints 0..255,
  * the empty tuple) are shared within an arena, as Python shares them: never give one a state. */

@@ -213,40 +213,20 @@ typedef struct walker {
     widen_table paths; /* every path, tensor or not: two equal ones are refused */
     uint64_t path_bytes;
     size_t tensor_cap;
-    pk_node **stack; /* the opaque walk's */
-    size_t stack_cap;
+    pk_walk opaque; /* the opaque walk's stack */
 } walker;
 
 /* Everything below n, as torch would load it, but nothing widen names: its storages are pinned. */
+static void pin(void *user, pk_node *n)
+{
+    walker *w = user;
+    if (n->kind == PK_PERSID) w->ts->storages[n->i].pinned = 1;
+}
+
 static widen_status walk_opaque(walker *w, pk_node *n)
 {
     widen_error *err = w->err;
-    if (n->mark & SEEN_OPAQUE) return WIDEN_OK;
-    size_t sp = 0;
-    n->mark |= SEEN_OPAQUE;
-    for (pk_node *cur = n;;) {
-        if (cur->kind == PK_PERSID) w->ts->storages[cur->i].pinned = 1;
-        size_t children = cur->count + (cur->state != NULL);
-        if (sp + children > w->stack_cap) {
-            size_t cap = w->stack_cap ? 2 * w->stack_cap : 256;
-            while (cap < sp + children) cap *= 2;
-            pk_node **grown = realloc(w->stack, cap * sizeof *grown);
-            if (!grown) return NOMEM();
-            w->stack = grown;
-            w->stack_cap = cap;
-        }
-        for (uint32_t i = 0; i < cur->count; i++)
-            if (!(cur->items[i]->mark & SEEN_OPAQUE)) {
-                cur->items[i]->mark |= SEEN_OPAQUE;
-                w->stack[sp++] = cur->items[i];
-            }
-        if (cur->state && !(cur->state->mark & SEEN_OPAQUE)) {
-            cur->state->mark |= SEEN_OPAQUE;
-            w->stack[sp++] = cur->state;
-        }
-        if (!sp) return WIDEN_OK;
-        cur = w->stack[--sp];
-    }
+    return pk_mark_below(&w->opaque, n, SEEN_OPAQUE, pin, w) ? NOMEM() : WIDEN_OK;
 }
 
 /* Appends ".text" (or "text" at the top) to the current path; returns the old length. */
@@ -727,7 +707,7 @@ widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
         st = walk_named(&w, ts->root, NULL, 0, "");
     }
     free(w.name);
-    free(w.stack);
+    free(w.opaque.stack);
     /* every path is in the table, the tensors' with their index: the checkpoint's name table */
     c->by_name = w.paths;
     if (st || (st = check_rebuilds(c, ts, err))) return st; /* the named ones first, to name them */
