@@ -2,6 +2,7 @@
  * messages and exit codes (SPEC §2). */
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,6 +91,9 @@ static const char usage_main[] =
     "\n"
     "  widen --version | --help | COMMAND --help\n"
     "\n"
+    "FILE, INPUT and OUTPUT may be model folders (shards with an *.index.json, diffusers\n"
+    "components, timm folders) or an *.index.json.\n"
+    "\n"
     "exit status: 0 ok, 1 verification found a difference, 2 usage error,\n"
     "             3 invalid or unsupported input, 4 I/O error, 130 interrupted\n";
 
@@ -124,12 +128,18 @@ static const char usage_apply[] =
     "  --progress, --no-progress\n"
     "                        progress bar on stderr (default: when stderr is a terminal)\n"
     "  --no-fsync            skip the fsync before the output is renamed into place\n"
-    "  --force               replace an existing OUTPUT\n";
+    "  --force               replace an existing OUTPUT file\n"
+    "\n"
+    "model folders (INPUT a folder or an *.index.json; OUTPUT a new folder):\n"
+    "  --norm-fill MEAN:STD  normalisation values of new channels in the configs (default: the\n"
+    "                        mean of the old channels' values)\n"
+    "  --no-config           leave config.json and preprocessor_config.json as they are\n";
 
 static const char usage_inspect[] =
     "usage: widen inspect FILE [--json] [--hash]\n"
     "\n"
-    "Lists every tensor: name, dtype, shape, byte size, and its XXH3-128 with --hash.\n"
+    "Lists every tensor: name, dtype, shape, byte size, and its XXH3-128 with --hash. For a model\n"
+    "folder: its weight files, what its configs say about input channels, and the model's tensors.\n"
     "  --json    print one JSON document\n"
     "  --hash    hash every tensor (reads the whole file)\n";
 
@@ -140,12 +150,15 @@ static const char usage_verify[] =
     "after the recorded cast), every transformed channel equal to its source bit for bit, every\n"
     "filled channel exactly the fill. The transform comes from --manifest, else from the 'widen'\n"
     "key apply writes into OUTPUT's metadata. With --manifest the recorded hashes are checked too.\n"
+    "For model folders: every shard, the index, every config change, every other file\n"
+    "byte-identical, nothing extra or missing.\n"
     "Exit 0 when it holds, 1 when something differs.\n";
 
 static const char usage_hash[] =
     "usage: widen hash FILE [--json]\n"
     "\n"
-    "Prints the XXH3-128 of the whole file (as xxhsum -H2) and of each tensor's bytes.\n";
+    "Prints the XXH3-128 of the whole file (as xxhsum -H2) and of each tensor's bytes; for a model\n"
+    "folder, of each weight file and of each of the model's tensors.\n";
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Progress                                                                                         */
@@ -296,6 +309,119 @@ static void print_shared_storages(const widen_checkpoint *c)
     free(order);
 }
 
+/* A model folder: its files, what its configs say about channels, and the model's tensors. */
+static int print_folder(widen_model *m, const char *path, int json, int want_hash, int is_hash)
+{
+    size_t files = widen_model_file_count(m), n = widen_model_tensor_count(m);
+    widen_hash128 *file_hashes = calloc(files + 1, sizeof *file_hashes), **tensor_hashes = calloc(files + 1, sizeof *tensor_hashes);
+    int rc = file_hashes && tensor_hashes ? 0 : fail(WIDEN_EIO, "out of memory");
+    for (size_t f = 0; f < files && want_hash && !rc; f++)
+        rc = hash_all(widen_model_file(m, f), &file_hashes[f], &tensor_hashes[f]);
+    uint64_t tensor_total = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t f;
+        widen_model_tensor_at(m, i, &f);
+        widen_checkpoint *c = widen_model_file(m, f);
+        const widen_tensor_info *t = widen_model_tensor_at(m, i, NULL);
+        tensor_total += tensor_bytes(c, (size_t)(t - widen_tensor_at(c, 0)));
+    }
+    char hex[33], shape[512];
+    if (rc) {
+    } else if (json) {
+        json_t *root = json_object(), *fl = json_array(), *tl = json_array(), *notes = json_array();
+        json_object_set_new(root, "folder", json_string(path));
+        json_object_set_new(root, "size", json_integer((json_int_t)widen_model_size(m)));
+        json_object_set_new(root, "tensor_bytes", json_integer((json_int_t)tensor_total));
+        for (size_t f = 0; f < files; f++) {
+            widen_checkpoint *c = widen_model_file(m, f);
+            json_t *o = json_object();
+            json_object_set_new(o, "file", json_string(widen_model_file_name(m, f)));
+            json_object_set_new(o, "format", json_string(widen_checkpoint_format(c)));
+            json_object_set_new(o, "size", json_integer((json_int_t)widen_checkpoint_size(c)));
+            json_object_set_new(o, "tensors", json_integer((json_int_t)widen_tensor_count(c)));
+            if (want_hash) {
+                widen_hash128_hex(file_hashes[f], hex);
+                json_object_set_new(o, "xxh3_128", json_string(hex));
+            }
+            json_array_append_new(fl, o);
+        }
+        for (size_t i = 0; i < widen_model_channel_note_count(m); i++)
+            json_array_append_new(notes, json_string(widen_model_channel_note(m, i)));
+        for (size_t i = 0; i < n; i++) {
+            size_t f;
+            const widen_tensor_info *t = widen_model_tensor_at(m, i, &f);
+            widen_checkpoint *c = widen_model_file(m, f);
+            size_t k = (size_t)(t - widen_tensor_at(c, 0));
+            json_t *o = json_object();
+            json_object_set_new(o, "name", json_string(widen_model_tensor_name(m, i)));
+            json_object_set_new(o, "file", json_string(widen_model_file_name(m, f)));
+            if (!is_hash) {
+                json_object_set_new(o, "dtype", json_string(widen_dtype_name(t->dtype)));
+                json_object_set_new(o, "shape", shape_json(t));
+                json_object_set_new(o, "bytes", json_integer((json_int_t)tensor_bytes(c, k)));
+            }
+            if (want_hash) {
+                widen_hash128_hex(tensor_hashes[f][k], hex);
+                json_object_set_new(o, "xxh3_128", json_string(hex));
+            }
+            json_array_append_new(tl, o);
+        }
+        json_object_set_new(root, "files", fl);
+        if (!is_hash) json_object_set_new(root, "channels", notes);
+        else json_decref(notes);
+        json_object_set_new(root, "tensors", tl);
+        rc = print_json(root);
+    } else if (is_hash) {
+        for (size_t f = 0; f < files; f++) {
+            widen_hash128_hex(file_hashes[f], hex);
+            printf("%s  %s\n", hex, shown(widen_model_file_name(m, f), 0));
+        }
+        for (size_t i = 0; i < n; i++) {
+            size_t f;
+            const widen_tensor_info *t = widen_model_tensor_at(m, i, &f);
+            widen_hash128_hex(tensor_hashes[f][t - widen_tensor_at(widen_model_file(m, f), 0)], hex);
+            printf("%s  %s\n", hex, shown(widen_model_tensor_name(m, i), 0));
+        }
+    } else {
+        printf("%s: model folder, %zu weight file%s, %zu tensors, %llu bytes of tensors, %llu bytes in all\n",
+               shown(path, 0), files, files == 1 ? "" : "s", n, (unsigned long long)tensor_total,
+               (unsigned long long)widen_model_size(m));
+        for (size_t f = 0; f < files; f++) {
+            widen_checkpoint *c = widen_model_file(m, f);
+            printf("  file %s: %s, %zu tensors, %llu bytes%s%s\n", shown(widen_model_file_name(m, f), 0),
+                   widen_checkpoint_format(c), widen_tensor_count(c), (unsigned long long)widen_checkpoint_size(c),
+                   want_hash ? ", XXH3-128 " : "", want_hash ? (widen_hash128_hex(file_hashes[f], hex), hex) : "");
+        }
+        for (size_t i = 0; i < widen_model_channel_note_count(m); i++)
+            printf("  channels: %s\n", shown(widen_model_channel_note(m, i), 0));
+        int wn = 4, ws = 5;
+        for (size_t i = 0; i < n; i++) {
+            shape_text(widen_model_tensor_at(m, i, NULL), shape, sizeof shape);
+            if ((int)strlen(shown(widen_model_tensor_name(m, i), 0)) > wn) wn = (int)strlen(shown(widen_model_tensor_name(m, i), 0));
+            if ((int)strlen(shape) > ws) ws = (int)strlen(shape);
+            if (wn > 60) wn = 60;
+            if (ws > 40) ws = 40;
+        }
+        printf("%-*s  %-11s  %-*s  %14s  %s%s\n", wn, "NAME", "DTYPE", ws, "SHAPE", "BYTES", "FILE",
+               want_hash ? "  XXH3-128" : "");
+        for (size_t i = 0; i < n; i++) {
+            size_t f;
+            const widen_tensor_info *t = widen_model_tensor_at(m, i, &f);
+            widen_checkpoint *c = widen_model_file(m, f);
+            size_t k = (size_t)(t - widen_tensor_at(c, 0));
+            shape_text(t, shape, sizeof shape);
+            if (want_hash) widen_hash128_hex(tensor_hashes[f][k], hex);
+            printf("%-*s  %-11s  %-*s  %14llu  %s%s%s\n", wn, shown(widen_model_tensor_name(m, i), 0),
+                   widen_dtype_name(t->dtype), ws, shape, (unsigned long long)tensor_bytes(c, k),
+                   shown(widen_model_file_name(m, f), 1), want_hash ? "  " : "", want_hash ? hex : "");
+        }
+    }
+    for (size_t f = 0; tensor_hashes && f < files; f++) free(tensor_hashes[f]);
+    free(tensor_hashes);
+    free(file_hashes);
+    return rc;
+}
+
 static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
 {
     int json = 0, want_hash = is_hash;
@@ -314,8 +440,14 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
                     is_hash ? "hash" : "inspect");
     const char *path = argv[optind];
     widen_error err;
-    widen_checkpoint *c;
-    if (widen_open(path, &c, &err)) return fail_err(&err);
+    widen_model *model;
+    if (widen_model_open(path, &model, &err)) return fail_err(&err);
+    if (widen_model_is_folder(model)) {
+        int folder_rc = print_folder(model, path, json, want_hash, is_hash);
+        widen_model_close(model);
+        return folder_rc;
+    }
+    widen_checkpoint *c = widen_model_file(model, 0);
     widen_hash128 file_hash = {0}, *hashes = NULL;
     int rc = 0;
     if (want_hash && (rc = hash_all(c, &file_hash, &hashes))) goto done;
@@ -401,7 +533,7 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
     }
 done:
     free(hashes);
-    widen_close(c);
+    widen_model_close(model);
     return rc;
 }
 
@@ -419,7 +551,7 @@ static int parse_uint(const char *text, const char *flag, unsigned long long max
 }
 
 enum { OPT_FROM = 256, OPT_AXIS, OPT_TO, OPT_AT, OPT_INIT, OPT_MAP, OPT_CAST, OPT_FORMAT, OPT_MANIFEST, OPT_THREADS,
-       OPT_PROGRESS, OPT_NO_PROGRESS, OPT_NO_FSYNC, OPT_FORCE };
+       OPT_PROGRESS, OPT_NO_PROGRESS, OPT_NO_FSYNC, OPT_FORCE, OPT_NORM_FILL, OPT_NO_CONFIG };
 
 typedef struct apply_args {
     const char *input, *output, *init, *map, *cast, *format, *manifest;
@@ -427,7 +559,8 @@ typedef struct apply_args {
     size_t ntensors;
     unsigned long long from, to, at, threads;
     long axis;
-    int have_to, have_at, progress, fsync, force;
+    int have_to, have_at, progress, fsync, force, no_config, norm_fill;
+    double norm_mean, norm_std;
 } apply_args;
 
 static int parse_apply(int argc, char **argv, apply_args *a)
@@ -441,6 +574,7 @@ static int parse_apply(int argc, char **argv, apply_args *a)
         {"manifest", required_argument, 0, OPT_MANIFEST}, {"threads", required_argument, 0, OPT_THREADS},
         {"progress", no_argument, 0, OPT_PROGRESS}, {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
         {"no-fsync", no_argument, 0, OPT_NO_FSYNC}, {"force", no_argument, 0, OPT_FORCE},
+        {"norm-fill", required_argument, 0, OPT_NORM_FILL}, {"no-config", no_argument, 0, OPT_NO_CONFIG},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     a->from = 3;
     a->axis = 1;
@@ -473,6 +607,16 @@ static int parse_apply(int argc, char **argv, apply_args *a)
         case OPT_NO_PROGRESS: a->progress = 0; break;
         case OPT_NO_FSYNC: a->fsync = 0; break;
         case OPT_FORCE: a->force = 1; break;
+        case OPT_NO_CONFIG: a->no_config = 1; break;
+        case OPT_NORM_FILL: {
+            char *end, *colon = strchr(optarg, ':');
+            a->norm_fill = 1;
+            a->norm_mean = colon ? strtod(optarg, &end) : 0;
+            if (!colon || end != colon || colon == optarg || !colon[1] || (a->norm_std = strtod(colon + 1, &end), *end) ||
+                !isfinite(a->norm_mean) || !isfinite(a->norm_std))
+                rc = fail(WIDEN_EUSAGE, "--norm-fill: '%s' is not MEAN:STD (two numbers)", optarg);
+            break;
+        }
         case 'h': fputs(usage_apply, stdout); return -1;
         default: return fail(WIDEN_EUSAGE, "apply: bad option (see widen apply --help)");
         }
@@ -488,27 +632,27 @@ static int parse_apply(int argc, char **argv, apply_args *a)
 }
 
 /* Adds the map of every selected tensor to the transform. */
-static int build_maps(const apply_args *a, widen_checkpoint *c, widen_transform *tr)
+static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr)
 {
     widen_error err;
     size_t count = a->ntensors;
     const char **names = a->tensors, *detected;
     size_t found[16];
     if (count == 0) {
-        size_t n = widen_find_candidates(c, (int)a->axis, a->from, found, 16);
+        size_t n = widen_model_find_candidates(c, (int)a->axis, a->from, found, 16);
         if (n != 1) {
             char list[768] = "";
             size_t used = 0;
             for (size_t i = 0; i < n && i < 16 && used < sizeof list; i++)
                 used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "",
-                                         widen_tensor_at(c, found[i])->name);
+                                         widen_model_tensor_name(c, found[i]));
             if (n == 0)
                 return fail(WIDEN_EUSAGE, "%s: no floating-point tensor of rank >= 3 has %llu channels on axis %ld; "
                             "name one with -t", a->input, a->from, a->axis);
             return fail(WIDEN_EUSAGE, "%s: %zu tensors have %llu channels on axis %ld (%s%s); name them with -t",
                         a->input, n, a->from, a->axis, list, n > 16 ? ", ..." : "");
         }
-        detected = widen_tensor_at(c, found[0])->name;
+        detected = widen_model_tensor_name(c, found[0]);
         names = &detected;
         count = 1;
     }
@@ -523,15 +667,16 @@ static int build_maps(const apply_args *a, widen_checkpoint *c, widen_transform 
     if (a->init && widen_parse_init(a->init, &init, &err)) return fail_err(&err);
     int rc = 0;
     for (size_t i = 0; i < count && !rc; i++) {
-        long k = widen_tensor_find(c, names[i]);
+        long k = widen_model_tensor_find(c, names[i]);
         if (k < 0) {
             rc = fail(WIDEN_EUSAGE, "%s: no tensor named '%s'", a->input, names[i]);
             break;
         }
-        const widen_tensor_info *t = widen_tensor_at(c, (size_t)k);
+        const widen_tensor_info *t = widen_model_tensor_at(c, (size_t)k, NULL);
+        const char *name = widen_model_tensor_name(c, (size_t)k);
         int axis = (int)(a->axis < 0 ? a->axis + t->rank : a->axis);
         if (axis < 0 || axis >= t->rank) {
-            rc = fail(WIDEN_EUSAGE, "%s: tensor '%s' has rank %d: no axis %ld", a->input, t->name, t->rank, a->axis);
+            rc = fail(WIDEN_EUSAGE, "%s: tensor '%s' has rank %d: no axis %ld", a->input, name, t->rank, a->axis);
             break;
         }
         if (a->have_to && !a->map) {
@@ -542,12 +687,12 @@ static int build_maps(const apply_args *a, widen_checkpoint *c, widen_transform 
             }
             uint64_t ch = t->shape[axis];
             if (ch > UINT32_MAX || widen_widen_map((uint32_t)ch, (uint32_t)a->to, (uint32_t)a->at, &init, m, &err))
-                rc = ch > UINT32_MAX ? fail(WIDEN_EUSAGE, "tensor '%s' has too many channels", t->name)
-                                     : fail(WIDEN_EUSAGE, "%s: tensor '%s': %s", a->input, t->name, err.message);
-            else if (widen_transform_add_map(tr, t->name, (int)a->axis, m, a->to, &err))
+                rc = ch > UINT32_MAX ? fail(WIDEN_EUSAGE, "tensor '%s' has too many channels", name)
+                                     : fail(WIDEN_EUSAGE, "%s: tensor '%s': %s", a->input, name, err.message);
+            else if (widen_transform_add_map(tr, name, (int)a->axis, m, a->to, &err))
                 rc = fail_err(&err);
             free(m);
-        } else if (widen_transform_add_map(tr, t->name, (int)a->axis, given, given_n, &err)) {
+        } else if (widen_transform_add_map(tr, name, (int)a->axis, given, given_n, &err)) {
             rc = fail_err(&err);
         }
     }
@@ -565,7 +710,7 @@ static int cmd_apply(int argc, char **argv)
     }
     widen_error err;
     widen_transform *tr = widen_transform_new();
-    widen_checkpoint *c = NULL;
+    widen_model *c = NULL;
     if (!tr) rc = fail(WIDEN_EIO, "out of memory");
     if (!rc && a.format && strcmp(a.format, "safetensors") != 0 && strcmp(a.format, "pt") != 0)
         rc = fail(WIDEN_EUSAGE, "--format: '%s' is not safetensors or pt", a.format);
@@ -580,7 +725,7 @@ static int cmd_apply(int argc, char **argv)
         if (!ok) rc = fail(WIDEN_EUSAGE, "--cast: '%s' is not f32, f16 or bf16", a.cast);
         else if (widen_transform_set_cast(tr, to, &err)) rc = fail_err(&err);
     }
-    if (!rc && widen_open(a.input, &c, &err)) rc = fail_err(&err);
+    if (!rc && widen_model_open(a.input, &c, &err)) rc = fail_err(&err);
     if (!rc && (a.have_to || a.map)) rc = build_maps(&a, c, tr);
     if (!rc) {
         widen_apply_options o;
@@ -594,11 +739,15 @@ static int cmd_apply(int argc, char **argv)
         o.progress = on_progress;
         o.progress_user = &ps;
         o.warning = on_warning;
-        widen_status st = widen_apply_checkpoint(c, a.output, tr, &o, &err);
+        o.no_config = a.no_config;
+        o.norm_fill = a.norm_fill;
+        o.norm_fill_mean = a.norm_mean;
+        o.norm_fill_std = a.norm_std;
+        widen_status st = widen_model_apply(c, a.output, tr, &o, &err);
         progress_end(&ps);
         if (st) rc = fail_err(&err);
     }
-    widen_close(c);
+    widen_model_close(c);
     widen_transform_free(tr);
     free(a.tensors);
     return rc;
@@ -625,7 +774,7 @@ static int cmd_verify(int argc, char **argv)
     const char *in = argv[optind], *out = argv[optind + 1];
     widen_verify_report r;
     widen_error err;
-    widen_status st = widen_verify(in, out, manifest, &r, &err);
+    widen_status st = widen_model_verify(in, out, manifest, &r, &err);
     if (st != WIDEN_OK && st != WIDEN_DIFFERENT) return fail_err(&err);
     if (json) {
         json_t *root = json_object();

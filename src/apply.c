@@ -1,4 +1,5 @@
 /* apply.c: file to file: plan, stream into a temporary file beside the output, fsync, rename. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -11,8 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
-#include "text.h"
+#include "apply.h"
 #include "format/torch.h"
 #include "write.h"
 
@@ -52,22 +52,168 @@ static void temporary_unregister(int slot)
     pthread_mutex_unlock(&temporaries_lock);
 }
 
+/* Temporary folders: each entry recorded before it is made, removed in reverse (files, then the
+ * folders that held them). The entry arrays are allocated up front: the handler reads them as they
+ * are. */
+enum { MAX_FOLDERS = 4 };
+static struct {
+    char *root;
+    char **entries;
+    size_t capacity;
+    volatile sig_atomic_t count;
+} folders[MAX_FOLDERS];
+static volatile sig_atomic_t folder_used[MAX_FOLDERS];
+
 void widen_remove_temporaries(void)
 {
     for (int i = 0; i < MAX_TEMPORARIES; i++)
         if (temporary_used[i]) unlink(temporaries[i]);
+    for (int i = 0; i < MAX_FOLDERS; i++) {
+        if (!folder_used[i]) continue;
+        for (sig_atomic_t k = folders[i].count; k-- > 0;)
+            if (unlink(folders[i].entries[k]) != 0) rmdir(folders[i].entries[k]);
+        rmdir(folders[i].root);
+    }
 }
 
-typedef struct temp_file {
-    char *path; /* NULL once renamed into place or removed */
-    int fd;
-    int slot;   /* in the table of temporaries */
-} temp_file;
+static void folder_unregister(widen_temp_folder *tf)
+{
+    if (tf->slot < 0) return;
+    pthread_mutex_lock(&temporaries_lock);
+    folder_used[tf->slot] = 0;
+    pthread_mutex_unlock(&temporaries_lock);
+    for (sig_atomic_t k = 0; k < folders[tf->slot].count; k++) free(folders[tf->slot].entries[k]);
+    free(folders[tf->slot].entries);
+    tf->slot = -1;
+}
+
+widen_status widen_temp_folder_open(const char *target, size_t capacity, widen_temp_folder *tf, widen_error *err)
+{
+    tf->path = NULL;
+    tf->slot = -1;
+    char *copy = strdup(target), *copy2 = strdup(target);
+    char **entries = calloc(capacity + 1, sizeof *entries);
+    widen_status st = WIDEN_OK;
+    if (!copy || !copy2 || !entries) st = widen_fail(err, WIDEN_EIO, "out of memory");
+    const char *dir = st ? "" : dirname(copy), *base = st ? "" : basename(copy2);
+    size_t size = strlen(dir) + strlen(base) + 32;
+    if (!st && !(tf->path = calloc(1, size))) st = widen_fail(err, WIDEN_EIO, "out of memory");
+    /* registered before it exists: a signal between mkdir and registration would leave it behind */
+    pthread_mutex_lock(&temporaries_lock);
+    for (int i = 0; i < MAX_FOLDERS && !st && tf->slot < 0; i++) {
+        if (folder_used[i]) continue;
+        folders[i].root = tf->path;
+        folders[i].entries = entries;
+        folders[i].capacity = capacity + 1;
+        folders[i].count = 0;
+        folder_used[i] = 1;
+        tf->slot = i;
+    }
+    pthread_mutex_unlock(&temporaries_lock);
+    if (tf->slot < 0) free(entries);
+    for (int attempt = 0; !st; attempt++) {
+        unsigned char r[6];
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) memset(r, attempt, sizeof r);
+        static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+        char suffix[8];
+        for (int i = 0; i < 6; i++) suffix[i] = digits[r[i] % 36];
+        suffix[6] = '\0';
+        snprintf(tf->path, size, "%s/.%.200s.widen-%s", dir, base, suffix);
+        if (mkdir(tf->path, 0777) == 0) break;
+        if (errno != EEXIST || attempt > 100)
+            st = widen_fail(err, WIDEN_EIO, "%s: cannot create a folder in %s: %s", target, dir, strerror(errno));
+    }
+    free(copy);
+    free(copy2);
+    if (st) {
+        folder_unregister(tf);
+        free(tf->path);
+        tf->path = NULL;
+    }
+    return st;
+}
+
+void widen_temp_folder_note(widen_temp_folder *tf, const char *path)
+{
+    if (tf->slot < 0) return;
+    __typeof__(folders[0]) *f = &folders[tf->slot];
+    char *copy = strdup(path);
+    if (copy && (size_t)f->count < f->capacity) {
+        f->entries[f->count] = copy;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        f->count = f->count + 1;
+    } else {
+        free(copy);
+    }
+}
+
+/* Removes what is left of the folder: the recorded entries, then anything else (an entry not
+ * recorded because the table was full). */
+static void remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+            size_t size = strlen(path) + strlen(e->d_name) + 2;
+            char *child = malloc(size);
+            if (!child) continue;
+            snprintf(child, size, "%s/%s", path, e->d_name);
+            if (unlinkat(dirfd(d), e->d_name, 0) != 0) remove_tree(child);
+            free(child);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+void widen_temp_folder_discard(widen_temp_folder *tf)
+{
+    if (tf->path) remove_tree(tf->path);
+    folder_unregister(tf);
+    free(tf->path);
+    tf->path = NULL;
+}
+
+widen_status widen_temp_folder_commit(widen_temp_folder *tf, const char *target, int do_fsync, widen_error *err)
+{
+    if (do_fsync) {
+        int fd = open(tf->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) {
+            fsync(fd);
+            close(fd);
+        }
+    }
+    int rc = renameat2(AT_FDCWD, tf->path, AT_FDCWD, target, RENAME_NOREPLACE);
+    if (rc != 0 && errno == EINVAL) { /* no RENAME_NOREPLACE here: a folder is never renamed over a folder anyway */
+        struct stat s;
+        rc = lstat(target, &s) == 0 ? (errno = EEXIST, -1) : rename(tf->path, target);
+    }
+    if (rc != 0)
+        return widen_fail(err, errno == EEXIST || errno == ENOTEMPTY ? WIDEN_EUSAGE : WIDEN_EIO,
+                          "%s: cannot rename into place: %s", target, strerror(errno));
+    folder_unregister(tf);
+    free(tf->path);
+    tf->path = NULL;
+    if (do_fsync) {
+        char *copy = strdup(target);
+        int dfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+        free(copy);
+    }
+    return WIDEN_OK;
+}
+
+typedef widen_temp_file temp_file;
 
 /* The temporary file beside the target: ".<target's name>.widen-<random>", its name cut to fit
  * NAME_MAX, created with mode 0666 so that the process umask applies (as for any new file) without
  * this library touching the process-wide umask. */
-static widen_status temp_open(const char *target, temp_file *tf, widen_error *err)
+widen_status widen_temp_open(const char *target, temp_file *tf, widen_error *err)
 {
     char *copy = strdup(target), *copy2 = strdup(target);
     tf->fd = -1;
@@ -104,7 +250,7 @@ static widen_status temp_open(const char *target, temp_file *tf, widen_error *er
     return st;
 }
 
-static void temp_discard(temp_file *tf)
+void widen_temp_discard(temp_file *tf)
 {
     if (tf->fd >= 0) close(tf->fd);
     if (tf->path) unlink(tf->path);
@@ -117,7 +263,7 @@ static void temp_discard(temp_file *tf)
 
 /* Closes (after fsync) and renames into place; without overwrite, never replaces a file that
  * appeared meanwhile. */
-static widen_status temp_commit(temp_file *tf, const char *target, int do_fsync, int overwrite, widen_error *err)
+widen_status widen_temp_commit(temp_file *tf, const char *target, int do_fsync, int overwrite, widen_error *err)
 {
     if (do_fsync && fsync(tf->fd) != 0)
         return widen_fail(err, WIDEN_EIO, "%s: fsync failed: %s", target, strerror(errno));
@@ -167,6 +313,32 @@ static void tensor_json(widen_text *t, widen_dtype dtype, int rank, const uint64
     widen_text_puts(t, "\"}");
 }
 
+void widen_manifest_tensor(widen_text *t, const widen_plan_tensor *p, const char *prefix, const char *file)
+{
+    widen_text_puts(t, "{\"name\": ");
+    if (*prefix) {
+        widen_text tmp = {0};
+        widen_text_puts(&tmp, prefix);
+        widen_text_puts(&tmp, p->name);
+        if (tmp.failed) t->failed = 1;
+        else widen_text_json_string(t, tmp.data);
+        free(tmp.data);
+    } else {
+        widen_text_json_string(t, p->name);
+    }
+    if (file) {
+        widen_text_puts(t, ", \"file\": ");
+        widen_text_json_string(t, file);
+    }
+    widen_text_puts(t, ", \"op\": ");
+    widen_text_json_string(t, p->op == WIDEN_OP_COPY ? "copy" : p->axis < 0 ? "cast" : "remap");
+    widen_text_puts(t, ",\n     \"input\": ");
+    tensor_json(t, p->in->dtype, p->in->rank, p->in->shape, p->in_hash);
+    widen_text_puts(t, ",\n     \"output\": ");
+    tensor_json(t, p->dtype, p->rank, p->shape, p->out_hash);
+    widen_text_puts(t, "}");
+}
+
 /* The manifest, written as text (no JSON tree: it lists every tensor). `transform_json` is the
  * provenance apply records, kept as it is (verify compares it byte for byte). */
 static char *manifest_text(const char *input, const char *output, const char *transform_json, const widen_plan *plan)
@@ -182,16 +354,8 @@ static char *manifest_text(const char *input, const char *output, const char *tr
     widen_text_puts(&t, transform_json);
     widen_text_puts(&t, ",\n  \"tensors\": [");
     for (size_t i = 0; i < plan->count; i++) {
-        const widen_plan_tensor *p = &plan->tensors[i];
-        widen_text_puts(&t, i ? ",\n    {\"name\": " : "\n    {\"name\": ");
-        widen_text_json_string(&t, p->name);
-        widen_text_puts(&t, ", \"op\": ");
-        widen_text_json_string(&t, p->op == WIDEN_OP_COPY ? "copy" : p->axis < 0 ? "cast" : "remap");
-        widen_text_puts(&t, ",\n     \"input\": ");
-        tensor_json(&t, p->in->dtype, p->in->rank, p->in->shape, p->in_hash);
-        widen_text_puts(&t, ",\n     \"output\": ");
-        tensor_json(&t, p->dtype, p->rank, p->shape, p->out_hash);
-        widen_text_puts(&t, "}");
+        widen_text_puts(&t, i ? ",\n    " : "\n    ");
+        widen_manifest_tensor(&t, &plan->tensors[i], "", NULL);
     }
     widen_text_puts(&t, plan->count ? "\n  ]\n}" : "]\n}");
     if (t.failed) {
@@ -283,6 +447,19 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
 widen_status widen_apply_checkpoint(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
                                     const widen_apply_options *options, widen_error *err)
 {
+    return widen_apply_file(ckpt, output, transform, options, NULL, err);
+}
+
+static uint64_t tensor_elements(int rank, const uint64_t *shape)
+{
+    uint64_t n = 1;
+    for (int d = 0; d < rank; d++) n *= shape[d];
+    return n;
+}
+
+widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
+                              const widen_apply_options *options, widen_apply_record *record, widen_error *err)
+{
     widen_apply_options defaults;
     if (!ckpt || !output || !transform)
         return widen_fail(err, WIDEN_EUSAGE, "widen_apply_checkpoint needs a checkpoint, an output path and a transform");
@@ -325,14 +502,15 @@ widen_status widen_apply_checkpoint(widen_checkpoint *ckpt, const char *output, 
     widen_exec_options eo = {.threads = options->threads ? options->threads : (unsigned)(cpus > 0 ? cpus : 1),
                              .isa = WIDEN_ISA_COUNT, .progress = options->progress,
                              .progress_user = options->progress_user};
-    if ((st = temp_open(output, &out, err))) goto done;
+    if ((st = widen_temp_open(output, &out, err))) goto done;
     widen_file_output file;
     widen_file_output_init(&file, out.fd, output);
     if (to_pt) {
         metadata_notice(ckpt, options);
         widen_torch_notes(ckpt, transform, options->warning, options->warning_user);
         st = widen_torch_write(ckpt, transform, &plan, &file.base, &eo, NULL, err);
-        if (!st && options->manifest_path) st = widen_torch_hash_views(ckpt, &plan, &eo, err);
+        if (!st && (options->manifest_path || (record && record->tensors)))
+            st = widen_torch_hash_views(ckpt, &plan, &eo, err);
     } else {
         widen_torch_conversion_notes(ckpt, options->warning, options->warning_user);
         st = widen_safetensors_write(ckpt, &plan, provenance, &file.base, &eo, err);
@@ -343,22 +521,34 @@ widen_status widen_apply_checkpoint(widen_checkpoint *ckpt, const char *output, 
         if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; no output written", output);
         goto done;
     }
+    for (size_t i = 0; record && i < plan.count; i++) {
+        const widen_plan_tensor *p = &plan.tensors[i];
+        uint64_t in_n = tensor_elements(p->in->rank, p->in->shape), out_n = tensor_elements(p->rank, p->shape);
+        record->in_elements += in_n;
+        record->out_elements += out_n;
+        record->in_bytes += in_n * widen_dtype_bits(p->in->dtype) / 8;
+        record->out_bytes += out_n * widen_dtype_bits(p->dtype) / 8;
+        if (record->tensors) {
+            widen_text_puts(record->tensors, (*record->entries)++ ? ",\n    " : "\n    ");
+            widen_manifest_tensor(record->tensors, p, record->prefix, record->file);
+        }
+    }
     if (options->manifest_path) {
         manifest = manifest_text(input, output, provenance, &plan);
         if (!manifest) {
             st = widen_fail(err, WIDEN_EIO, "out of memory");
             goto done;
         }
-        if ((st = temp_open(options->manifest_path, &man, err))) goto done;
+        if ((st = widen_temp_open(options->manifest_path, &man, err))) goto done;
         if ((st = widen_write_all(man.fd, manifest, strlen(manifest), options->manifest_path, err))) goto done;
         if ((st = widen_write_all(man.fd, "\n", 1, options->manifest_path, err))) goto done;
-        if ((st = temp_commit(&man, options->manifest_path, options->fsync, options->overwrite, err))) goto done;
+        if ((st = widen_temp_commit(&man, options->manifest_path, options->fsync, options->overwrite, err))) goto done;
     }
-    if ((st = temp_commit(&out, output, options->fsync, options->overwrite, err)) && options->manifest_path)
+    if ((st = widen_temp_commit(&out, output, options->fsync, options->overwrite, err)) && options->manifest_path)
         unlink(options->manifest_path);
 done:
-    temp_discard(&out);
-    temp_discard(&man);
+    widen_temp_discard(&out);
+    widen_temp_discard(&man);
     free(provenance);
     free(manifest);
     widen_plan_free(&plan);

@@ -18,6 +18,7 @@
 
 #include "format/torch.h"
 #include "write.h"
+#include "apply.h"
 
 typedef struct verifier {
     widen_checkpoint *in, *out;
@@ -512,42 +513,18 @@ static json_t *load_manifest(const char *path, widen_error *err)
     return root;
 }
 
-widen_status widen_verify(const char *input, const char *output, const char *manifest_path,
-                          widen_verify_report *report, widen_error *err)
+widen_status widen_verify_run(const char *input, const char *output, const widen_transform *tr, const char *provenance,
+                              json_t *manifest, const char *manifest_name, widen_verify_report *report, widen_error *err)
 {
-    if (!input || !output || !report)
-        return widen_fail(err, WIDEN_EUSAGE, "widen_verify needs an input path, an output path and a report");
-    memset(report, 0, sizeof *report);
-    verifier v = {.report = report, .err = err};
-    widen_transform *tr = NULL;
-    json_t *manifest = NULL;
+    verifier v = {.report = report, .err = err, .tr = tr};
     widen_torch_layout layout = {0};
+    size_t before = report->differences;
     widen_status st = widen_isa_init(err);
     if (st || (st = widen_open(input, &v.in, err)) || (st = widen_open(output, &v.out, err))) goto done;
-    if (manifest_path) {
-        if (!(manifest = load_manifest(manifest_path, err))) {
-            st = err ? err->status : WIDEN_EFORMAT;
-            goto done;
-        }
-        /* apply records the transform's JSON in the manifest as it writes it into a safetensors
-         * output: compact, the same keys in the same order */
-        v.provenance = json_dumps(json_object_get(manifest, "transform"), JSON_COMPACT);
-        st = v.provenance ? widen_transform_from_json(v.provenance, &tr, err) : widen_fail(err, WIDEN_EIO, "out of memory");
-    } else {
-        const char *recorded = metadata_get(v.out, WIDEN_PROVENANCE_KEY);
-        if (!recorded) {
-            st = widen_fail(err, WIDEN_EUSAGE, "%s: no transform recorded (no '%s' metadata key): pass --manifest FILE",
-                            output, WIDEN_PROVENANCE_KEY);
-            goto done;
-        }
-        /* the output's own record, which must be in the form widen writes (compact JSON) */
-        json_t *parsed = json_loads(recorded, JSON_REJECT_DUPLICATES, NULL);
-        v.provenance = parsed ? json_dumps(parsed, JSON_COMPACT) : NULL;
-        json_decref(parsed);
-        st = widen_transform_from_json(recorded, &tr, err);
+    if (!(v.provenance = strdup(provenance))) {
+        st = widen_fail(err, WIDEN_EIO, "out of memory");
+        goto done;
     }
-    if (st) goto done;
-    v.tr = tr;
     if ((st = widen_plan_build(v.in, tr, &v.plan, err))) {
         if (st != WIDEN_EUSAGE) goto done;
         /* a transform this input cannot have had applied */
@@ -556,13 +533,13 @@ widen_status widen_verify(const char *input, const char *output, const char *man
         goto done;
     }
     for (size_t i = 0; i < v.plan.count; i++) report->transformed += v.plan.tensors[i].op != WIDEN_OP_COPY;
-    report->tensors = v.plan.count;
+    report->tensors += v.plan.count;
     int to_pt = strcmp(v.out->format, "pt") == 0;
     /* 1. structure */
     compare_tensors(&v);
     if (!to_pt) compare_metadata(&v);
-    else if (!report->differences && (st = compare_graphs(&v))) goto done;
-    if (report->differences) {
+    else if (report->differences == before && (st = compare_graphs(&v))) goto done;
+    if (report->differences != before) {
         st = WIDEN_DIFFERENT;
         goto done;
     }
@@ -588,9 +565,9 @@ widen_status widen_verify(const char *input, const char *output, const char *man
         difference(report, "%s: %llu bytes follow what widen writes", output,
                    (unsigned long long)(v.out->size - cmp.base.position));
     /* 3. the records the graph names */
-    if (to_pt && !report->differences) check_sources(&v, &layout);
-    if (manifest) check_manifest_hashes(manifest, manifest_path, &v.plan, report);
-    st = report->differences ? WIDEN_DIFFERENT : WIDEN_OK;
+    if (to_pt && report->differences == before) check_sources(&v, &layout);
+    if (manifest) check_manifest_hashes(manifest, manifest_name, &v.plan, report);
+    st = report->differences != before ? WIDEN_DIFFERENT : WIDEN_OK;
 done:
     free(v.provenance);
     widen_torch_layout_free(&layout);
@@ -600,9 +577,51 @@ done:
     free(v.slot_keys);
     widen_table_free(&v.transformed);
     widen_plan_free(&v.plan);
-    widen_transform_free(tr);
-    json_decref(manifest);
     widen_close(v.in);
     widen_close(v.out);
+    return st;
+}
+
+json_t *widen_manifest_load(const char *path, widen_error *err)
+{
+    return load_manifest(path, err);
+}
+
+widen_status widen_verify(const char *input, const char *output, const char *manifest_path,
+                          widen_verify_report *report, widen_error *err)
+{
+    if (!input || !output || !report)
+        return widen_fail(err, WIDEN_EUSAGE, "widen_verify needs an input path, an output path and a report");
+    memset(report, 0, sizeof *report);
+    widen_transform *tr = NULL;
+    json_t *manifest = NULL;
+    char *provenance = NULL;
+    widen_checkpoint *out = NULL;
+    widen_status st = WIDEN_OK;
+    if (manifest_path) {
+        if (!(manifest = load_manifest(manifest_path, err))) return err ? err->status : WIDEN_EFORMAT;
+        /* apply records the transform's JSON in the manifest as it writes it into a safetensors
+         * output: compact, the same keys in the same order */
+        provenance = json_dumps(json_object_get(manifest, "transform"), JSON_COMPACT);
+        st = provenance ? widen_transform_from_json(provenance, &tr, err) : widen_fail(err, WIDEN_EIO, "out of memory");
+    } else if (!(st = widen_open(output, &out, err))) {
+        const char *recorded = metadata_get(out, WIDEN_PROVENANCE_KEY);
+        if (!recorded) {
+            st = widen_fail(err, WIDEN_EUSAGE, "%s: no transform recorded (no '%s' metadata key): pass --manifest FILE",
+                            output, WIDEN_PROVENANCE_KEY);
+        } else {
+            /* the output's own record, which must be in the form widen writes (compact JSON) */
+            json_t *parsed = json_loads(recorded, JSON_REJECT_DUPLICATES, NULL);
+            provenance = parsed ? json_dumps(parsed, JSON_COMPACT) : NULL;
+            json_decref(parsed);
+            st = widen_transform_from_json(recorded, &tr, err);
+            if (!st && !provenance) st = widen_fail(err, WIDEN_EIO, "out of memory");
+        }
+        widen_close(out);
+    }
+    if (!st) st = widen_verify_run(input, output, tr, provenance, manifest, manifest_path, report, err);
+    free(provenance);
+    widen_transform_free(tr);
+    json_decref(manifest);
     return st;
 }

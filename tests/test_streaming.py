@@ -27,7 +27,7 @@ def peak_rss_kib(*args):
 
 def test_peak_rss_is_bounded_on_a_512_mib_file(tmp_path):
     src = tmp_path / "big.safetensors"
-    stem = synthetic.make(str(src), 512 << 20)
+    stem, _ = synthetic.make(str(src), 512 << 20)
     assert src.stat().st_size > 7 * LIMIT_KIB * 1024
     out = tmp_path / "out.safetensors"
     assert peak_rss_kib("apply", src, "-o", out, "--to", "4", "--no-fsync", "--threads", "2") < LIMIT_KIB
@@ -63,3 +63,21 @@ def test_memory_follows_names_not_data_on_100000_tensors(tmp_path):
     import xxhash
     assert entries["blocks.77777.weight"]["output"]["xxh3_128"] == xxhash.xxh3_128_hexdigest(
         np.full(4, 77777.0, np.float32).tobytes())
+
+
+def test_folder_memory_is_bounded_by_the_largest_step(tmp_path):
+    """A 768 MiB model folder of 12 shards: apply and verify stay under the same 64 MiB as one file,
+    however many shards there are (the untouched ones are copied by the kernel, not read)."""
+    src, out = tmp_path / "model", tmp_path / "out"
+    src.mkdir()
+    weight_map, first = {}, 0
+    for k in range(12):
+        name = f"model-{k + 1:05d}-of-00012.safetensors"
+        _, names = synthetic.make(str(src / name), 64 << 20, seed=k, first_block=first, with_stem=k == 5)
+        first += len(names)
+        weight_map.update({n: name for n in names})
+    with open(src / "model.safetensors.index.json", "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)
+    assert peak_rss_kib("apply", src, "-o", out, "--to", "4", "--no-fsync", "--threads", "2") < LIMIT_KIB
+    assert peak_rss_kib("verify", src, out) < LIMIT_KIB
+    assert peak_rss_kib("hash", out) < LIMIT_KIB

@@ -274,6 +274,12 @@ typedef struct widen_apply_options {
     /* one-line notices (values a conversion drops, storages it unshares); NULL: none */
     void (*warning)(void *user, const char *message);
     void *warning_user;
+    /* model folders: configs that declare the input layer's channels and per-channel normalisation
+     * follow the widened input layer unless no_config; new channels' normalisation values are
+     * norm_fill_mean / norm_fill_std when norm_fill is set, else the mean of the old channels' */
+    int no_config;
+    int norm_fill;
+    double norm_fill_mean, norm_fill_std;
 } widen_apply_options;
 
 /* Fills options with the defaults: all CPUs, fsync on, no overwrite, no manifest, no progress. */
@@ -314,6 +320,64 @@ typedef struct widen_verify_report {
  * Returns WIDEN_OK or WIDEN_DIFFERENT (report filled in either case), or an error status. */
 widen_status widen_verify(const char *input_path, const char *output_path, const char *manifest_path,
                           widen_verify_report *report, widen_error *err);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Models: one checkpoint file, or a model folder                                                  */
+
+/* A model is what a command takes: a checkpoint file; a model folder (shards with their
+ * `*.index.json`, single-file weights, diffusers component folders, timm Hub folders, with their
+ * configs and other files); or an `*.index.json`. Tensor names are the model's: a shard's names as
+ * they are, prefixed with "component/" in a component folder ("unet/conv_in.weight"). */
+typedef struct widen_model widen_model;
+
+/* Opens a model read-only. WIDEN_EFORMAT for a folder whose index and shards disagree, a shard that
+ * is missing or invalid, a malformed index or config; WIDEN_EUSAGE for a folder that holds no weights
+ * or holds the same names in two files (the message names them). */
+widen_status widen_model_open(const char *path, widen_model **out, widen_error *err);
+void widen_model_close(widen_model *model);
+
+/* 1 for a model folder (or an index), 0 for a single checkpoint file. */
+int widen_model_is_folder(const widen_model *model);
+/* The weight files, each an open checkpoint, and their paths relative to the model's folder (a
+ * single file's path as given). */
+size_t widen_model_file_count(const widen_model *model);
+widen_checkpoint *widen_model_file(const widen_model *model, size_t index);
+const char *widen_model_file_name(const widen_model *model, size_t index);
+/* Bytes of every file of a folder model (weights, index, configs, the rest). */
+uint64_t widen_model_size(const widen_model *model);
+
+/* The model's tensors: every file's, in file order. */
+size_t widen_model_tensor_count(const widen_model *model);
+const char *widen_model_tensor_name(const widen_model *model, size_t index);
+/* The tensor as its file describes it (offsets within that file), with the file's index. */
+const widen_tensor_info *widen_model_tensor_at(const widen_model *model, size_t index, size_t *file);
+long widen_model_tensor_find(const widen_model *model, const char *name);
+
+/* Auto-detection over a model: the tensor a timm config names as its first layer
+ * (`pretrained_cfg.first_conv` + ".weight") when its size along `axis` is `from`; else the
+ * floating-point tensors of rank >= 3 whose size along `axis` is `from`, narrowed, when there are
+ * several, to those of components whose config declares `from` input channels. Writes up to `max`
+ * model tensor indices and returns how many there are in all. */
+size_t widen_model_find_candidates(const widen_model *model, int axis, uint64_t from, size_t *indices, size_t max);
+
+/* What the configs of a folder say about input channels, one line each ("config.json: num_channels
+ * = 3"). */
+size_t widen_model_channel_note_count(const widen_model *model);
+const char *widen_model_channel_note(const widen_model *model, size_t index);
+
+/* widen_apply for a model: a file as widen_apply_checkpoint; a folder into the folder
+ * `output_path`, which must not exist: shards holding a transformed tensor rewritten, the others
+ * copied (copy_file_range: cloned where the file system can), the index and the configs edited
+ * (see README, "Model folders"), every other file copied unchanged; built beside the target and
+ * renamed into place only when complete. */
+widen_status widen_model_apply(widen_model *model, const char *output_path, const widen_transform *transform,
+                               const widen_apply_options *options, widen_error *err);
+
+/* widen_verify for models: two files, or two folders (every shard, the index, every config change,
+ * every other file byte-identical, no file extra or missing). The transform comes from the manifest,
+ * or from the `widen` keys of the output's safetensors files. */
+widen_status widen_model_verify(const char *input_path, const char *output_path, const char *manifest_path,
+                                widen_verify_report *report, widen_error *err);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
 """Writes the fuzz targets' seed corpora (tests/fuzz/seeds/TARGET/): small valid inputs of each
 parser. Run from the repository root; needs python3-torch. The seeds are committed."""
 import io
+import json
 import os
 import shutil
 import sys
@@ -49,6 +50,23 @@ def main():
         with zipfile.ZipFile(io.BytesIO(data.getvalue())) as z:
             pkl = [n for n in z.namelist() if n.endswith("data.pkl")][0]
             out("pickle", name, z.read(pkl))
+    # model folder documents: index, config.json, preprocessor_config.json, separated by NUL bytes
+    index = json.dumps({"metadata": {"total_size": 248}, "weight_map": {
+        "stem.weight": "model-00001-of-00002.safetensors", "stem.bias": "model-00001-of-00002.safetensors",
+        "head.weight": "model-00002-of-00002.safetensors"}}, indent=2, sort_keys=True) + "\n"
+    configs = {
+        "vit": ({"model_type": "vit", "num_channels": 3, "image_size": 4},
+                {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_normalize": True}),
+        "timm": ({"architecture": "resnet18", "pretrained_cfg": {"input_size": [3, 8, 8], "mean": [0.485, 0.456, 0.406],
+                  "std": [0.229, 0.224, 0.225], "first_conv": "stem", "classifier": "head"}}, None),
+        "clip": ({"vision_config": {"num_channels": 3, "out_channels": 3}, "model_args": {}}, {"image_mean": [1e-5, 2, 3]}),
+        "diffusers": ({"in_channels": 3, "out_channels": 4, "block_out_channels": [4, 8]}, None),
+    }
+    for name, (config, pre) in configs.items():
+        parts = [index, json.dumps(config, indent=2 if name != "clip" else None)]
+        if pre is not None:
+            parts.append(json.dumps(pre, indent=4))
+        out("folder", name, "\0".join(parts).encode())
     for i, text in enumerate(["0,1,2,zero", "2,1,0", "0*0.5,mean,sum,normal:0.1:3,const:1", "timm", "cyclic",
                               "normal:0.5:7", "copy:2", "const:-1e-3", "mean", "zeros"]):
         out("map", f"map{i}", text.encode())

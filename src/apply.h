@@ -1,0 +1,62 @@
+/* apply.h: what the model layer above uses of apply and verify: one file's apply with its manifest
+ * entries and byte counts, one file's verify with a transform given, and temporary files and
+ * folders that are removed on failure and on a signal. */
+#ifndef WIDEN_APPLY_H
+#define WIDEN_APPLY_H
+
+#include <jansson.h>
+
+#include "internal.h"
+#include "text.h"
+
+/* What one file's apply tells the caller: its manifest entries (appended to `tensors` when set,
+ * each with a "file" member and its name prefixed) and the sizes of the tensors it wrote. */
+typedef struct widen_apply_record {
+    widen_text *tensors;
+    const char *file, *prefix;
+    size_t *entries;                 /* entries appended so far, across files */
+    uint64_t in_bytes, out_bytes;    /* element bytes of every named tensor, before and after */
+    uint64_t in_elements, out_elements;
+} widen_apply_record;
+
+widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
+                              const widen_apply_options *options, widen_apply_record *record, widen_error *err);
+
+/* The manifest's per-tensor entry, as apply writes it. */
+void widen_manifest_tensor(widen_text *t, const widen_plan_tensor *p, const char *prefix, const char *file);
+json_t *widen_manifest_load(const char *path, widen_error *err);
+
+/* Verifies one output file against its input with `transform`, whose JSON a safetensors output must
+ * record as `provenance`; `manifest` (an object with "tensors", or NULL) is checked too. Adds to the
+ * report (differences counted from what it held). */
+widen_status widen_verify_run(const char *input, const char *output, const widen_transform *transform,
+                              const char *provenance, json_t *manifest, const char *manifest_name,
+                              widen_verify_report *report, widen_error *err);
+
+/* A temporary file beside `target`, renamed into place by commit, removed by discard (and by
+ * widen_remove_temporaries). */
+typedef struct widen_temp_file {
+    char *path; /* NULL once renamed into place or removed */
+    int fd;
+    int slot;
+} widen_temp_file;
+
+widen_status widen_temp_open(const char *target, widen_temp_file *tf, widen_error *err);
+widen_status widen_temp_commit(widen_temp_file *tf, const char *target, int do_fsync, int overwrite, widen_error *err);
+void widen_temp_discard(widen_temp_file *tf);
+
+/* A temporary folder beside `target` whose every entry is recorded as it is made, so that
+ * widen_remove_temporaries can remove it all. Entries are paths inside it; room for `capacity`. */
+typedef struct widen_temp_folder {
+    char *path;
+    int slot;
+} widen_temp_folder;
+
+widen_status widen_temp_folder_open(const char *target, size_t capacity, widen_temp_folder *tf, widen_error *err);
+/* Records an entry (a file or folder path inside it) before it is created. */
+void widen_temp_folder_note(widen_temp_folder *tf, const char *path);
+/* Renames the folder into place (never over an existing one). */
+widen_status widen_temp_folder_commit(widen_temp_folder *tf, const char *target, int do_fsync, widen_error *err);
+void widen_temp_folder_discard(widen_temp_folder *tf);
+
+#endif
