@@ -10,14 +10,13 @@ and `sync` runs (untimed). Wall time and peak RSS from /usr/bin/time. Prints a M
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import synthetic  # noqa: E402
-from stream_bench import WIDEN, timed  # noqa: E402
+from stream_bench import WIDEN, print_table, timed  # noqa: E402
 
 
 def make_folder(folder, size_mib, shards):
@@ -64,16 +63,9 @@ def main():
                     shutil.rmtree(path)
             subprocess.run(["sync"], check=True)
             results[name].append(timed(cmd))
-    base = statistics.median(w for w, _ in results["cp -r"])
     print(f"folder: {size / 2**30:.2f} GiB in {shards} synthetic safetensors shards ({size:,} bytes), median of {runs} "
           f"runs, {os.cpu_count()} CPUs")
-    print()
-    print("| command | median wall (s) | ratio to cp -r | peak RSS (MiB) |")
-    print("|---|---|---|---|")
-    for name, samples in results.items():
-        wall = statistics.median(w for w, _ in samples)
-        rss = max(r for _, r in samples) / 1024
-        print(f"| {name} | {wall:.2f} | {wall / base:.2f} | {rss:.1f} |")
+    print_table(results, "cp -r")
     for path in (src, out, copy):
         shutil.rmtree(path, ignore_errors=True)
 

@@ -28,6 +28,18 @@ def timed(cmd):
     return float(wall), int(rss)
 
 
+def print_table(results, baseline):
+    """Markdown: each command's median wall time, its ratio to the baseline's, its peak RSS."""
+    base = statistics.median(w for w, _ in results[baseline])
+    print()
+    print(f"| command | median wall (s) | ratio to {baseline} | peak RSS (MiB) |")
+    print("|---|---|---|---|")
+    for name, samples in results.items():
+        wall = statistics.median(w for w, _ in samples)
+        rss = max(r for _, r in samples) / 1024
+        print(f"| {name} | {wall:.2f} | {wall / base:.2f} | {rss:.1f} |")
+
+
 def main():
     size_mib = int(sys.argv[1]) if len(sys.argv) > 1 else 2560
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
@@ -54,16 +66,9 @@ def main():
                 os.unlink(out)
             subprocess.run(["sync"], check=True)
             results[name].append(timed(cmd))
-    base = statistics.median(w for w, _ in results["cp"])
     print(f"file: {size / 2**30:.2f} GiB synthetic safetensors ({size:,} bytes), median of {runs} runs, "
           f"{os.cpu_count()} CPUs")
-    print()
-    print("| command | median wall (s) | ratio to cp | peak RSS (MiB) |")
-    print("|---|---|---|---|")
-    for name, samples in results.items():
-        wall = statistics.median(w for w, _ in samples)
-        rss = max(r for _, r in samples) / 1024
-        print(f"| {name} | {wall:.2f} | {wall / base:.2f} | {rss:.1f} |")
+    print_table(results, "cp")
     for path in (src, out, copy):
         if os.path.exists(path):
             os.unlink(path)

@@ -52,6 +52,18 @@ static void temporary_unregister(int slot)
     pthread_mutex_unlock(&temporaries_lock);
 }
 
+/* Makes a rename into target's folder durable. */
+static void fsync_parent(const char *target)
+{
+    char *copy = strdup(target);
+    int dfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    free(copy);
+}
+
 /* Temporary folders: each entry recorded before it is made, removed in reverse (files, then the
  * folders that held them). The entry arrays are allocated up front: the handler reads them as they
  * are. */
@@ -196,15 +208,7 @@ widen_status widen_temp_folder_commit(widen_temp_folder *tf, const char *target,
     folder_unregister(tf);
     free(tf->path);
     tf->path = NULL;
-    if (do_fsync) {
-        char *copy = strdup(target);
-        int dfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
-        free(copy);
-    }
+    if (do_fsync) fsync_parent(target);
     return WIDEN_OK;
 }
 
@@ -284,15 +288,7 @@ widen_status widen_temp_commit(temp_file *tf, const char *target, int do_fsync, 
     tf->path = NULL;
     temporary_unregister(tf->slot);
     tf->slot = -1;
-    if (do_fsync) {
-        char *copy = strdup(target);
-        int dfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
-        free(copy);
-    }
+    if (do_fsync) fsync_parent(target);
     return WIDEN_OK;
 }
 

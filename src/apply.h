@@ -33,6 +33,9 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
                               const char *provenance, json_t *manifest, const char *manifest_name,
                               widen_verify_report *report, widen_error *err);
 
+/* Counts a difference in the report, and keeps the first one's message (escaped). */
+void widen_verify_difference(widen_verify_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* A temporary file beside `target`, renamed into place by commit, removed by discard (and by
  * widen_remove_temporaries). */
 typedef struct widen_temp_file {

@@ -89,7 +89,7 @@ char *widen_model_converted_name(const char *rel, const char *format)
 /* ---------------------------------------------------------------------------------------------- */
 /* Documents                                                                                        */
 
-static char *join(const char *root, const char *rel)
+char *widen_path_join(const char *root, const char *rel)
 {
     size_t size = strlen(root) + strlen(rel) + 2;
     char *out = malloc(size);
@@ -100,7 +100,7 @@ static char *join(const char *root, const char *rel)
 widen_status widen_model_read_doc(const char *root, const char *rel, widen_model_doc *doc, widen_error *err)
 {
     memset(doc, 0, sizeof *doc);
-    char *path = join(root, rel);
+    char *path = widen_path_join(root, rel);
     if (!path || !(doc->rel = strdup(rel))) {
         free(path);
         return widen_fail(err, WIDEN_EIO, "out of memory");
@@ -152,7 +152,7 @@ typedef struct listing {
 
 static widen_status list_folder(const char *root, const char *rel, int depth, listing *l, widen_error *err)
 {
-    char *path = rel[0] ? join(root, rel) : strdup(root);
+    char *path = rel[0] ? widen_path_join(root, rel) : strdup(root);
     if (!path) return widen_fail(err, WIDEN_EIO, "out of memory");
     if (depth > MAX_FOLDER_DEPTH) {
         widen_status st = widen_fail(err, WIDEN_EFORMAT, "%s: folders nested more than %d deep (a link to a folder "
@@ -228,7 +228,7 @@ static widen_status add_file(widen_model *m, size_t component, const char *rel, 
     f->component = component;
     if (!(f->rel = strdup(rel))) return widen_fail(err, WIDEN_EIO, "out of memory");
     m->file_count++;
-    char *path = m->root ? join(m->root, rel) : strdup(rel);
+    char *path = m->root ? widen_path_join(m->root, rel) : strdup(rel);
     if (!path) return widen_fail(err, WIDEN_EIO, "out of memory");
     widen_status st = widen_open(path, &f->ckpt, err);
     free(path);
@@ -240,7 +240,7 @@ static widen_status add_file(widen_model *m, size_t component, const char *rel, 
 static widen_status index_shards(widen_model *m, widen_model_component *c, char ***out, size_t *count, widen_error *err)
 {
     const widen_json *j = &c->index.json;
-    char *path = join(m->root, c->index.rel);
+    char *path = widen_path_join(m->root, c->index.rel);
     widen_status st = WIDEN_OK;
     size_t map = widen_json_get(j, 0, "weight_map"), meta = widen_json_get(j, 0, "metadata");
     *out = NULL;
@@ -291,7 +291,7 @@ static widen_status check_index(widen_model *m, widen_model_component *c, widen_
 {
     const widen_json *j = &c->index.json;
     size_t map = widen_json_get(j, 0, "weight_map");
-    char *path = join(m->root, c->index.rel);
+    char *path = widen_path_join(m->root, c->index.rel);
     widen_status st = path ? WIDEN_OK : widen_fail(err, WIDEN_EIO, "out of memory");
     size_t listed = 0;
     widen_table shard_of = {0};
@@ -464,7 +464,7 @@ static widen_status open_folder(widen_model *m, const char *explicit_index, wide
         /* the sizes were listed in walk order: look them up again by name */
         for (size_t i = 0; i < l.count; i++) {
             struct stat s;
-            char *p = join(m->root, l.rel[i]);
+            char *p = widen_path_join(m->root, l.rel[i]);
             l.size[i] = p && stat(p, &s) == 0 ? (uint64_t)s.st_size : 0;
             free(p);
         }

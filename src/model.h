@@ -78,6 +78,9 @@ size_t widen_model_declarations(const widen_model *m, size_t component, widen_ch
  * without the prefix, ".weight" added, malloc'ed each) */
 size_t widen_model_first_layers(const widen_model *m, size_t component, char **names, size_t max);
 
+/* "root/rel", malloc'ed. */
+char *widen_path_join(const char *root, const char *rel);
+
 /* Reads a whole small file of the folder. */
 widen_status widen_model_read_doc(const char *root, const char *rel, widen_model_doc *doc, widen_error *err);
 void widen_model_doc_free(widen_model_doc *doc);

@@ -70,13 +70,7 @@ static plan_file *plan_add(folder_plan *p, plan_op op, const char *in_rel, const
     return f;
 }
 
-static char *join(const char *root, const char *rel)
-{
-    size_t size = strlen(root) + strlen(rel) + 2;
-    char *out = malloc(size);
-    if (out) snprintf(out, size, "%s/%s", root, rel);
-    return out;
-}
+#define join widen_path_join
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Configs follow the input layer                                                                   */
@@ -798,18 +792,7 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
 /* ---------------------------------------------------------------------------------------------- */
 /* verify                                                                                           */
 
-static void difference(widen_verify_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void difference(widen_verify_report *r, const char *fmt, ...)
-{
-    if (r->differences++ == 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(r->first, sizeof r->first, fmt, ap);
-        va_end(ap);
-        widen_escape(r->first, sizeof r->first);
-    }
-}
+#define difference widen_verify_difference
 
 /* 1 if the file at `path` holds exactly `len` bytes equal to data (data NULL: equal to file `other`). */
 static int same_bytes(const char *path, const void *data, size_t len, const char *other)

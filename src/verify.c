@@ -69,9 +69,9 @@ static int differ(verifier *v)
 
 #define UNSET (-(1L << 62))
 
-static void difference(widen_verify_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define difference widen_verify_difference
 
-static void difference(widen_verify_report *r, const char *fmt, ...)
+void widen_verify_difference(widen_verify_report *r, const char *fmt, ...)
 {
     if (r->differences++ == 0) {
         va_list ap;
