@@ -22,23 +22,41 @@ void widen_apply_options_init(widen_apply_options *o)
     o->fsync = 1;
 }
 
-/* The temporary files of applies in progress, for widen_remove_temporaries. The only process-wide
- * state of the library besides the kernel table: a signal handler has nothing else to go by. */
+/* The temporary files and folders of applies in progress, for widen_remove_temporaries. The only
+ * process-wide state of the library besides the kernel table: a signal handler has nothing else to
+ * go by. Each is registered before it is created, and stays registered, under its final name, from
+ * its rename into place until the whole apply is done: a signal at any moment leaves nothing. */
 enum { MAX_TEMPORARIES = 16 };
 static char temporaries[MAX_TEMPORARIES][4096];
 static volatile sig_atomic_t temporary_used[MAX_TEMPORARIES];
 static pthread_mutex_t temporaries_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int temporary_register(const char *path)
+/* Folders: each entry (a path relative to the root) recorded before it is made, removed in reverse
+ * (files, then the folders that held them). The entry arrays are allocated up front: the handler
+ * reads them as they are. */
+enum { MAX_FOLDERS = 4 };
+static struct {
+    const char *volatile root;
+    char **entries;
+    size_t capacity;
+    volatile sig_atomic_t count;
+} folders[MAX_FOLDERS];
+static volatile sig_atomic_t folder_used[MAX_FOLDERS];
+
+/* Sets a slot's path: the handler skips the slot while it changes. */
+static int temporary_set(int slot, const char *path)
 {
-    int slot = -1;
     pthread_mutex_lock(&temporaries_lock);
-    for (int i = 0; i < MAX_TEMPORARIES && slot < 0; i++) {
-        if (!temporary_used[i] && strlen(path) < sizeof temporaries[i]) {
-            strcpy(temporaries[i], path);
-            temporary_used[i] = 1;
-            slot = i;
-        }
+    for (int i = 0; i < MAX_TEMPORARIES && slot < 0; i++)
+        if (!temporary_used[i]) slot = i;
+    if (slot >= 0 && strlen(path) < sizeof temporaries[slot]) {
+        temporary_used[slot] = 0;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        strcpy(temporaries[slot], path);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        temporary_used[slot] = 1;
+    } else {
+        slot = -1;
     }
     pthread_mutex_unlock(&temporaries_lock);
     return slot;
@@ -50,6 +68,33 @@ static void temporary_unregister(int slot)
     pthread_mutex_lock(&temporaries_lock);
     temporary_used[slot] = 0;
     pthread_mutex_unlock(&temporaries_lock);
+}
+
+/* root + "/" + rel into buf, without a library call (a signal handler runs this). */
+static const char *entry_path(char *buf, size_t size, const char *root, const char *rel)
+{
+    size_t n = 0;
+    for (const char *p = root; *p && n + 1 < size; p++) buf[n++] = *p;
+    if (n + 1 < size) buf[n++] = '/';
+    for (const char *p = rel; *p && n + 1 < size; p++) buf[n++] = *p;
+    buf[n] = '\0';
+    return buf;
+}
+
+void widen_remove_temporaries(void)
+{
+    static char buf[8192];
+    for (int i = 0; i < MAX_TEMPORARIES; i++)
+        if (temporary_used[i]) unlink(temporaries[i]);
+    for (int i = 0; i < MAX_FOLDERS; i++) {
+        if (!folder_used[i]) continue;
+        const char *root = folders[i].root;
+        for (sig_atomic_t k = folders[i].count; k-- > 0;) {
+            const char *path = entry_path(buf, sizeof buf, root, folders[i].entries[k]);
+            if (unlink(path) != 0) rmdir(path);
+        }
+        rmdir(root);
+    }
 }
 
 /* Makes a rename into target's folder durable. */
@@ -64,27 +109,12 @@ static void fsync_parent(const char *target)
     free(copy);
 }
 
-/* Temporary folders: each entry recorded before it is made, removed in reverse (files, then the
- * folders that held them). The entry arrays are allocated up front: the handler reads them as they
- * are. */
-enum { MAX_FOLDERS = 4 };
-static struct {
-    char *root;
-    char **entries;
-    size_t capacity;
-    volatile sig_atomic_t count;
-} folders[MAX_FOLDERS];
-static volatile sig_atomic_t folder_used[MAX_FOLDERS];
-
-void widen_remove_temporaries(void)
+static void fsync_folder(const char *path)
 {
-    for (int i = 0; i < MAX_TEMPORARIES; i++)
-        if (temporary_used[i]) unlink(temporaries[i]);
-    for (int i = 0; i < MAX_FOLDERS; i++) {
-        if (!folder_used[i]) continue;
-        for (sig_atomic_t k = folders[i].count; k-- > 0;)
-            if (unlink(folders[i].entries[k]) != 0) rmdir(folders[i].entries[k]);
-        rmdir(folders[i].root);
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
     }
 }
 
@@ -101,7 +131,7 @@ static void folder_unregister(widen_temp_folder *tf)
 
 widen_status widen_temp_folder_open(const char *target, size_t capacity, widen_temp_folder *tf, widen_error *err)
 {
-    tf->path = NULL;
+    memset(tf, 0, sizeof *tf);
     tf->slot = -1;
     char *copy = strdup(target), *copy2 = strdup(target);
     char **entries = calloc(capacity + 1, sizeof *entries);
@@ -110,7 +140,6 @@ widen_status widen_temp_folder_open(const char *target, size_t capacity, widen_t
     const char *dir = st ? "" : dirname(copy), *base = st ? "" : basename(copy2);
     size_t size = strlen(dir) + strlen(base) + 32;
     if (!st && !(tf->path = calloc(1, size))) st = widen_fail(err, WIDEN_EIO, "out of memory");
-    /* registered before it exists: a signal between mkdir and registration would leave it behind */
     pthread_mutex_lock(&temporaries_lock);
     for (int i = 0; i < MAX_FOLDERS && !st && tf->slot < 0; i++) {
         if (folder_used[i]) continue;
@@ -147,15 +176,16 @@ widen_status widen_temp_folder_open(const char *target, size_t capacity, widen_t
 
 void widen_temp_folder_note(widen_temp_folder *tf, const char *path)
 {
-    if (tf->slot < 0) return;
+    if (tf->slot < 0 || !tf->path) return;
     __typeof__(folders[0]) *f = &folders[tf->slot];
-    char *copy = strdup(path);
-    if (copy && (size_t)f->count < f->capacity) {
-        f->entries[f->count] = copy;
+    size_t n = strlen(tf->path);
+    char *rel = strncmp(path, tf->path, n) == 0 && path[n] == '/' ? strdup(path + n + 1) : NULL;
+    if (rel && (size_t)f->count < f->capacity) {
+        f->entries[f->count] = rel;
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         f->count = f->count + 1;
     } else {
-        free(copy);
+        free(rel);
     }
 }
 
@@ -182,34 +212,49 @@ static void remove_tree(const char *path)
 
 void widen_temp_folder_discard(widen_temp_folder *tf)
 {
-    if (tf->path) remove_tree(tf->path);
+    if (tf->path) remove_tree(tf->path); /* never once it is in place: then it is the output */
     folder_unregister(tf);
     free(tf->path);
-    tf->path = NULL;
+    free(tf->target);
+    tf->path = tf->target = NULL;
 }
 
 widen_status widen_temp_folder_commit(widen_temp_folder *tf, const char *target, int do_fsync, widen_error *err)
 {
+    if (!(tf->target = strdup(target))) return widen_fail(err, WIDEN_EIO, "out of memory");
     if (do_fsync) {
-        int fd = open(tf->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd >= 0) {
-            fsync(fd);
-            close(fd);
+        /* the files were fsynced as they were written; the folders that hold them, now */
+        char buf[8192];
+        for (sig_atomic_t k = 0; tf->slot >= 0 && k < folders[tf->slot].count; k++) {
+            struct stat s;
+            const char *path = entry_path(buf, sizeof buf, tf->path, folders[tf->slot].entries[k]);
+            if (stat(path, &s) == 0 && S_ISDIR(s.st_mode)) fsync_folder(path);
         }
+        fsync_folder(tf->path);
     }
     int rc = renameat2(AT_FDCWD, tf->path, AT_FDCWD, target, RENAME_NOREPLACE);
-    if (rc != 0 && errno == EINVAL) { /* no RENAME_NOREPLACE here: a folder is never renamed over a folder anyway */
+    if (rc != 0 && errno == EINVAL) {
+        /* no RENAME_NOREPLACE on this file system: rename(2) would replace an empty folder made
+         * meanwhile, which this check leaves only the smallest window for */
         struct stat s;
         rc = lstat(target, &s) == 0 ? (errno = EEXIST, -1) : rename(tf->path, target);
     }
     if (rc != 0)
         return widen_fail(err, errno == EEXIST || errno == ENOTEMPTY ? WIDEN_EUSAGE : WIDEN_EIO,
                           "%s: cannot rename into place: %s", target, strerror(errno));
-    folder_unregister(tf);
+    /* registered under its final name until the apply is done */
+    if (tf->slot >= 0) folders[tf->slot].root = tf->target;
     free(tf->path);
     tf->path = NULL;
     if (do_fsync) fsync_parent(target);
     return WIDEN_OK;
+}
+
+void widen_temp_folder_release(widen_temp_folder *tf)
+{
+    folder_unregister(tf);
+    free(tf->target);
+    tf->target = NULL;
 }
 
 typedef widen_temp_file temp_file;
@@ -220,8 +265,8 @@ typedef widen_temp_file temp_file;
 widen_status widen_temp_open(const char *target, temp_file *tf, widen_error *err)
 {
     char *copy = strdup(target), *copy2 = strdup(target);
+    memset(tf, 0, sizeof *tf);
     tf->fd = -1;
-    tf->path = NULL;
     tf->slot = -1;
     if (!copy || !copy2) {
         free(copy);
@@ -240,12 +285,14 @@ widen_status widen_temp_open(const char *target, temp_file *tf, widen_error *err
         for (int i = 0; i < 6; i++) suffix[i] = digits[r[i] % 36];
         suffix[6] = '\0';
         snprintf(tf->path, size, "%s/.%.200s.widen-%s", dir, base, suffix);
+        tf->slot = temporary_set(tf->slot, tf->path); /* before it exists */
         tf->fd = open(tf->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
         if (tf->fd < 0 && (errno != EEXIST || attempt > 100))
             st = widen_fail(err, WIDEN_EIO, "%s: cannot create a file in %s: %s", target, dir, strerror(errno));
     }
-    if (!st) tf->slot = temporary_register(tf->path);
-    else {
+    if (st) {
+        temporary_unregister(tf->slot);
+        tf->slot = -1;
         free(tf->path);
         tf->path = NULL;
     }
@@ -258,15 +305,25 @@ void widen_temp_discard(temp_file *tf)
 {
     if (tf->fd >= 0) close(tf->fd);
     if (tf->path) unlink(tf->path);
+    if (tf->target) unlink(tf->target); /* in place, but the apply it belongs to failed */
     temporary_unregister(tf->slot);
     tf->slot = -1;
     free(tf->path);
-    tf->path = NULL;
+    free(tf->target);
+    tf->path = tf->target = NULL;
     tf->fd = -1;
 }
 
+void widen_temp_release(temp_file *tf)
+{
+    temporary_unregister(tf->slot);
+    tf->slot = -1;
+    free(tf->target);
+    tf->target = NULL;
+}
+
 /* Closes (after fsync) and renames into place; without overwrite, never replaces a file that
- * appeared meanwhile. */
+ * appeared meanwhile. It stays registered, under its final name, until released. */
 widen_status widen_temp_commit(temp_file *tf, const char *target, int do_fsync, int overwrite, widen_error *err)
 {
     if (do_fsync && fsync(tf->fd) != 0)
@@ -276,22 +333,24 @@ widen_status widen_temp_commit(temp_file *tf, const char *target, int do_fsync, 
         return widen_fail(err, WIDEN_EIO, "%s: close failed: %s", target, strerror(errno));
     }
     tf->fd = -1;
+    if (!(tf->target = strdup(target))) return widen_fail(err, WIDEN_EIO, "out of memory");
     int rc = overwrite ? rename(tf->path, target) : renameat2(AT_FDCWD, tf->path, AT_FDCWD, target, RENAME_NOREPLACE);
     if (rc != 0 && !overwrite && errno == EINVAL) { /* file system without RENAME_NOREPLACE */
         rc = link(tf->path, target);
         if (rc == 0) unlink(tf->path);
     }
-    if (rc != 0)
+    if (rc != 0) {
+        free(tf->target);
+        tf->target = NULL;
         return widen_fail(err, errno == EEXIST ? WIDEN_EUSAGE : WIDEN_EIO, "%s: cannot rename into place: %s",
                           target, strerror(errno));
+    }
+    if (tf->slot >= 0 && temporary_set(tf->slot, target) < 0) tf->slot = -1;
     free(tf->path);
     tf->path = NULL;
-    temporary_unregister(tf->slot);
-    tf->slot = -1;
     if (do_fsync) fsync_parent(target);
     return WIDEN_OK;
 }
-
 
 static void tensor_json(widen_text *t, widen_dtype dtype, int rank, const uint64_t *shape, widen_hash128 hash)
 {
@@ -540,11 +599,15 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
         if ((st = widen_write_all(man.fd, "\n", 1, options->manifest_path, err))) goto done;
         if ((st = widen_temp_commit(&man, options->manifest_path, options->fsync, options->overwrite, err))) goto done;
     }
-    if ((st = widen_temp_commit(&out, output, options->fsync, options->overwrite, err)) && options->manifest_path)
-        unlink(options->manifest_path);
+    st = widen_temp_commit(&out, output, options->fsync, options->overwrite, err);
 done:
-    widen_temp_discard(&out);
-    widen_temp_discard(&man);
+    if (st) {
+        widen_temp_discard(&out);
+        widen_temp_discard(&man);
+    } else {
+        widen_temp_release(&out);
+        widen_temp_release(&man);
+    }
     free(provenance);
     free(manifest);
     widen_plan_free(&plan);

@@ -39,27 +39,36 @@ void widen_verify_difference(widen_verify_report *r, const char *fmt, ...) __att
 /* A temporary file beside `target`, renamed into place by commit, removed by discard (and by
  * widen_remove_temporaries). */
 typedef struct widen_temp_file {
-    char *path; /* NULL once renamed into place or removed */
+    char *path;   /* NULL once renamed into place or removed */
+    char *target; /* once renamed into place, until released */
     int fd;
     int slot;
 } widen_temp_file;
 
 widen_status widen_temp_open(const char *target, widen_temp_file *tf, widen_error *err);
+/* Renames into place; the file stays registered (a signal removes it) until released. */
 widen_status widen_temp_commit(widen_temp_file *tf, const char *target, int do_fsync, int overwrite, widen_error *err);
+/* The apply is done: the file is the caller's. */
+void widen_temp_release(widen_temp_file *tf);
+/* The apply failed: removes the file, renamed into place or not. */
 void widen_temp_discard(widen_temp_file *tf);
 
 /* A temporary folder beside `target` whose every entry is recorded as it is made, so that
  * widen_remove_temporaries can remove it all. Entries are paths inside it; room for `capacity`. */
 typedef struct widen_temp_folder {
-    char *path;
+    char *path;   /* NULL once renamed into place */
+    char *target; /* once renamed into place, until released */
     int slot;
 } widen_temp_folder;
 
 widen_status widen_temp_folder_open(const char *target, size_t capacity, widen_temp_folder *tf, widen_error *err);
 /* Records an entry (a file or folder path inside it) before it is created. */
 void widen_temp_folder_note(widen_temp_folder *tf, const char *path);
-/* Renames the folder into place (never over an existing one). */
+/* Renames the folder into place (never over an existing one), after fsyncing its folders; it stays
+ * registered (a signal removes what was recorded) until released. */
 widen_status widen_temp_folder_commit(widen_temp_folder *tf, const char *target, int do_fsync, widen_error *err);
+void widen_temp_folder_release(widen_temp_folder *tf);
+/* Removes the temporary folder, if it was not renamed into place. */
 void widen_temp_folder_discard(widen_temp_folder *tf);
 
 #endif

@@ -47,8 +47,8 @@ static const char *unsupported_kind(const unsigned char *p, uint64_t size, char 
     if (size >= 6 && memcmp(p, "\x93NUMPY", 6) == 0) return "a NumPy .npy file, which this version of widen does not read yet";
     /* a safetensors header length ending in 0x7b or 0x5b has zero high bytes; JSON text does not */
     if (size >= 1 && (p[0] == '{' || p[0] == '[') && (size < 8 || memcmp(p + 1, "\0\0\0\0\0\0\0", 7) != 0))
-        return "a JSON file (a sharded checkpoint's .safetensors.index.json?), which this version of widen does not "
-               "read yet";
+        return "a JSON file, not a checkpoint (a shard index or a config? widen reads an index as part of its model "
+               "folder: name the folder or the *.index.json)";
     return NULL;
 }
 

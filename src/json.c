@@ -1,4 +1,5 @@
 /* json.c: strict JSON with byte spans, for the documents of model folders, and span edits. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ static void ws(jparser *ps)
 static size_t new_node(jparser *ps, widen_json_kind kind)
 {
     widen_json *d = ps->doc;
+    if (d->count >= WIDEN_JSON_MAX_NODES) return WJ_NONE - 1;
     if (d->count == ps->cap) {
         size_t cap = ps->cap ? ps->cap * 2 : 64;
         widen_json_node *grown = realloc(d->nodes, cap * sizeof *grown);
@@ -173,15 +175,22 @@ static widen_status number(jparser *ps, widen_json_node *n)
         if (p >= ps->end || *p < '0' || *p > '9') return ps->p = p, bad(ps, "a number without exponent digits");
         while (p < ps->end && *p >= '0' && *p <= '9') p++;
     }
-    char buf[64];
-    size_t len = (size_t)(p - s);
-    if (len < sizeof buf) {
-        memcpy(buf, s, len);
-        buf[len] = '\0';
-        n->number = strtod(buf, NULL);
-    } else {
-        n->number = s[0] == '-' ? -INFINITY : INFINITY; /* not a value widen reads or changes */
+    size_t len = (size_t)(p - s), digits = len - (s[0] == '-');
+    /* Python (3.11 on) refuses to convert integers of more than 4300 digits */
+    if (n->integer && digits > 4300) return ps->p = p, bad(ps, "an integer of more than 4300 digits");
+    char small[64], *buf = len < sizeof small ? small : malloc(len + 1);
+    if (!buf) return widen_fail(ps->err, WIDEN_EIO, "out of memory");
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    n->number = strtod(buf, NULL);
+    if (n->integer && digits <= 20) {
+        errno = 0;
+        unsigned long long v = strtoull(buf + (s[0] == '-'), NULL, 10);
+        n->exact = errno == 0;
+        n->whole = v;
+        n->negative = s[0] == '-' && v != 0;
     }
+    if (buf != small) free(buf);
     ps->p = p;
     return WIDEN_OK;
 }
@@ -265,6 +274,7 @@ static widen_status value(jparser *ps, int depth, size_t *out)
                            : c == 't' ? WJ_TRUE : c == 'f' ? WJ_FALSE : WJ_NUMBER;
     size_t self = new_node(ps, kind);
     if (self == WJ_NONE) return widen_fail(ps->err, WIDEN_EIO, "out of memory");
+    if (self == WJ_NONE - 1) return bad(ps, "more values than widen reads in one document (2 Mi)");
     widen_status st = WIDEN_OK;
     switch (kind) {
     case WJ_OBJECT:
@@ -399,9 +409,45 @@ void widen_json_format_double(double v, char out[40])
         strcpy(out, v < 0 ? "-Infinity" : "Infinity");
         return;
     }
-    for (int precision = 1; precision <= 17; precision++) {
-        snprintf(out, 40, "%.*g", precision, v);
-        if (strtod(out, NULL) == v) break;
+    /* the shortest digits that read back: d.ddde[+-]XX */
+    char sci[40];
+    for (int precision = 0; precision <= 16; precision++) {
+        snprintf(sci, sizeof sci, "%.*e", precision, v);
+        if (strtod(sci, NULL) == v) break;
     }
-    if (!strpbrk(out, ".e")) strcat(out, ".0");
+    char digits[24];
+    size_t nd = 0;
+    const char *p = sci;
+    int negative = *p == '-';
+    if (negative) p++;
+    for (; *p && *p != 'e'; p++)
+        if (*p >= '0' && *p <= '9') digits[nd++] = *p;
+    int exp = atoi(p + 1);
+    while (nd > 1 && digits[nd - 1] == '0') nd--;
+    char *o = out;
+    if (negative) *o++ = '-';
+    if (exp >= -5 + 1 && exp < 16) {
+        /* fixed: digits around the point, at least one after it */
+        if (exp < 0) {
+            *o++ = '0';
+            *o++ = '.';
+            for (int z = 0; z < -exp - 1; z++) *o++ = '0';
+            for (size_t i = 0; i < nd; i++) *o++ = digits[i];
+        } else {
+            for (int i = 0; i <= exp; i++) *o++ = (size_t)i < nd ? digits[i] : '0';
+            *o++ = '.';
+            if ((size_t)exp + 1 < nd)
+                for (size_t i = (size_t)exp + 1; i < nd; i++) *o++ = digits[i];
+            else
+                *o++ = '0';
+        }
+        *o = '\0';
+    } else {
+        *o++ = digits[0];
+        if (nd > 1) {
+            *o++ = '.';
+            for (size_t i = 1; i < nd; i++) *o++ = digits[i];
+        }
+        snprintf(o, (size_t)(out + 40 - o), "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+    }
 }

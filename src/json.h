@@ -15,6 +15,9 @@
  * bytes and this deep. */
 #define WIDEN_JSON_MAX_BYTES (64u << 20)
 #define WIDEN_JSON_MAX_DEPTH 128
+/* Values a document may hold (each costs about 100 bytes parsed): an index of a million tensors;
+ * twice that in all the documents of a model. */
+#define WIDEN_JSON_MAX_NODES (2u << 20)
 
 typedef enum widen_json_kind { WJ_NULL, WJ_FALSE, WJ_TRUE, WJ_NUMBER, WJ_STRING, WJ_ARRAY, WJ_OBJECT } widen_json_kind;
 
@@ -30,6 +33,9 @@ typedef struct widen_json_node {
     size_t len;
     double number;       /* WJ_NUMBER */
     int integer;         /* WJ_NUMBER written without fraction or exponent */
+    int exact;           /* an integer that fits 64 bits, whose value is `whole` */
+    uint64_t whole;
+    int negative;
     size_t first, next;  /* first child, next sibling (node indices, WJ_NONE) */
     size_t count;        /* children */
 } widen_json_node;
@@ -68,8 +74,9 @@ void widen_json_replace(widen_json_edits *edits, size_t start, size_t end, const
 char *widen_json_apply(const char *text, size_t size, widen_json_edits *edits, size_t *len);
 void widen_json_edits_free(widen_json_edits *edits);
 
-/* A double as Python's repr writes it: the shortest text that reads back to the same value, with
- * ".0" on whole numbers; NaN and Infinity as Python's json writes them. */
+/* A double as Python's repr writes it: the shortest digits that read back to the same value, in
+ * fixed notation from 1e-4 up to 1e16 (with ".0" on whole numbers), in exponent notation outside
+ * ("1e-05", "1e+16"); NaN and Infinity as Python's json writes them. */
 void widen_json_format_double(double value, char out[40]);
 
 #endif

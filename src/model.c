@@ -46,7 +46,7 @@ static int weight_family(const char *name)
     return 0;
 }
 
-/* 1 / 2 for an index of safetensors / torch shards, 0 for anything else. */
+/* 1 / 2 for an index of safetensors / torch shards, 3 for another *.index.json, 0 for anything else. */
 static int index_family(const char *name)
 {
     if (!ends_with(name, ".index.json")) return 0;
@@ -55,7 +55,8 @@ static int index_family(const char *name)
     if (n >= sizeof stem || n == 0) return 0;
     memcpy(stem, name, n);
     stem[n] = '\0';
-    return weight_family(stem);
+    int family = weight_family(stem);
+    return family ? family : 3;
 }
 
 char *widen_model_converted_name(const char *rel, const char *format)
@@ -135,6 +136,7 @@ widen_status widen_model_read_doc(const char *root, const char *rel, widen_model
 
 void widen_model_doc_free(widen_model_doc *doc)
 {
+    free(doc->error);
     widen_json_free(&doc->json);
     free(doc->text);
     free(doc->rel);
@@ -144,10 +146,16 @@ void widen_model_doc_free(widen_model_doc *doc)
 /* ---------------------------------------------------------------------------------------------- */
 /* The folder's files                                                                               */
 
+typedef struct listed {
+    char *rel;
+    uint64_t size;
+} listed;
+
 typedef struct listing {
-    char **rel;
-    uint64_t *size;
+    listed *items;      /* sorted by path once the walk is done */
     size_t count, cap;
+    widen_dir_id *dirs; /* every folder the walk entered, links followed */
+    size_t dir_count;
 } listing;
 
 static widen_status list_folder(const char *root, const char *rel, int depth, listing *l, widen_error *err)
@@ -161,11 +169,18 @@ static widen_status list_folder(const char *root, const char *rel, int depth, li
         return st;
     }
     DIR *d = opendir(path);
-    if (!d) {
-        widen_status st = widen_fail(err, WIDEN_EIO, "%s: cannot read the folder: %s", path, strerror(errno));
+    struct stat self;
+    widen_dir_id *grown_dirs = d && fstat(dirfd(d), &self) == 0 ? realloc(l->dirs, (l->dir_count + 1) * sizeof *l->dirs) : NULL;
+    if (!d || !grown_dirs) {
+        widen_status st = !d ? widen_fail(err, errno == ELOOP ? WIDEN_EFORMAT : WIDEN_EIO, "%s: cannot read the folder: %s",
+                                          path, strerror(errno))
+                             : widen_fail(err, WIDEN_EIO, "out of memory");
+        if (d) closedir(d);
         free(path);
         return st;
     }
+    l->dirs = grown_dirs;
+    l->dirs[l->dir_count++] = (widen_dir_id){self.st_dev, self.st_ino};
     widen_status st = WIDEN_OK;
     struct dirent *e;
     while (!st && (e = readdir(d))) {
@@ -179,7 +194,7 @@ static widen_status list_folder(const char *root, const char *rel, int depth, li
         snprintf(child, size, "%s%s%s", rel, rel[0] ? "/" : "", e->d_name);
         struct stat s;
         if (fstatat(dirfd(d), e->d_name, &s, 0) != 0) {
-            st = widen_fail(err, errno == ENOENT ? WIDEN_EFORMAT : WIDEN_EIO, "%s/%s: %s", path, e->d_name,
+            st = widen_fail(err, errno == ENOENT || errno == ELOOP ? WIDEN_EFORMAT : WIDEN_EIO, "%s/%s: %s", path, e->d_name,
                             errno == ENOENT ? "a link to nothing" : strerror(errno));
         } else if (S_ISDIR(s.st_mode)) {
             st = list_folder(root, child, depth + 1, l, err);
@@ -190,16 +205,15 @@ static widen_status list_folder(const char *root, const char *rel, int depth, li
         } else {
             if (l->count == l->cap) {
                 size_t cap = l->cap ? l->cap * 2 : 64;
-                char **r = realloc(l->rel, cap * sizeof *r);
-                if (r) l->rel = r;
-                uint64_t *z = r ? realloc(l->size, cap * sizeof *z) : NULL;
-                if (z) l->size = z;
-                if (!r || !z) st = widen_fail(err, WIDEN_EIO, "out of memory");
-                else l->cap = cap;
+                listed *grown = realloc(l->items, cap * sizeof *grown);
+                if (!grown) st = widen_fail(err, WIDEN_EIO, "out of memory");
+                else {
+                    l->items = grown;
+                    l->cap = cap;
+                }
             }
             if (!st) {
-                l->rel[l->count] = child;
-                l->size[l->count++] = (uint64_t)s.st_size;
+                l->items[l->count++] = (listed){child, (uint64_t)s.st_size};
                 child = NULL;
             }
         }
@@ -210,9 +224,37 @@ static widen_status list_folder(const char *root, const char *rel, int depth, li
     return st;
 }
 
+static int by_rel(const void *a, const void *b)
+{
+    return strcmp(((const listed *)a)->rel, ((const listed *)b)->rel);
+}
+
 static int by_string(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The entry called rel, or -1. */
+static long find_listed(const listing *l, const char *rel)
+{
+    listed key = {(char *)rel, 0};
+    const listed *hit = l->count ? bsearch(&key, l->items, l->count, sizeof *l->items, by_rel) : NULL;
+    return hit ? (long)(hit - l->items) : -1;
+}
+
+/* [lo, hi): the sorted listing's entries below folder prefix ("unet/"; "" for all of them): paths
+ * that share a prefix are contiguous once sorted. */
+static void prefix_range(const listing *l, const char *prefix, size_t *lo, size_t *hi)
+{
+    size_t n = strlen(prefix), a = 0, b = l->count;
+    while (a < b) {
+        size_t mid = a + (b - a) / 2;
+        if (strcmp(l->items[mid].rel, prefix) < 0) a = mid + 1;
+        else b = mid;
+    }
+    *lo = a;
+    while (a < l->count && strncmp(l->items[a].rel, prefix, n) == 0) a++;
+    *hi = a;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -251,8 +293,12 @@ static widen_status index_shards(widen_model *m, widen_model_component *c, char 
         size_t total = widen_json_get(j, meta, "total_size");
         if (j->nodes[meta].kind != WJ_OBJECT)
             st = widen_fail(err, WIDEN_EFORMAT, "%s: \"metadata\" is not an object", path);
-        else if (total != WJ_NONE && (j->nodes[total].kind != WJ_NUMBER || !j->nodes[total].integer ||
-                                      j->nodes[total].number < 0 || j->nodes[total].number > 9.007199254740992e15))
+        else if (total != WJ_NONE && !(j->nodes[total].kind == WJ_NUMBER &&
+                                       ((j->nodes[total].exact && !j->nodes[total].negative &&
+                                         j->nodes[total].whole <= (uint64_t)INT64_MAX) ||
+                                        (!j->nodes[total].integer && j->nodes[total].number >= 0 &&
+                                         j->nodes[total].number <= 9007199254740992.0 &&
+                                         j->nodes[total].number == (double)(uint64_t)j->nodes[total].number))))
             st = widen_fail(err, WIDEN_EFORMAT, "%s: \"total_size\" is not a byte count", path);
     }
     widen_table seen = {0};
@@ -275,6 +321,7 @@ static widen_status index_shards(widen_model *m, widen_model_component *c, char 
         else if (added) names[(*count)++] = (char *)v->str;
     }
     widen_table_free(&seen);
+    if (!st && *count == 0) st = widen_fail(err, WIDEN_EFORMAT, "%s: its weight_map names no tensors", path);
     if (!st) qsort(names, *count, sizeof *names, by_string);
     if (st) {
         free(names);
@@ -359,17 +406,19 @@ static widen_status open_component(widen_model *m, const listing *l, const char 
     size_t rel_len = strlen(rel);
     if (!(c->rel = strdup(rel)) || !(c->prefix = malloc(rel_len + 2))) return widen_fail(err, WIDEN_EIO, "out of memory");
     snprintf(c->prefix, rel_len + 2, "%s%s", rel, rel_len ? "/" : "");
+    size_t lo, hi, skip = strlen(c->prefix);
+    prefix_range(l, c->prefix, &lo, &hi);
     /* the component's own files: index, weights, configs */
     const char *chosen_index = NULL;
     int family = 0;
     char clash[2][4096] = {"", ""};
-    for (size_t i = 0; i < l->count; i++) {
-        const char *r = l->rel[i];
-        if (strncmp(r, c->prefix, rel_len + (rel_len > 0)) != 0 || strchr(r + rel_len + (rel_len > 0), '/')) continue;
-        const char *name = r + rel_len + (rel_len > 0);
-        int fam = index_family(name);
+    for (size_t i = lo; i < hi; i++) {
+        const char *r = l->items[i].rel, *name = r + skip;
+        if (strchr(name, '/')) continue;
+        /* the index the user named is the index, whatever its name; else the known kinds, safetensors
+         * first, then torch, then any other *.index.json */
+        int fam = explicit_index ? (strcmp(name, explicit_index) == 0) : index_family(name);
         if (!fam) continue;
-        if (explicit_index && strcmp(name, explicit_index) != 0) continue;
         if (!chosen_index || fam < family) {
             chosen_index = r;
             family = fam;
@@ -387,71 +436,78 @@ static widen_status open_component(widen_model *m, const listing *l, const char 
         char **shards;
         size_t n;
         if (st || (st = index_shards(m, c, &shards, &n, err))) return st;
-        for (size_t s = 0; s < n && !st; s++) {
-            size_t size = rel_len + strlen(shards[s]) + 2;
-            char *shard_rel = malloc(size);
+        for (size_t k = 0; k < n && !st; k++) {
+            char *shard_rel = widen_path_join(rel_len ? rel : ".", shards[k]);
             if (!shard_rel) {
                 st = widen_fail(err, WIDEN_EIO, "out of memory");
                 break;
             }
-            snprintf(shard_rel, size, "%s%s", c->prefix, shards[s]);
-            char **hit = bsearch(&shard_rel, l->rel, l->count, sizeof *l->rel, by_string);
-            if (!hit)
+            long hit = find_listed(l, rel_len ? shard_rel : shard_rel + 2);
+            if (hit < 0)
                 st = widen_fail(err, WIDEN_EFORMAT, "%s/%s: names shard %s, which is missing", m->root, chosen_index,
-                                shards[s]);
+                                shards[k]);
+            else if (used[hit])
+                st = widen_fail(err, WIDEN_EFORMAT, "%s/%s: names %s as a shard, which is not weights", m->root,
+                                chosen_index, shards[k]);
             else {
-                used[hit - l->rel] = 1;
-                st = add_file(m, ci, shard_rel, err);
+                used[hit] = 1;
+                st = add_file(m, ci, l->items[hit].rel, err);
             }
             free(shard_rel);
         }
         free(shards);
         c->file_count = m->file_count - c->first_file;
         if (st || (st = check_index(m, c, err))) return st;
-        used[(char **)bsearch(&chosen_index, l->rel, l->count, sizeof *l->rel, by_string) - l->rel] = 1;
+        used[find_listed(l, chosen_index)] = 1;
     } else {
         /* no index: the weight files of one format (safetensors first, as transformers and diffusers
          * load them) */
-        for (size_t i = 0; i < l->count; i++) {
-            const char *r = l->rel[i];
-            if (strncmp(r, c->prefix, rel_len + (rel_len > 0)) != 0 || strchr(r + rel_len + (rel_len > 0), '/')) continue;
-            int fam = weight_family(r + rel_len + (rel_len > 0));
+        for (size_t i = lo; i < hi; i++) {
+            const char *name = l->items[i].rel + skip;
+            int fam = strchr(name, '/') ? 0 : weight_family(name);
             if (fam && (!family || fam < family)) family = fam;
         }
-        for (size_t i = 0; i < l->count && family; i++) {
-            const char *r = l->rel[i];
-            if (strncmp(r, c->prefix, rel_len + (rel_len > 0)) != 0 || strchr(r + rel_len + (rel_len > 0), '/')) continue;
-            if (weight_family(r + rel_len + (rel_len > 0)) != family) continue;
+        for (size_t i = lo; i < hi && family; i++) {
+            const char *name = l->items[i].rel + skip;
+            if (strchr(name, '/') || weight_family(name) != family) continue;
             used[i] = 1;
-            widen_status st = add_file(m, ci, r, err);
+            widen_status st = add_file(m, ci, l->items[i].rel, err);
             if (st) return st;
         }
         c->file_count = m->file_count - c->first_file;
     }
-    /* configs */
+    m->json_nodes += c->index.json.count;
+    /* configs: read when they are there; one that cannot be read is an error only where it is needed */
     const char *docs[2] = {"config.json", "preprocessor_config.json"};
     widen_model_doc *targets[2] = {&c->config, &c->preprocessor};
     for (int d = 0; d < 2; d++) {
-        char doc_rel[4200];
-        snprintf(doc_rel, sizeof doc_rel, "%s%s", c->prefix, docs[d]);
-        char *key = doc_rel;
-        if (!bsearch(&key, l->rel, l->count, sizeof *l->rel, by_string)) continue;
-        widen_status st = widen_model_read_doc(m->root, doc_rel, targets[d], err);
-        if (st) return st;
+        char *doc_rel = rel_len ? widen_path_join(rel, docs[d]) : strdup(docs[d]);
+        if (!doc_rel) return widen_fail(err, WIDEN_EIO, "out of memory");
+        long hit = find_listed(l, doc_rel);
+        if (hit >= 0 && used[hit]) {
+            free(doc_rel);
+            return widen_fail(err, WIDEN_EFORMAT, "%s/%s: a config the index names as a shard", m->root, docs[d]);
+        }
+        if (hit >= 0) {
+            widen_error doc_err;
+            if (widen_model_read_doc(m->root, doc_rel, targets[d], &doc_err)) {
+                if (doc_err.status != WIDEN_EFORMAT) {
+                    *err = doc_err;
+                    free(doc_rel);
+                    return doc_err.status;
+                }
+                targets[d]->rel = doc_rel;
+                targets[d]->error = strdup(doc_err.message);
+                doc_rel = NULL;
+            }
+        }
+        free(doc_rel);
+        m->json_nodes += targets[d]->json.count;
     }
+    if (m->json_nodes > 2 * WIDEN_JSON_MAX_NODES)
+        return widen_fail(err, WIDEN_EFORMAT, "%s: its JSON documents hold more than %u values together, more than "
+                          "widen reads", m->root, 2 * WIDEN_JSON_MAX_NODES);
     return WIDEN_OK;
-}
-
-/* Weights or an index directly inside folder `rel` of the listing. */
-static int holds_weights(const listing *l, const char *rel)
-{
-    size_t n = strlen(rel);
-    for (size_t i = 0; i < l->count; i++) {
-        const char *r = l->rel[i];
-        if (strncmp(r, rel, n) != 0 || r[n] != '/' || strchr(r + n + 1, '/')) continue;
-        if (weight_family(r + n + 1) || index_family(r + n + 1)) return 1;
-    }
-    return 0;
 }
 
 static widen_status open_folder(widen_model *m, const char *explicit_index, widen_error *err)
@@ -459,50 +515,49 @@ static widen_status open_folder(widen_model *m, const char *explicit_index, wide
     listing l = {0};
     widen_status st = list_folder(m->root, "", 0, &l, err);
     unsigned char *used = NULL;
-    if (!st) qsort(l.rel, l.count, sizeof *l.rel, by_string); /* sizes follow below */
-    if (!st) {
-        /* the sizes were listed in walk order: look them up again by name */
-        for (size_t i = 0; i < l.count; i++) {
-            struct stat s;
-            char *p = widen_path_join(m->root, l.rel[i]);
-            l.size[i] = p && stat(p, &s) == 0 ? (uint64_t)s.st_size : 0;
-            free(p);
-        }
-        if (!(used = calloc(l.count + 1, 1))) st = widen_fail(err, WIDEN_EIO, "out of memory");
-    }
+    if (!st && l.count) qsort(l.items, l.count, sizeof *l.items, by_rel);
+    if (!st && !(used = calloc(l.count + 1, 1))) st = widen_fail(err, WIDEN_EIO, "out of memory");
     if (!st) st = open_component(m, &l, "", explicit_index, used, err);
     if (!st && !explicit_index) {
-        /* component folders: the first-level folders that hold weights (diffusers: unet/, vae/, ...) */
+        /* component folders: the first-level folders that hold weights or an index (diffusers: unet/,
+         * vae/, ...), in one pass over the sorted listing */
+        const char *last = NULL;
+        size_t last_len = 0;
         for (size_t i = 0; i < l.count && !st; i++) {
-            const char *slash = strchr(l.rel[i], '/');
-            if (!slash || strchr(slash + 1, '/')) continue;
-            char dir[4096];
-            snprintf(dir, sizeof dir, "%.*s", (int)(slash - l.rel[i]), l.rel[i]);
-            int done = 0;
-            for (size_t c = 0; c < m->component_count; c++) done |= strcmp(m->components[c].rel, dir) == 0;
-            if (!done && holds_weights(&l, dir)) st = open_component(m, &l, dir, NULL, used, err);
+            const char *r = l.items[i].rel, *slash = strchr(r, '/');
+            if (!slash || strchr(slash + 1, '/') || !(weight_family(slash + 1) || index_family(slash + 1))) continue;
+            size_t len = (size_t)(slash - r);
+            if (last && len == last_len && strncmp(r, last, len) == 0) continue;
+            last = r;
+            last_len = len;
+            char *dir = strndup(r, len);
+            st = dir ? open_component(m, &l, dir, NULL, used, err) : widen_fail(err, WIDEN_EIO, "out of memory");
+            free(dir);
         }
     }
     if (!st && m->file_count == 0)
         st = widen_fail(err, WIDEN_EUSAGE, "%s: holds no weights (no *.safetensors, *.bin, *.pt or *.pth, no "
                         "*.index.json)", m->path);
+    widen_table components = {0};
+    for (size_t c = 0; c < m->component_count && !st; c++)
+        if (widen_table_put(&components, m->components[c].rel, strlen(m->components[c].rel), c, NULL) < 0)
+            st = widen_fail(err, WIDEN_EIO, "out of memory");
     for (size_t i = 0; i < l.count && !st; i++) {
+        m->size += l.items[i].size;
         if (used[i]) continue;
         /* weights beside the model's that it is not made of: another format of it, another index */
-        const char *name = base_name(l.rel[i]);
-        int weights = 0;
-        for (size_t c = 0; c < m->component_count; c++) {
-            const char *p = m->components[c].prefix;
-            size_t n = strlen(p);
-            if (strncmp(l.rel[i], p, n) == 0 && !strchr(l.rel[i] + n, '/'))
-                weights |= weight_family(name) || index_family(name);
-        }
-        st = add_other(m, l.rel[i], l.size[i], weights ? WIDEN_OTHER_LEFT_OUT : WIDEN_OTHER_COPY, err);
+        const char *r = l.items[i].rel, *slash = strchr(r, '/'), *name = base_name(r);
+        size_t c;
+        int in_component = !slash ? widen_table_get(&components, "", 0, &c)
+                                  : !strchr(slash + 1, '/') && widen_table_get(&components, r, (size_t)(slash - r), &c);
+        int weights = in_component && (weight_family(name) || index_family(name));
+        st = add_other(m, r, l.items[i].size, weights ? WIDEN_OTHER_LEFT_OUT : WIDEN_OTHER_COPY, err);
     }
-    for (size_t i = 0; i < l.count; i++) free(l.rel[i]);
-    for (size_t i = 0; i < l.count; i++) m->size += l.size[i];
-    free(l.rel);
-    free(l.size);
+    widen_table_free(&components);
+    for (size_t i = 0; i < l.count; i++) free(l.items[i].rel);
+    free(l.items);
+    m->dirs = l.dirs;
+    m->dir_count = l.dir_count;
     free(used);
     return st;
 }
@@ -627,6 +682,8 @@ static void channel_notes(widen_model *m)
 {
     for (size_t c = 0; c < m->component_count; c++) {
         const widen_model_component *k = &m->components[c];
+        if (k->config.error) add_note(m, "%sconfig.json: not read: %s", k->prefix, k->config.error);
+        if (k->preprocessor.error) add_note(m, "%spreprocessor_config.json: not read: %s", k->prefix, k->preprocessor.error);
         widen_channel_decl decls[8];
         size_t n = widen_model_declarations(m, c, decls, 8);
         char text[160];
@@ -722,6 +779,7 @@ void widen_model_close(widen_model *m)
     free(m->others);
     free(m->components);
     free(m->files);
+    free(m->dirs);
     free(m->root);
     free(m->path);
     free(m);
@@ -777,7 +835,9 @@ size_t widen_model_find_candidates(const widen_model *m, int axis, uint64_t from
             if (full) {
                 snprintf(full, size, "%s%s", m->components[c].prefix, names[i]);
                 long t = widen_model_tensor_find(m, full);
-                if (t >= 0 && fits(widen_model_tensor_at(m, (size_t)t, NULL), axis, from)) {
+                int seen = 0;
+                for (size_t k2 = 0; k2 < n && k2 < max; k2++) seen |= indices[k2] == (size_t)t;
+                if (t >= 0 && !seen && fits(widen_model_tensor_at(m, (size_t)t, NULL), axis, from)) {
                     if (n < max) indices[n] = (size_t)t;
                     n++;
                 }

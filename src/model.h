@@ -3,6 +3,8 @@
 #ifndef WIDEN_MODEL_H
 #define WIDEN_MODEL_H
 
+#include <sys/types.h>
+
 #include "internal.h"
 #include "json.h"
 
@@ -12,7 +14,14 @@ typedef struct widen_model_doc {
     char *text;
     size_t size;
     widen_json json;
+    char *error; /* a config that is there but cannot be read: why (an error only where it is needed) */
 } widen_model_doc;
+
+/* A folder, by device and inode. */
+typedef struct widen_dir_id {
+    dev_t dev;
+    ino_t ino;
+} widen_dir_id;
 
 /* A folder whose weights form one model: the top folder, or a diffusers component (unet/, vae/). */
 typedef struct widen_model_component {
@@ -56,6 +65,9 @@ struct widen_model {
     size_t *tensor_file;       /* model tensor -> file */
     size_t tensor_count;
     widen_table by_name;
+    widen_dir_id *dirs;        /* every folder the model's listing entered (links followed) */
+    size_t dir_count;
+    size_t json_nodes;         /* values of every document read, together */
     char **notes;              /* what configs say about channels */
     size_t note_count;
     uint64_t size;

@@ -127,19 +127,18 @@ static int remap_list(const widen_json *j, size_t node, const widen_tensor_edit 
     const char *t = j->text;
     size_t first = items[0], last = items[c - 1];
     /* the layout: what comes before the first item, between items, after the last */
-    char sep[256];
-    if (c >= 2) snprintf(sep, sizeof sep, "%.*s", (int)(j->nodes[items[1]].start - j->nodes[items[0]].end),
-                         t + j->nodes[items[0]].end);
-    else {
-        const char *lead = t + list->start + 1;
-        size_t lead_len = j->nodes[first].start - list->start - 1;
-        snprintf(sep, sizeof sep, ",%.*s", (int)lead_len, lead);
+    widen_text sep = {0};
+    if (c >= 2) {
+        widen_text_add(&sep, t + j->nodes[items[0]].end, j->nodes[items[1]].start - j->nodes[items[0]].end);
+    } else {
+        widen_text_puts(&sep, ",");
+        widen_text_add(&sep, t + list->start + 1, j->nodes[first].start - list->start - 1);
     }
     widen_text out = {0};
     widen_text_add(&out, t + list->start, j->nodes[first].start - list->start);
     char number[40];
     for (size_t n = 0; n < edit->count; n++) {
-        if (n) widen_text_puts(&out, sep);
+        if (n) widen_text_add(&out, sep.data ? sep.data : "", sep.len);
         long s = stat_source(&edit->map[n]);
         if (s >= 0 && (uint64_t)s < c) {
             const widen_json_node *src = &j->nodes[items[s]];
@@ -150,6 +149,8 @@ static int remap_list(const widen_json *j, size_t node, const widen_tensor_edit 
         }
     }
     widen_text_add(&out, t + j->nodes[last].end, list->end - j->nodes[last].end);
+    if (sep.failed) out.failed = 1;
+    free(sep.data);
     if (out.failed) {
         free(out.data);
         edits->failed = 1;
@@ -241,6 +242,9 @@ static widen_status input_layer(const widen_model *m, size_t k, const widen_tran
         int axis = edit->axis < 0 ? edit->axis + info->rank : edit->axis;
         uint64_t ch = info->shape[axis];
         const char *local = edit->name + strlen(c->prefix);
+        /* an input layer's input channels: axis 1 of a PyTorch kernel (out, in, ...), axis -2 of an
+         * HWIO one; a remap of output channels (axis 0 of a conv_out) is not the model's input */
+        if (info->rank < 3 || (axis != 1 && axis != info->rank - 2)) continue;
         int is_input = 0;
         if (n_first) {
             for (size_t f = 0; f < n_first; f++) is_input |= strcmp(firsts[f], local) == 0;
@@ -277,7 +281,18 @@ static widen_status config_edits(const widen_model *m, size_t k, const widen_tra
     widen_channel_decl decls[8];
     size_t n_decl = widen_model_declarations(m, k, decls, 8);
     widen_status st = input_layer(m, k, tr, &input, &input_name, &channels, err);
-    if (st || !input) return st;
+    if (st) return st;
+    /* a config that cannot be read cannot be followed: without it, any remap of the component's
+     * kernels might be of its input layer */
+    const widen_model_doc *broken = c->config.error ? &c->config : c->preprocessor.error ? &c->preprocessor : NULL;
+    for (size_t e = 0; broken && !input && e < tr->count; e++) {
+        long t = widen_model_tensor_find(m, tr->edits[e].name);
+        size_t file;
+        if (t >= 0 && (widen_model_tensor_at(m, (size_t)t, &file), m->files[file].component == k)) input = &tr->edits[e];
+    }
+    if (broken && input)
+        return widen_fail(err, WIDEN_EFORMAT, "%s (--no-config leaves the configs as they are)", broken->error);
+    if (!input) return st;
     uint64_t n = input->count;
     char count_text[32];
     snprintf(count_text, sizeof count_text, "%llu", (unsigned long long)n);
@@ -296,12 +311,13 @@ static widen_status config_edits(const widen_model *m, size_t k, const widen_tra
     if (pretrained != WJ_NONE && widen_json_get(j, widen_json_get(j, 0, "model_args"), "in_chans") == WJ_NONE) {
         /* timm builds the model from model_args: without in_chans it would build the old stem */
         size_t args = widen_json_get(j, 0, "model_args");
+        char value[64];
+        snprintf(value, sizeof value, "{\"in_chans\": %s}", count_text);
         if (args != WJ_NONE && j->nodes[args].kind == WJ_OBJECT) insert_member(j, args, "in_chans", count_text, cfg);
-        else if (args == WJ_NONE) {
-            char value[64];
-            snprintf(value, sizeof value, "{\"in_chans\": %s}", count_text);
-            insert_member(j, 0, "model_args", value, cfg);
-        }
+        else if (args == WJ_NONE) insert_member(j, 0, "model_args", value, cfg);
+        else if (j->nodes[args].kind == WJ_NULL) widen_json_replace(cfg, j->nodes[args].start, j->nodes[args].end, value);
+        else warn(o, "%sconfig.json: model_args is not an object: in_chans not set, and timm would build the old "
+                  "stem", c->prefix);
     }
     /* per-channel normalisation */
     static const char *const stats[2][2] = {{"mean", "image_mean"}, {"std", "image_std"}};
@@ -486,15 +502,26 @@ static widen_status index_text(const widen_model *m, const folder_plan *p, plan_
     }
     size_t meta = widen_json_get(j, 0, "metadata");
     size_t total = widen_json_get(j, meta, "total_size"), params = widen_json_get(j, meta, "total_parameters");
-    char number[32];
+    char number[40];
     if (total != WJ_NONE) {
-        uint64_t old = (uint64_t)j->nodes[total].number;
-        uint64_t now = old == in_files ? out_files : (uint64_t)((int64_t)old + d_bytes);
-        snprintf(number, sizeof number, "%llu", (unsigned long long)now);
-        if (now != old) widen_json_replace(e, j->nodes[total].start, j->nodes[total].end, number);
+        /* a whole number (the reader checked): exact as written, or a float's value below 2^53 */
+        const widen_json_node *t = &j->nodes[total];
+        uint64_t old = t->exact ? t->whole : (uint64_t)t->number;
+        int64_t change = old == in_files ? (int64_t)(out_files - in_files) : d_bytes;
+        if ((change < 0 && (uint64_t)-change > old) || (change > 0 && old > (uint64_t)INT64_MAX - (uint64_t)change))
+            return widen_fail(err, WIDEN_EFORMAT, "%s/%s: total_size %llu cannot take the change of %lld bytes (it is not "
+                              "this model's size)", m->root, pf->in_rel, (unsigned long long)old, (long long)change);
+        uint64_t now = old + (uint64_t)change;
+        snprintf(number, sizeof number, t->integer ? "%llu" : "%llu.0", (unsigned long long)now);
+        if (now != old) widen_json_replace(e, t->start, t->end, number);
     }
-    if (params != WJ_NONE && j->nodes[params].kind == WJ_NUMBER && j->nodes[params].integer && d_elements) {
-        snprintf(number, sizeof number, "%lld", (long long)((int64_t)j->nodes[params].number + d_elements));
+    if (params != WJ_NONE && j->nodes[params].exact && !j->nodes[params].negative && d_elements) {
+        uint64_t old = j->nodes[params].whole;
+        if ((d_elements < 0 && (uint64_t)-d_elements > old) ||
+            (d_elements > 0 && old > (uint64_t)INT64_MAX - (uint64_t)d_elements))
+            return widen_fail(err, WIDEN_EFORMAT, "%s/%s: total_parameters %llu cannot take the change of %lld elements",
+                              m->root, pf->in_rel, (unsigned long long)old, (long long)d_elements);
+        snprintf(number, sizeof number, "%llu", (unsigned long long)(old + (uint64_t)d_elements));
         widen_json_replace(e, j->nodes[params].start, j->nodes[params].end, number);
     }
     /* shard names, where the format changed */
@@ -656,7 +683,36 @@ static char *folder_manifest(const widen_model *m, const char *output, const cha
     return t.data;
 }
 
-static widen_status check_folder_target(const widen_model *m, const char *output, const char *manifest, widen_error *err)
+/* 1 if folder `path` (which exists) or a folder above it is one the input's listing entered: what
+ * is written there would be inside the input, however links lead there. */
+static int inside_input(const widen_model *m, const char *path)
+{
+    char *p = realpath(path, NULL);
+    int inside = 0;
+    while (p && !inside) {
+        struct stat s;
+        if (stat(p, &s) == 0)
+            for (size_t i = 0; i < m->dir_count && !inside; i++)
+                inside = m->dirs[i].dev == s.st_dev && m->dirs[i].ino == s.st_ino;
+        if (strcmp(p, "/") == 0) break;
+        char *up = strdup(dirname(p));
+        free(p);
+        p = up;
+    }
+    free(p);
+    return inside;
+}
+
+/* The folder a path will be created in. */
+static char *parent_of(const char *path)
+{
+    char *copy = strdup(path), *out = copy ? strdup(dirname(copy)) : NULL;
+    free(copy);
+    return out;
+}
+
+static widen_status check_folder_target(const widen_model *m, const char *output, const widen_apply_options *o,
+                                        widen_error *err)
 {
     struct stat s;
     if (!*output) return widen_fail(err, WIDEN_EUSAGE, "the output path is empty");
@@ -665,37 +721,37 @@ static widen_status check_folder_target(const widen_model *m, const char *output
     if (lstat(output, &s) == 0)
         return widen_fail(err, WIDEN_EUSAGE, "%s: exists; a model folder is written to a new folder (widen does not "
                           "replace or merge folders: remove it first)", output);
-    char *root = realpath(m->root, NULL), *copy = strdup(output);
-    char *parent = copy ? realpath(dirname(copy), NULL) : NULL;
+    char *parent = parent_of(output), *mparent = o->manifest_path ? parent_of(o->manifest_path) : NULL;
     widen_status st = WIDEN_OK;
-    if (root && parent) {
-        size_t n = strlen(root);
-        if (strncmp(parent, root, n) == 0 && (parent[n] == '/' || parent[n] == '\0'))
-            st = widen_fail(err, WIDEN_EUSAGE, "%s: inside the input folder %s; write the output elsewhere", output, m->root);
-    }
-    if (!st && manifest) {
-        char *mcopy = strdup(manifest);
-        char *mparent = mcopy ? realpath(dirname(mcopy), NULL) : NULL;
-        char *out_abs = NULL;
-        if (parent) {
-            char *ocopy = strdup(output);
-            const char *base = ocopy ? strrchr(ocopy, '/') : NULL;
-            size_t size = strlen(parent) + (ocopy ? strlen(ocopy) : 0) + 2;
-            if (ocopy && (out_abs = malloc(size))) snprintf(out_abs, size, "%s/%s", parent, base ? base + 1 : ocopy);
-            free(ocopy);
-        }
-        if (!mparent) st = widen_fail(err, WIDEN_EUSAGE, "%s: its folder does not exist (a manifest goes beside the output "
-                                      "folder, not inside it)", manifest);
-        else if (out_abs && strncmp(mparent, out_abs, strlen(out_abs)) == 0 &&
-                 (mparent[strlen(out_abs)] == '/' || mparent[strlen(out_abs)] == '\0'))
-            st = widen_fail(err, WIDEN_EUSAGE, "%s: inside the output folder; a manifest goes beside it", manifest);
+    if (!parent || (o->manifest_path && !mparent)) st = widen_fail(err, WIDEN_EIO, "out of memory");
+    else if (inside_input(m, parent))
+        st = widen_fail(err, WIDEN_EUSAGE, "%s: inside the input folder %s; write the output elsewhere", output, m->root);
+    if (!st && o->manifest_path) {
+        const char *man = o->manifest_path;
+        char *out_abs = realpath(parent, NULL), *man_abs = realpath(mparent, NULL);
+        size_t n = out_abs ? strlen(out_abs) : 0;
+        const char *out_base = strrchr(output, '/') ? strrchr(output, '/') + 1 : output;
+        const char *man_base = strrchr(man, '/') ? strrchr(man, '/') + 1 : man;
+        if (!man_abs)
+            st = widen_fail(err, WIDEN_EUSAGE, "%s: its folder does not exist", man);
+        else if (inside_input(m, mparent))
+            st = widen_fail(err, WIDEN_EUSAGE, "%s: inside the input folder %s; widen never writes into its input", man,
+                            m->root);
+        else if (out_abs && strcmp(man_abs, out_abs) == 0 && strcmp(man_base, out_base) == 0)
+            st = widen_fail(err, WIDEN_EUSAGE, "%s: the manifest and the output are the same path", man);
+        else if (out_abs && strncmp(man_abs, out_abs, n) == 0 && man_abs[n] == '/' &&
+                 strncmp(man_abs + n + 1, out_base, strlen(out_base)) == 0 &&
+                 (man_abs[n + 1 + strlen(out_base)] == '/' || man_abs[n + 1 + strlen(out_base)] == '\0'))
+            st = widen_fail(err, WIDEN_EUSAGE, "%s: inside the output folder; a manifest goes beside it", man);
+        else if (lstat(man, &s) == 0 && !S_ISREG(s.st_mode))
+            st = widen_fail(err, WIDEN_EUSAGE, "%s: exists and is not a regular file; widen replaces only files", man);
+        else if (lstat(man, &s) == 0 && !o->overwrite)
+            st = widen_fail(err, WIDEN_EUSAGE, "%s: exists (use --force to replace it)", man);
         free(out_abs);
-        free(mparent);
-        free(mcopy);
+        free(man_abs);
     }
-    free(root);
     free(parent);
-    free(copy);
+    free(mparent);
     return st;
 }
 
@@ -711,7 +767,7 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     if (!m->root) return widen_apply_checkpoint(m->files[0].ckpt, output, tr, options, err);
     widen_status st = widen_isa_init(err);
     const char *format = st ? NULL : folder_format(options, err, &st);
-    if (st || (st = check_folder_target(m, output, options->manifest_path, err))) return st;
+    if (st || (st = check_folder_target(m, output, options, err))) return st;
     folder_plan p;
     if ((st = plan_build(m, tr, format, options, &p, err))) return st;
     int edits = 0;
@@ -721,7 +777,7 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
         return widen_fail(err, WIDEN_EUSAGE, "nothing to do: no tensor is remapped, nothing is cast, and the format "
                           "stays the same");
     }
-    widen_temp_folder tf = {0};
+    widen_temp_folder tf = {.slot = -1};
     widen_temp_file man = {.fd = -1, .slot = -1};
     widen_text tensors = {0};
     size_t entries = 0;
@@ -778,10 +834,14 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
         if (!st) st = widen_write_all(man.fd, manifest, strlen(manifest), options->manifest_path, err);
         if (!st) st = widen_temp_commit(&man, options->manifest_path, options->fsync, options->overwrite, err);
     }
-    if (!st && (st = widen_temp_folder_commit(&tf, output, options->fsync, err)) && options->manifest_path)
-        unlink(options->manifest_path);
-    widen_temp_folder_discard(&tf);
-    widen_temp_discard(&man);
+    if (!st) st = widen_temp_folder_commit(&tf, output, options->fsync, err);
+    if (st) {
+        widen_temp_folder_discard(&tf);
+        widen_temp_discard(&man);
+    } else {
+        widen_temp_folder_release(&tf);
+        widen_temp_release(&man);
+    }
     free(tensors.data);
     free(provenance);
     free(manifest);
@@ -880,12 +940,27 @@ typedef struct file_list {
     size_t count;
 } file_list;
 
-static void list_files(const char *root, const char *rel, int depth, file_list *l, widen_verify_report *r)
+static void list_add(file_list *l, char *rel)
+{
+    char **grown = realloc(l->rel, (l->count + 1) * sizeof *grown);
+    if (!grown) {
+        free(rel);
+        return;
+    }
+    l->rel = grown;
+    l->rel[l->count++] = rel;
+}
+
+/* The output folder's files and folders, as they are (links not followed: widen writes none). */
+static void list_files(const char *root, const char *rel, int depth, file_list *l, file_list *dirs,
+                       widen_verify_report *r)
 {
     char *path = *rel ? join(root, rel) : strdup(root);
-    DIR *d = path && depth < 16 ? opendir(path) : NULL;
+    DIR *d = path ? opendir(path) : NULL;
+    if (!d) difference(r, "%s: cannot list the folder: %s", path ? path : root, strerror(errno));
+    else if (depth > 16) difference(r, "%s: folders nested more than 16 deep, which no input of widen has", path);
     struct dirent *e;
-    while (d && (e = readdir(d))) {
+    while (d && depth <= 16 && (e = readdir(d))) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
         size_t size = strlen(rel) + strlen(e->d_name) + 2;
         char *child = malloc(size);
@@ -893,19 +968,13 @@ static void list_files(const char *root, const char *rel, int depth, file_list *
         snprintf(child, size, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
         struct stat s;
         if (fstatat(dirfd(d), e->d_name, &s, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(s.st_mode)) {
-            list_files(root, child, depth + 1, l, r);
-            free(child);
+            list_files(root, child, depth + 1, l, dirs, r);
+            list_add(dirs, child);
         } else if (fstatat(dirfd(d), e->d_name, &s, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(s.st_mode)) {
             difference(r, "%s/%s: not a regular file (widen writes only files and folders)", root, child);
             free(child);
         } else {
-            char **grown = realloc(l->rel, (l->count + 1) * sizeof *grown);
-            if (!grown) {
-                free(child);
-                break;
-            }
-            l->rel = grown;
-            l->rel[l->count++] = child;
+            list_add(l, child);
         }
     }
     if (d) closedir(d);
@@ -991,7 +1060,7 @@ static widen_status verify_folder(const char *input, const char *output, const c
     widen_transform *tr = NULL;
     json_t *manifest = NULL;
     folder_plan p = {0};
-    file_list l = {0};
+    file_list l = {0}, dirs = {0};
     widen_status st = widen_model_open(input, &in, err);
     if (!st && !in->root) st = widen_fail(err, WIDEN_EUSAGE, "%s: a file; %s is a folder: verify compares like with like",
                                           input, output);
@@ -1011,17 +1080,19 @@ static widen_status verify_folder(const char *input, const char *output, const c
         st = recorded_transform(out, &tr, r, err);
     }
     if (st || r->differences) goto done;
-    list_files(out->root, "", 0, &l, r);
-    qsort(l.rel, l.count, sizeof *l.rel, by_string);
+    list_files(out->root, "", 0, &l, &dirs, r);
+    if (l.count) qsort(l.rel, l.count, sizeof *l.rel, by_string);
     /* the output format: each file's own, or one for all (a conversion) */
     static const char *const formats[] = {NULL, "safetensors", "pt"};
-    widen_apply_options quiet;
+    widen_apply_options quiet, files_only;
     widen_apply_options_init(&quiet);
+    files_only = quiet;
+    files_only.no_config = 1; /* which files there are does not depend on the configs' edits */
     int found = 0, chosen = 0;
     for (int f = 0; f < 3 && !found && !st; f++) {
         widen_error ignored;
         folder_plan q;
-        widen_status s = plan_build(in, tr, formats[f], &quiet, &q, f ? &ignored : err);
+        widen_status s = plan_build(in, tr, formats[f], &files_only, &q, f ? &ignored : err);
         if (s && !f) {
             if (s != WIDEN_EUSAGE) {
                 st = s;
@@ -1052,6 +1123,19 @@ static widen_status verify_folder(const char *input, const char *output, const c
             else i++, k++;
         }
         goto done;
+    }
+    /* folders that hold none of the planned files */
+    for (size_t i = 0; i < dirs.count; i++) {
+        size_t n = strlen(dirs.rel[i]), a = 0, b = p.count;
+        while (a < b) {
+            size_t mid = a + (b - a) / 2;
+            if (strcmp(p.files[mid].out_rel, dirs.rel[i]) < 0) a = mid + 1;
+            else b = mid;
+        }
+        int holds = 0;
+        for (; a < p.count && !holds && strncmp(p.files[a].out_rel, dirs.rel[i], n) == 0; a++)
+            holds = p.files[a].out_rel[n] == '/';
+        if (!holds) difference(r, "%s: %s/ is a folder the output should not have", output, dirs.rel[i]);
     }
     /* the configs: as the manifest says apply was told; without one, as apply leaves them by default,
      * with --no-config, or with the --norm-fill values the output shows */
@@ -1159,7 +1243,9 @@ static widen_status verify_folder(const char *input, const char *output, const c
 done:
     if (!st) st = r->differences ? WIDEN_DIFFERENT : WIDEN_OK;
     for (size_t i = 0; i < l.count; i++) free(l.rel[i]);
+    for (size_t i = 0; i < dirs.count; i++) free(dirs.rel[i]);
     free(l.rel);
+    free(dirs.rel);
     plan_free(&p);
     json_decref(manifest);
     widen_transform_free(tr);
@@ -1175,8 +1261,9 @@ widen_status widen_model_verify(const char *input, const char *output, const cha
         return widen_fail(err, WIDEN_EUSAGE, "widen_model_verify needs an input path, an output path and a report");
     memset(report, 0, sizeof *report);
     struct stat a, b;
-    int in_folder = stat(input, &a) == 0 && (S_ISDIR(a.st_mode) || strstr(input, ".index.json"));
-    int out_folder = stat(output, &b) == 0 && (S_ISDIR(b.st_mode) || strstr(output, ".index.json"));
+    size_t ni = strlen(input), no = strlen(output), k = strlen(".index.json");
+    int in_folder = stat(input, &a) == 0 && (S_ISDIR(a.st_mode) || (ni >= k && strcmp(input + ni - k, ".index.json") == 0));
+    int out_folder = stat(output, &b) == 0 && (S_ISDIR(b.st_mode) || (no >= k && strcmp(output + no - k, ".index.json") == 0));
     widen_status st = widen_isa_init(err);
     if (st) return st;
     if (!in_folder && !out_folder) return widen_verify(input, output, manifest_path, report, err);

@@ -378,13 +378,19 @@ def test_config_json_read_as_python_reads_it(tmp_path, raw):
     src = tmp_path / "vit"
     folders.sharded_vit(str(src))
     (src / "config.json").write_bytes(raw)
-    r = run("inspect", src)
     expect = 0 if python_reads(raw) and raw not in WIDEN_STRICTER else 3
-    assert r.returncode == expect, (raw, r.stderr)
     if raw in WIDEN_STRICTER:
         assert python_reads(raw)  # a real disagreement, settled by refusing
+    # a config is needed when the input layer is widened: then one that cannot be read is exit 3
+    r = run("apply", src, "-o", tmp_path / "out", "--to", "4")
+    assert r.returncode == expect, (raw, r.stderr)
     if expect:
-        assert "config.json" in r.stderr and r.stderr.count("\n") == 1
+        assert "config.json" in r.stderr and r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+        # and only there: inspect says it was not read, --no-config copies it as it is
+        assert "config.json: not read" in run("inspect", src, check=0).stdout
+        run("apply", src, "-o", tmp_path / "out", "--to", "4", "--no-config", check=0)
+        assert (tmp_path / "out" / "config.json").read_bytes() == raw
+        assert run("verify", src, tmp_path / "out").returncode == 0
 
 
 def test_hash_and_inspect_of_a_folder(tmp_path):
@@ -404,3 +410,143 @@ def test_hash_and_inspect_of_a_folder(tmp_path):
         {n: (json.load(open(src / "model.safetensors.index.json"))["weight_map"][n], list(v.shape)) for n, v in t.items()}
     assert doc["channels"] == ["config.json: num_channels = 3", "preprocessor_config.json: image_mean = [0.5, 0.5, 0.5]",
                                "preprocessor_config.json: image_std = [0.5, 0.5, 0.5]"]
+
+
+# ------------------------------------------------------------------------------------------------
+# what an attack review found (each failed before its fix)
+
+
+def vit(tmp_path, name="vit"):
+    src = tmp_path / name
+    folders.sharded_vit(str(src))
+    return src
+
+
+def test_list_layout_of_any_length_stays_json(tmp_path):
+    src = vit(tmp_path)
+    (src / "preprocessor_config.json").write_text('{"image_mean": [0.5' + " " * 300 + ', 0.25, 0.75], '
+                                                  '"image_std": [\n' + " " * 400 + '0.5]}')
+    run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
+    got = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert got["image_mean"] == [0.5, 0.25, 0.75, 0.5]
+    assert run("verify", src, tmp_path / "out").returncode == 0
+
+
+def test_output_channels_are_not_the_input_layer(tmp_path):
+    src, out = tmp_path / "pipe", tmp_path / "out"
+    folders.diffusers_pipeline(str(src))
+    run("apply", src, "-o", out, "-t", "vae/encoder.conv_in.weight", "--axis", "0", "--to", "40", check=0)
+    assert filecmp.cmp(src / "vae/config.json", out / "vae/config.json", False)
+    assert run("verify", src, out).returncode == 0
+
+
+def test_manifest_never_inside_the_input_or_over_a_file(tmp_path):
+    src = vit(tmp_path)
+    before = {f: (src / f).read_bytes() for f in tree(src)}
+    for manifest, extra in ((src / "m.json", []), (src / "model-00001-of-00003.safetensors", ["--force"]),
+                            (tmp_path / "out" / "m.json", []), (tmp_path / "out", [])):
+        r = run("apply", src, "-o", tmp_path / "out", "--to", "4", "--manifest", manifest, *extra)
+        assert r.returncode == 2, r.stderr
+    (tmp_path / "m.json").write_text("{}")
+    assert run("apply", src, "-o", tmp_path / "out", "--to", "4", "--manifest", tmp_path / "m.json").returncode == 2
+    assert {f: (src / f).read_bytes() for f in tree(src)} == before
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_output_inside_the_input_through_a_link(tmp_path):
+    src = vit(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", src / "link")
+    r = run("apply", src, "-o", tmp_path / "elsewhere" / "out", "--to", "4")
+    assert r.returncode == 2 and "inside the input" in r.stderr
+
+
+def test_verify_sees_folders_and_depth(tmp_path):
+    src = vit(tmp_path)
+    out = tmp_path / "out"
+    run("apply", src, "-o", out, "--to", "4", check=0)
+    (out / "empty").mkdir()
+    assert run("verify", src, out).returncode == 1
+    os.rmdir(out / "empty")
+    deep = out.joinpath(*"abcdefghijklmnopq")
+    deep.mkdir(parents=True)
+    (deep / "x.txt").write_text("x")
+    assert run("verify", src, out).returncode in (1, 3)
+    # a file 16 folders down in the input is copied and verified
+    src2 = vit(tmp_path, "vit2")
+    deep = src2.joinpath(*"abcdefghijklmnop")
+    deep.mkdir(parents=True)
+    (deep / "x.txt").write_text("x")
+    run("apply", src2, "-o", tmp_path / "out2", "--to", "4", check=0)
+    assert run("verify", src2, tmp_path / "out2").returncode == 0
+
+
+def test_index_totals_exact_or_refused(tmp_path):
+    src = vit(tmp_path)
+    p = src / "model.safetensors.index.json"
+    good = p.read_text()
+    p.write_text(good.replace('"total_size": 44328', '"total_size": 0, "total_parameters": 9007199254740993'))
+    run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
+    meta = json.load(open(tmp_path / "out" / "model.safetensors.index.json"))["metadata"]
+    assert meta == {"total_size": 2048, "total_parameters": 9007199254740993 + 512}
+    assert run("verify", src, tmp_path / "out").returncode == 0
+    # narrowing below a total of 0, or past 2^63: not this model's total; refused, nothing written
+    r = run("apply", src, "-o", tmp_path / "out2", "-t", folders.PATCH, "--map", "0")
+    assert r.returncode == 3 and "total_size" in r.stderr and not (tmp_path / "out2").exists()
+    p.write_text(good.replace('"total_size": 44328', '"total_size": 44328.0'))
+    run("apply", src, "-o", tmp_path / "out3", "--to", "4", check=0)
+    assert '"total_size": 46376.0' in (tmp_path / "out3" / "model.safetensors.index.json").read_text()
+
+
+@pytest.mark.parametrize("value", ["100", "120", "1e15", "1e16", "0.00001", "0.0001", "123456789.125", "-2.5",
+                                   "0.30000000000000004", "5e-324", "1.7976931348623157e308"])
+def test_new_values_written_as_python_repr_writes_them(tmp_path, value):
+    src = vit(tmp_path)
+    run("apply", src, "-o", tmp_path / "out", "--to", "4", "--norm-fill", f"{value}:1", check=0)
+    text = (tmp_path / "out" / "preprocessor_config.json").read_text()
+    assert f"    {repr(float(value))}\n" in text
+    assert json.loads(text)["image_mean"][3] == float(value)
+
+
+def test_long_numbers_read_exactly(tmp_path):
+    src = vit(tmp_path)
+    long_half = "0.5" + "0" * 80 + "1"
+    (src / "preprocessor_config.json").write_text('{"image_mean": [' + long_half + ', 0.5, 0.5], '
+                                                  '"image_std": [0.5, 0.5, 0.5]}')
+    run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
+    got = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())["image_mean"]
+    assert got[3] == (float(long_half) + 0.5 + 0.5) / 3 and long_half in (tmp_path / "out" / "preprocessor_config.json").read_text()
+
+
+def test_index_names_and_odd_indexes(tmp_path):
+    src = vit(tmp_path)
+    # a file whose name holds ".index.json" is still a file
+    shard = tmp_path / "m.index.json.safetensors"
+    shutil.copy(src / "model-00002-of-00003.safetensors", shard)
+    run("apply", shard, "-o", tmp_path / "one.safetensors", "--to", "4", check=0)
+    assert run("verify", shard, tmp_path / "one.safetensors").returncode == 0
+    # an index of another name is the folder's index
+    os.rename(src / "model.safetensors.index.json", src / "model.index.json")
+    run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
+    assert json.load(open(tmp_path / "out" / "model.index.json"))["metadata"]["total_size"] == 46376
+    # one the user names is read as the index, or refused
+    (src / "foo.index.json").write_text('{"not": "an index"}')
+    r = run("inspect", src / "foo.index.json")
+    assert r.returncode == 3 and "weight_map" in r.stderr
+    (src / "foo.index.json").write_text('{"weight_map": {}}')
+    assert run("inspect", src / "foo.index.json").returncode == 3
+
+
+def test_links_and_first_conv_lists(tmp_path):
+    src = vit(tmp_path)
+    os.symlink("loop", src / "loop")
+    r = run("inspect", src)
+    assert r.returncode == 3, r.stderr
+    os.remove(src / "loop")
+    t = tmp_path / "timm"
+    folders.timm_folder(str(t))
+    cfg = dict(folders.TIMM_CONFIG, model_args=None)
+    cfg["pretrained_cfg"] = dict(cfg["pretrained_cfg"], first_conv=["conv1", "conv1"])
+    (t / "config.json").write_text(json.dumps(cfg, indent=4))
+    run("apply", t, "-o", tmp_path / "t4", "--to", "4", check=0)
+    assert json.load(open(tmp_path / "t4" / "config.json"))["model_args"] == {"in_chans": 4}
