@@ -563,6 +563,31 @@ typedef struct apply_args {
     double norm_mean, norm_std;
 } apply_args;
 
+/* 1 if [s, end) is a decimal number as JSON writes one, with an optional + (no hex, no spaces, no
+ * inf or nan). */
+static int decimal(const char *s, const char *end)
+{
+    const char *p = s;
+    if (p < end && (*p == '-' || *p == '+')) p++;
+    const char *digits = p;
+    while (p < end && *p >= '0' && *p <= '9') p++;
+    int whole = p > digits;
+    if (p < end && *p == '.') {
+        const char *frac = ++p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        whole |= p > frac;
+    }
+    if (!whole) return 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '-' || *p == '+')) p++;
+        const char *exp = p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == exp) return 0;
+    }
+    return p == end;
+}
+
 static int parse_apply(int argc, char **argv, apply_args *a)
 {
     static const struct option opts[] = {
@@ -609,12 +634,16 @@ static int parse_apply(int argc, char **argv, apply_args *a)
         case OPT_FORCE: a->force = 1; break;
         case OPT_NO_CONFIG: a->no_config = 1; break;
         case OPT_NORM_FILL: {
-            char *end, *colon = strchr(optarg, ':');
+            char *colon = strchr(optarg, ':');
             a->norm_fill = 1;
-            a->norm_mean = colon ? strtod(optarg, &end) : 0;
-            if (!colon || end != colon || colon == optarg || !colon[1] || (a->norm_std = strtod(colon + 1, &end), *end) ||
-                !isfinite(a->norm_mean) || !isfinite(a->norm_std))
-                rc = fail(WIDEN_EUSAGE, "--norm-fill: '%s' is not MEAN:STD (two numbers)", optarg);
+            if (!colon || !decimal(optarg, colon) || !decimal(colon + 1, colon + 1 + strlen(colon + 1)))
+                rc = fail(WIDEN_EUSAGE, "--norm-fill: '%s' is not MEAN:STD (two decimal numbers)", optarg);
+            else {
+                a->norm_mean = strtod(optarg, NULL);
+                a->norm_std = strtod(colon + 1, NULL);
+                if (!isfinite(a->norm_mean) || !isfinite(a->norm_std))
+                    rc = fail(WIDEN_EUSAGE, "--norm-fill: '%s' is out of range", optarg);
+            }
             break;
         }
         case 'h': fputs(usage_apply, stdout); return -1;
@@ -628,6 +657,7 @@ static int parse_apply(int argc, char **argv, apply_args *a)
     if (a->map && (a->init || a->have_at)) return fail(WIDEN_EUSAGE, "--init and --at go with --to, not --map");
     if ((a->init || a->have_at) && !a->have_to) return fail(WIDEN_EUSAGE, "--init and --at go with --to");
     if (a->ntensors && !a->have_to && !a->map) return fail(WIDEN_EUSAGE, "-t selects tensors for --to or --map");
+    if (a->norm_fill && a->no_config) return fail(WIDEN_EUSAGE, "--norm-fill sets values in the configs that --no-config leaves alone");
     return 0;
 }
 
@@ -743,6 +773,9 @@ static int cmd_apply(int argc, char **argv)
         o.norm_fill = a.norm_fill;
         o.norm_fill_mean = a.norm_mean;
         o.norm_fill_std = a.norm_std;
+        if ((a.norm_fill || a.no_config) && !widen_model_is_folder(c))
+            fprintf(stderr, "widen: warning: %s: --norm-fill and --no-config are for model folders; a file has no configs\n",
+                    shown(a.input, 0));
         widen_status st = widen_model_apply(c, a.output, tr, &o, &err);
         progress_end(&ps);
         if (st) rc = fail_err(&err);

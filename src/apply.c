@@ -174,19 +174,21 @@ widen_status widen_temp_folder_open(const char *target, size_t capacity, widen_t
     return st;
 }
 
-void widen_temp_folder_note(widen_temp_folder *tf, const char *path)
+widen_status widen_temp_folder_note(widen_temp_folder *tf, const char *path, widen_error *err)
 {
-    if (tf->slot < 0 || !tf->path) return;
+    if (!tf->path) return widen_fail(err, WIDEN_EIO, "no temporary folder");
+    if (tf->slot < 0) return WIDEN_OK; /* more applies at once than the table holds: not removed on a signal */
     __typeof__(folders[0]) *f = &folders[tf->slot];
     size_t n = strlen(tf->path);
     char *rel = strncmp(path, tf->path, n) == 0 && path[n] == '/' ? strdup(path + n + 1) : NULL;
-    if (rel && (size_t)f->count < f->capacity) {
-        f->entries[f->count] = rel;
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        f->count = f->count + 1;
-    } else {
+    if (!rel || (size_t)f->count >= f->capacity) {
         free(rel);
+        return widen_fail(err, WIDEN_EIO, "%s: more entries than planned for its temporary folder", path);
     }
+    f->entries[f->count] = rel;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    f->count = f->count + 1;
+    return WIDEN_OK;
 }
 
 /* Removes what is left of the folder: the recorded entries, then anything else (an entry not
@@ -212,7 +214,18 @@ static void remove_tree(const char *path)
 
 void widen_temp_folder_discard(widen_temp_folder *tf)
 {
-    if (tf->path) remove_tree(tf->path); /* never once it is in place: then it is the output */
+    if (tf->path) {
+        remove_tree(tf->path);
+    } else if (tf->target && tf->slot >= 0) {
+        /* in place, but the apply it belongs to failed: what was recorded goes, nothing else (a
+         * file someone put there meanwhile keeps the folder) */
+        char buf[8192];
+        for (sig_atomic_t k = folders[tf->slot].count; k-- > 0;) {
+            const char *path = entry_path(buf, sizeof buf, tf->target, folders[tf->slot].entries[k]);
+            if (unlink(path) != 0) rmdir(path);
+        }
+        rmdir(tf->target);
+    }
     folder_unregister(tf);
     free(tf->path);
     free(tf->target);

@@ -62,13 +62,14 @@ typedef struct widen_temp_folder {
 } widen_temp_folder;
 
 widen_status widen_temp_folder_open(const char *target, size_t capacity, widen_temp_folder *tf, widen_error *err);
-/* Records an entry (a file or folder path inside it) before it is created. */
-void widen_temp_folder_note(widen_temp_folder *tf, const char *path);
+/* Records an entry (a file or folder path inside it) before it is created; WIDEN_EIO past the
+ * capacity. */
+widen_status widen_temp_folder_note(widen_temp_folder *tf, const char *path, widen_error *err);
 /* Renames the folder into place (never over an existing one), after fsyncing its folders; it stays
  * registered (a signal removes what was recorded) until released. */
 widen_status widen_temp_folder_commit(widen_temp_folder *tf, const char *target, int do_fsync, widen_error *err);
 void widen_temp_folder_release(widen_temp_folder *tf);
-/* Removes the temporary folder, if it was not renamed into place. */
+/* Removes the temporary folder; once renamed into place (and not released), what was recorded in it. */
 void widen_temp_folder_discard(widen_temp_folder *tf);
 
 #endif

@@ -32,7 +32,8 @@ widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len,
             if (done == 0 && (n == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
                               errno == EBADF))
                 return WIDEN_EUSAGE;
-            return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", target, n < 0 ? strerror(errno) : "short copy");
+            return widen_fail(err, WIDEN_EIO, "%s: %s", target, n < 0 ? strerror(errno)
+                              : "the input ended early (it changed while widen read it)");
         }
         done += (uint64_t)n;
     }

@@ -123,14 +123,20 @@ widen_status widen_model_read_doc(const char *root, const char *rel, widen_model
         else got += (size_t)r;
     }
     if (fd >= 0) close(fd);
+    int parsed = 0;
     if (!st) {
         doc->text[got] = '\0';
         doc->size = got;
         st = widen_json_parse(doc->text, doc->size, path, &doc->json, err);
+        parsed = 1;
     }
-    if (!st && doc->json.nodes[0].kind != WJ_OBJECT) st = widen_fail(err, WIDEN_EFORMAT, "%s: not a JSON object", path);
+    if (!st && doc->json.nodes[0].kind != WJ_OBJECT) {
+        st = widen_fail(err, WIDEN_EFORMAT, "%s: not a JSON object", path);
+        widen_json_free(&doc->json);
+    }
     free(path);
-    if (st) widen_model_doc_free(doc);
+    /* a document that was read but is not what widen reads keeps its bytes (to be copied as they are) */
+    if (st && !parsed) widen_model_doc_free(doc);
     return st;
 }
 
@@ -491,14 +497,15 @@ static widen_status open_component(widen_model *m, const listing *l, const char 
         if (hit >= 0) {
             widen_error doc_err;
             if (widen_model_read_doc(m->root, doc_rel, targets[d], &doc_err)) {
-                if (doc_err.status != WIDEN_EFORMAT) {
+                if (doc_err.status != WIDEN_EFORMAT || !targets[d]->text) {
                     *err = doc_err;
                     free(doc_rel);
                     return doc_err.status;
                 }
-                targets[d]->rel = doc_rel;
-                targets[d]->error = strdup(doc_err.message);
-                doc_rel = NULL;
+                if (!(targets[d]->error = strdup(doc_err.message))) {
+                    free(doc_rel);
+                    return widen_fail(err, WIDEN_EIO, "out of memory");
+                }
             }
         }
         free(doc_rel);
@@ -648,6 +655,17 @@ size_t widen_model_first_layers(const widen_model *m, size_t component, char **n
 
 static void add_note(widen_model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Cuts an incomplete UTF-8 sequence off the end of s (a cut made by a fixed-size buffer). */
+static void utf8_trim(char *s)
+{
+    size_t n = strlen(s), k = 0;
+    while (k < n && k < 4 && ((unsigned char)s[n - 1 - k] & 0xc0) == 0x80) k++;
+    if (k == n || k >= 4) return;
+    unsigned char lead = (unsigned char)s[n - 1 - k];
+    size_t want = lead < 0x80 ? 1 : lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 0;
+    if (want && want != k + 1) s[n - 1 - k] = '\0';
+}
+
 static void add_note(widen_model *m, const char *fmt, ...)
 {
     char line[600];
@@ -655,6 +673,7 @@ static void add_note(widen_model *m, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
+    utf8_trim(line);
     char **grown = realloc(m->notes, (m->note_count + 1) * sizeof *grown);
     if (!grown) return;
     m->notes = grown;
@@ -665,8 +684,13 @@ static void value_text(const widen_json *j, size_t node, char *out, size_t size)
 {
     const widen_json_node *v = &j->nodes[node];
     size_t len = v->end - v->start;
-    if (len > 120) snprintf(out, size, "%.100s ...", j->text + v->start);
-    else snprintf(out, size, "%.*s", (int)len, j->text + v->start);
+    if (len > 120) {
+        snprintf(out, size, "%.100s", j->text + v->start);
+        utf8_trim(out);
+        strncat(out, " ...", size - strlen(out) - 1);
+    } else {
+        snprintf(out, size, "%.*s", (int)len, j->text + v->start);
+    }
     /* one line: the layout's runs of white space become one space */
     char *w = out;
     for (const char *p = out; *p; p++) {

@@ -242,9 +242,10 @@ static widen_status input_layer(const widen_model *m, size_t k, const widen_tran
         int axis = edit->axis < 0 ? edit->axis + info->rank : edit->axis;
         uint64_t ch = info->shape[axis];
         const char *local = edit->name + strlen(c->prefix);
-        /* an input layer's input channels: axis 1 of a PyTorch kernel (out, in, ...), axis -2 of an
-         * HWIO one; a remap of output channels (axis 0 of a conv_out) is not the model's input */
-        if (info->rank < 3 || (axis != 1 && axis != info->rank - 2)) continue;
+        /* an input layer's input channels: axis 1 of a PyTorch kernel (out, in, ...), or axis -2 as
+         * given, the HWIO convention; output channels (axis 0 of a conv_out) or a kernel's height are
+         * not the model's input */
+        if (info->rank < 3 || (axis != 1 && edit->axis != -2)) continue;
         int is_input = 0;
         if (n_first) {
             for (size_t f = 0; f < n_first; f++) is_input |= strcmp(firsts[f], local) == 0;
@@ -292,15 +293,43 @@ static widen_status config_edits(const widen_model *m, size_t k, const widen_tra
     }
     if (broken && input)
         return widen_fail(err, WIDEN_EFORMAT, "%s (--no-config leaves the configs as they are)", broken->error);
-    if (!input) return st;
+    if (!input) {
+        /* no config says which layer is the input, but per-channel lists say how many channels it
+         * had: a kernel remapped along its input channels to another count leaves them stale */
+        const widen_json *pj = &c->preprocessor.json;
+        size_t mean = widen_json_get(pj, 0, "image_mean");
+        for (size_t e = 0; mean != WJ_NONE && e < tr->count; e++) {
+            long t = widen_model_tensor_find(m, tr->edits[e].name);
+            size_t file;
+            const widen_tensor_info *info = t >= 0 ? widen_model_tensor_at(m, (size_t)t, &file) : NULL;
+            if (!info || m->files[file].component != k || info->rank < 3) continue;
+            int axis = tr->edits[e].axis < 0 ? tr->edits[e].axis + info->rank : tr->edits[e].axis;
+            if ((axis == 1 || tr->edits[e].axis == -2) && pj->nodes[mean].kind == WJ_ARRAY &&
+                pj->nodes[mean].count == info->shape[axis] && tr->edits[e].count != info->shape[axis]) {
+                warn(o, "%spreprocessor_config.json: image_mean lists %llu channels like '%s', but no config declares "
+                     "the input layer: left as it is", c->prefix, (unsigned long long)info->shape[axis], tr->edits[e].name);
+                break;
+            }
+        }
+        return st;
+    }
     uint64_t n = input->count;
     char count_text[32];
     snprintf(count_text, sizeof count_text, "%llu", (unsigned long long)n);
     size_t edited[16], n_edited = 0;
     const widen_json *j = &c->config.json;
+    int agree = 0;
+    for (size_t d = 0; d < n_decl; d++) agree |= decls[d].value == (double)channels;
+    if (n_decl && !agree) {
+        /* the configs describe another input than these weights: not a guess widen makes */
+        warn(o, "%sconfig.json: %s is %g, but the input layer '%s' has %llu channels: the configs are left as they are",
+             c->prefix, decls[0].path, decls[0].value, input_name, (unsigned long long)channels);
+        return WIDEN_OK;
+    }
     for (size_t d = 0; d < n_decl; d++) {
         if (decls[d].value == (double)channels) {
-            widen_json_replace(cfg, j->nodes[decls[d].node].start, j->nodes[decls[d].node].end, count_text);
+            if (n != channels)
+                widen_json_replace(cfg, j->nodes[decls[d].node].start, j->nodes[decls[d].node].end, count_text);
             edited[n_edited++] = decls[d].node;
         } else {
             warn(o, "%sconfig.json: %s is %g, but the input layer '%s' had %llu channels: left as it is", c->prefix,
@@ -308,11 +337,22 @@ static widen_status config_edits(const widen_model *m, size_t k, const widen_tra
         }
     }
     size_t pretrained = c->config.rel ? widen_json_get(j, 0, "pretrained_cfg") : WJ_NONE;
-    if (pretrained != WJ_NONE && widen_json_get(j, widen_json_get(j, 0, "model_args"), "in_chans") == WJ_NONE) {
+    if (n != channels && pretrained != WJ_NONE &&
+        widen_json_get(j, widen_json_get(j, 0, "model_args"), "in_chans") == WJ_NONE) {
         /* timm builds the model from model_args: without in_chans it would build the old stem */
         size_t args = widen_json_get(j, 0, "model_args");
-        char value[64];
-        snprintf(value, sizeof value, "{\"in_chans\": %s}", count_text);
+        /* in the file's layout: the lead before its first key, one level deeper */
+        char value[256];
+        const widen_json_node *top = &j->nodes[0];
+        size_t lead_len = top->first != WJ_NONE ? j->nodes[top->first].key_start - top->start - 1 : 0;
+        const char *lead = j->text + top->start + 1, *nl = memchr(lead, '\n', lead_len);
+        if (nl && lead_len < 100) {
+            int indent = (int)(lead_len - (size_t)(nl + 1 - lead));
+            snprintf(value, sizeof value, "{%.*s%.*s\"in_chans\": %s%.*s}", (int)lead_len, lead, indent, nl + 1,
+                     count_text, (int)lead_len, lead);
+        } else {
+            snprintf(value, sizeof value, "{\"in_chans\": %s}", count_text);
+        }
         if (args != WJ_NONE && j->nodes[args].kind == WJ_OBJECT) insert_member(j, args, "in_chans", count_text, cfg);
         else if (args == WJ_NONE) insert_member(j, 0, "model_args", value, cfg);
         else if (j->nodes[args].kind == WJ_NULL) widen_json_replace(cfg, j->nodes[args].start, j->nodes[args].end, value);
@@ -573,7 +613,32 @@ static widen_status write_file(const char *path, const void *data, size_t len, i
     return st;
 }
 
-/* Copies a file inside the kernel (cloned where the file system can), else through a buffer. */
+/* Copies `size` bytes of an open file inside the kernel (cloned where the file system can), else
+ * through a buffer. A file that shrinks meanwhile is an error, not a short copy. */
+static widen_status copy_open(int in, uint64_t size, const char *from, const char *to, int do_fsync, widen_error *err)
+{
+    int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
+    if (out < 0) return widen_fail(err, WIDEN_EIO, "%s: cannot create: %s", to, strerror(errno));
+    widen_status st = widen_copy_all(in, 0, out, size, to, err);
+    if (st == WIDEN_EUSAGE) {
+        st = WIDEN_OK;
+        static const size_t chunk = 1 << 20;
+        char *buf = malloc(chunk);
+        if (!buf) st = widen_fail(err, WIDEN_EIO, "out of memory");
+        for (uint64_t at = 0; !st && at < size;) {
+            ssize_t r = pread(in, buf, size - at < chunk ? (size_t)(size - at) : chunk, (off_t)at);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) st = widen_fail(err, WIDEN_EIO, "%s: cannot read: %s", from, r < 0 ? strerror(errno) : "it shrank");
+            else if (!(st = widen_write_all(out, buf, (size_t)r, to, err))) at += (uint64_t)r;
+        }
+        free(buf);
+    }
+    if (!st && do_fsync && fsync(out) != 0) st = widen_fail(err, WIDEN_EIO, "%s: fsync failed: %s", to, strerror(errno));
+    if (close(out) != 0 && !st) st = widen_fail(err, WIDEN_EIO, "%s: close failed: %s", to, strerror(errno));
+    return st;
+}
+
+/* Copies a file of the folder that widen does not read (a README, a tokenizer) as it is now. */
 static widen_status copy_file(const char *from, const char *to, int do_fsync, widen_error *err)
 {
     int in = open(from, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -584,27 +649,7 @@ static widen_status copy_file(const char *from, const char *to, int do_fsync, wi
         if (in >= 0) close(in);
         return st;
     }
-    int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
-    if (out < 0) {
-        close(in);
-        return widen_fail(err, WIDEN_EIO, "%s: cannot create: %s", to, strerror(errno));
-    }
-    widen_status st = widen_copy_all(in, 0, out, (uint64_t)s.st_size, to, err);
-    if (st == WIDEN_EUSAGE) {
-        st = WIDEN_OK;
-        static const size_t chunk = 1 << 20;
-        char *buf = malloc(chunk);
-        if (!buf) st = widen_fail(err, WIDEN_EIO, "out of memory");
-        for (uint64_t at = 0; !st && at < (uint64_t)s.st_size;) {
-            ssize_t r = pread(in, buf, chunk, (off_t)at);
-            if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) st = widen_fail(err, WIDEN_EIO, "%s: cannot read: %s", from, r < 0 ? strerror(errno) : "it shrank");
-            else if (!(st = widen_write_all(out, buf, (size_t)r, to, err))) at += (uint64_t)r;
-        }
-        free(buf);
-    }
-    if (!st && do_fsync && fsync(out) != 0) st = widen_fail(err, WIDEN_EIO, "%s: fsync failed: %s", to, strerror(errno));
-    if (close(out) != 0 && !st) st = widen_fail(err, WIDEN_EIO, "%s: close failed: %s", to, strerror(errno));
+    widen_status st = copy_open(in, (uint64_t)s.st_size, from, to, do_fsync, err);
     close(in);
     return st;
 }
@@ -619,9 +664,9 @@ static widen_status make_parents(widen_temp_folder *tf, const char *rel, widen_e
         *s = '\0';
         struct stat st;
         if (stat(path, &st) != 0) {
-            widen_temp_folder_note(tf, path);
-            if (mkdir(path, 0777) != 0) {
-                widen_status r = widen_fail(err, WIDEN_EIO, "%s: cannot create: %s", path, strerror(errno));
+            widen_status noted = widen_temp_folder_note(tf, path, err);
+            if (noted || mkdir(path, 0777) != 0) {
+                widen_status r = noted ? noted : widen_fail(err, WIDEN_EIO, "%s: cannot create: %s", path, strerror(errno));
                 free(path);
                 return r;
             }
@@ -766,6 +811,8 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     }
     if (!m->root) return widen_apply_checkpoint(m->files[0].ckpt, output, tr, options, err);
     widen_status st = widen_isa_init(err);
+    if (!st && options->norm_fill && (!isfinite(options->norm_fill_mean) || !isfinite(options->norm_fill_std)))
+        st = widen_fail(err, WIDEN_EUSAGE, "the normalisation fill must be two finite numbers");
     const char *format = st ? NULL : folder_format(options, err, &st);
     if (st || (st = check_folder_target(m, output, options, err))) return st;
     folder_plan p;
@@ -786,7 +833,8 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     for (size_t i = 0; i < p.count; i++)
         if (p.files[i].op == PLAN_REWRITE) fp.total += m->files[p.files[i].part].ckpt->size;
     if (!provenance) st = widen_fail(err, WIDEN_EIO, "out of memory");
-    if (!st) st = widen_temp_folder_open(output, 2 * p.count + 16, &tf, err);
+    /* every file, and each folder above it (as deep as a listing goes) */
+    if (!st) st = widen_temp_folder_open(output, p.count * 18 + 16, &tf, err);
     widen_apply_options fo = *options;
     fo.manifest_path = NULL;
     fo.overwrite = 0;
@@ -800,7 +848,7 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
             char *from = join(m->root, pf->in_rel), *to = join(tf.path, pf->out_rel);
             if (!from || !to) st = widen_fail(err, WIDEN_EIO, "out of memory");
             if (!st) st = make_parents(&tf, pf->out_rel, err);
-            if (!st) widen_temp_folder_note(&tf, to);
+            if (!st) st = widen_temp_folder_note(&tf, to, err);
             if (!st && pf->op == PLAN_REWRITE) {
                 const widen_model_part *part = &m->files[pf->part];
                 fo.format = pf->format;
@@ -810,6 +858,13 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
                                                   .entries = &entries};
                 st = widen_apply_file(part->ckpt, to, pf->share, &fo, &pf->record, err);
                 fp.base += part->ckpt->size;
+            } else if (!st && pf->op == PLAN_COPY && pf->part != SIZE_MAX) {
+                /* weights: the file that was read and checked, through its open descriptor, whatever
+                 * happened to its name since */
+                const widen_checkpoint *ck = m->files[pf->part].ckpt;
+                st = copy_open(ck->fd, ck->size, from, to, options->fsync, err);
+            } else if (!st && pf->op == PLAN_COPY && pf->doc) {
+                st = write_file(to, pf->doc->text, pf->doc->size, options->fsync, err); /* the document as read */
             } else if (!st && pf->op == PLAN_COPY) {
                 st = copy_file(from, to, options->fsync, err);
             } else if (!st) {
@@ -829,15 +884,18 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     }
     if (!st && tensors.failed) st = widen_fail(err, WIDEN_EIO, "out of memory");
     if (!st && options->manifest_path) {
-        if (!(manifest = folder_manifest(m, output, provenance, &p, &tensors, options))) st = widen_fail(err, WIDEN_EIO, "out of memory");
+        if (!(manifest = folder_manifest(m, output, provenance, &p, &tensors, options)))
+            st = widen_fail(err, WIDEN_EIO, "out of memory");
         if (!st) st = widen_temp_open(options->manifest_path, &man, err);
         if (!st) st = widen_write_all(man.fd, manifest, strlen(manifest), options->manifest_path, err);
-        if (!st) st = widen_temp_commit(&man, options->manifest_path, options->fsync, options->overwrite, err);
     }
+    /* the folder first: it never replaces anything, so a failure there leaves an old manifest as it was */
     if (!st) st = widen_temp_folder_commit(&tf, output, options->fsync, err);
+    if (!st && options->manifest_path) st = widen_temp_commit(&man, options->manifest_path, options->fsync,
+                                                              options->overwrite, err);
     if (st) {
-        widen_temp_folder_discard(&tf);
         widen_temp_discard(&man);
+        widen_temp_folder_discard(&tf);
     } else {
         widen_temp_folder_release(&tf);
         widen_temp_release(&man);
@@ -1043,6 +1101,7 @@ static int shown_fill(const widen_model *in, const widen_model *out, const widen
                 for (long n = 0; n < fresh && item != WJ_NONE; n++) item = docs[d]->nodes[item].next;
                 if (item == WJ_NONE || docs[d]->nodes[item].kind != WJ_NUMBER) continue;
                 double v = docs[d]->nodes[item].number;
+                if (!isfinite(v)) continue; /* apply never writes one */
                 if (s == 0) o->norm_fill_mean = v;
                 else o->norm_fill_std = v;
                 found[s] = 1;
@@ -1051,6 +1110,36 @@ static int shown_fill(const widen_model *in, const widen_model *out, const widen
     }
     o->norm_fill = found[0] || found[1];
     return o->norm_fill;
+}
+
+/* The manifest's files are the plan's, path and operation, and each of its tensors is of a rewritten
+ * file (whose entries the file's verify checks one by one). */
+static void check_manifest_files(json_t *manifest, const char *name, const folder_plan *p, widen_verify_report *r)
+{
+    json_t *files = json_object_get(manifest, "files"), *item;
+    size_t i;
+    if (!json_is_array(files) || json_array_size(files) != p->count)
+        difference(r, "%s: its list of files is not the output's", name);
+    json_array_foreach(files, i, item) {
+        const char *path = json_string_value(json_object_get(item, "path"));
+        const char *op = json_string_value(json_object_get(item, "op"));
+        const plan_file *pf = i < p->count ? &p->files[i] : NULL;
+        const char *want = !pf ? "" : pf->op == PLAN_COPY ? "copy" : pf->op == PLAN_REWRITE ? "rewrite" : "edit";
+        if (!pf || !path || !op || strcmp(path, pf->out_rel) != 0 || strcmp(op, want) != 0) {
+            difference(r, "%s: files[%zu] is not the output's (%s)", name, i, pf ? pf->out_rel : "one too many");
+            break;
+        }
+    }
+    json_array_foreach(json_object_get(manifest, "tensors"), i, item) {
+        const char *file = json_string_value(json_object_get(item, "file"));
+        int rewritten = 0;
+        for (size_t k = 0; file && k < p->count && !rewritten; k++)
+            rewritten = p->files[k].op == PLAN_REWRITE && strcmp(p->files[k].out_rel, file) == 0;
+        if (!rewritten) {
+            difference(r, "%s: tensors[%zu] is of no file the transform rewrites", name, i);
+            break;
+        }
+    }
 }
 
 static widen_status verify_folder(const char *input, const char *output, const char *manifest_path,
@@ -1143,11 +1232,19 @@ static widen_status verify_folder(const char *input, const char *output, const c
     size_t n_sets = 0;
     json_t *configs = manifest ? json_object_get(manifest, "configs") : NULL;
     sets[n_sets++] = quiet;
-    if (configs) {
-        json_t *fill = json_object_get(configs, "norm_fill");
-        sets[0].no_config = json_is_false(json_object_get(configs, "follow"));
-        if (json_is_array(fill) && json_array_size(fill) == 2 && json_is_number(json_array_get(fill, 0)) &&
-            json_is_number(json_array_get(fill, 1))) {
+    if (manifest) {
+        /* what apply writes: {"follow": false}, {"follow": true}, {"follow": true, "norm_fill": [m, s]} */
+        json_t *follow = json_object_get(configs, "follow"), *fill = json_object_get(configs, "norm_fill");
+        int fill_ok = json_is_array(fill) && json_array_size(fill) == 2 && json_is_number(json_array_get(fill, 0)) &&
+                      json_is_number(json_array_get(fill, 1));
+        if (!json_is_object(configs) || !json_is_boolean(follow) || (fill && (!fill_ok || json_is_false(follow))) ||
+            json_object_size(configs) != 1u + (fill != NULL)) {
+            st = widen_fail(err, WIDEN_EFORMAT, "%s: not a widen folder manifest (its \"configs\" is not what apply "
+                            "writes)", manifest_path);
+            goto done;
+        }
+        sets[0].no_config = json_is_false(follow);
+        if (fill) {
             sets[0].norm_fill = 1;
             sets[0].norm_fill_mean = json_number_value(json_array_get(fill, 0));
             sets[0].norm_fill_std = json_number_value(json_array_get(fill, 1));
@@ -1182,6 +1279,7 @@ static widen_status verify_folder(const char *input, const char *output, const c
         }
         plan_free(&q);
     }
+    if (manifest) check_manifest_files(manifest, manifest_path, &p, r);
     for (int pass = 0; pass < 2 && !st; pass++) {
         for (size_t i = 0; i < p.count && !st; i++) {
             plan_file *pf = &p.files[i];

@@ -335,6 +335,10 @@ def test_interrupted_folder_leaves_nothing(tmp_path):
         reference.save(src / name, {f"blocks.{k}.weight": ("F32", block)})
         weight_map[f"blocks.{k}.weight"] = name
     folders.dump_hf(src / "model.safetensors.index.json", {"metadata": {"total_size": 0}, "weight_map": weight_map})
+    for chain in "abcde":  # folders nested 15 deep: every one made must be removed too
+        deep = src.joinpath(chain, *[f"d{k}" for k in range(14)])
+        deep.mkdir(parents=True)
+        (deep / "f.txt").write_text(chain)
     out = tmp_path / "out"
     proc = subprocess.Popen([reference.WIDEN, "apply", str(src), "-o", str(out), "--to", "4", "--no-progress"],
                             stderr=subprocess.PIPE, text=True)
@@ -550,3 +554,96 @@ def test_links_and_first_conv_lists(tmp_path):
     (t / "config.json").write_text(json.dumps(cfg, indent=4))
     run("apply", t, "-o", tmp_path / "t4", "--to", "4", check=0)
     assert json.load(open(tmp_path / "t4" / "config.json"))["model_args"] == {"in_chans": 4}
+
+
+def test_cast_and_several_tensors_across_shards(tmp_path):
+    src = vit(tmp_path)
+    t = folders.vit_tensors()
+    out = tmp_path / "bf16"
+    run("apply", src, "-o", out, "--cast", "bf16", check=0)
+    model, index = load_model(str(out), "model.safetensors.index.json")
+    for n, v in t.items():  # bf16 is the upper half of the f32 bits, rounded to nearest even
+        assert np.array_equal(model[n], reference.f32_to_bf16_bits(v)), n
+    assert index["metadata"]["total_size"] == 44328 // 2
+    assert run("verify", src, out).returncode == 0
+    # two tensors in two shards, one manifest
+    out2 = tmp_path / "two"
+    run("apply", src, "-o", out2, "-t", folders.PATCH, "-t", "classifier.weight", "--axis", "0", "--to", "40",
+        "--manifest", tmp_path / "m.json", check=0)
+    model, _ = load_model(str(out2), "model.safetensors.index.json")
+    assert model["classifier.weight"].shape == (40, 32) and not model["classifier.weight"][10:].any()
+    assert model[folders.PATCH].shape == (40, 3, 4, 4)
+    assert filecmp.cmp(src / "model-00001-of-00003.safetensors", out2 / "model-00001-of-00003.safetensors", False)
+    assert filecmp.cmp(src / "config.json", out2 / "config.json", False)  # output channels: no config follows
+    assert run("verify", src, out2, "--manifest", tmp_path / "m.json").returncode == 0
+    files = {x["file"] for x in json.load(open(tmp_path / "m.json"))["tensors"]}
+    assert files == {"model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"}
+
+
+# ------------------------------------------------------------------------------------------------
+# what a second attack review found
+
+
+def test_a_kernels_height_is_not_its_input(tmp_path):
+    src, t = tmp_path / "pipe", tmp_path / "timm"
+    folders.diffusers_pipeline(str(src))
+    folders.timm_folder(str(t))
+    run("apply", src, "-o", tmp_path / "o1", "-t", "vae/encoder.conv_in.weight", "--axis", "2", "--to", "5", check=0)
+    assert filecmp.cmp(src / "vae/config.json", tmp_path / "o1/vae/config.json", False)
+    run("apply", t, "-o", tmp_path / "o2", "-t", "conv1.weight", "--axis", "2", "--to", "9", check=0)
+    assert filecmp.cmp(t / "config.json", tmp_path / "o2/config.json", False)
+    assert run("verify", t, tmp_path / "o2").returncode == 0
+
+
+def test_verify_refuses_fills_and_manifests_apply_never_writes(tmp_path):
+    src = vit(tmp_path)
+    out = tmp_path / "out"
+    run("apply", src, "-o", out, "--to", "4", "--manifest", tmp_path / "m.json", check=0)
+    p = out / "preprocessor_config.json"
+    good = p.read_text()
+    doc = json.loads(good)
+    doc["image_mean"][3] = float("nan")
+    p.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    assert run("verify", src, out).returncode == 1
+    p.write_text(good)
+    manifest = json.load(open(tmp_path / "m.json"))
+    tampered = [
+        dict(manifest, tensors=manifest["tensors"] + [dict(manifest["tensors"][0], file="model-00001-of-00003.safetensors")]),
+        dict(manifest, files=manifest["files"][:-1]),
+        dict(manifest, files=[dict(f, op="copy") for f in manifest["files"]]),
+    ]
+    for i, m in enumerate(tampered):
+        (tmp_path / f"t{i}.json").write_text(json.dumps(m))
+        assert run("verify", src, out, "--manifest", tmp_path / f"t{i}.json").returncode == 1, i
+    (tmp_path / "c.json").write_text(json.dumps(dict(manifest, configs={"follow": "no"})))
+    assert run("verify", src, out, "--manifest", tmp_path / "c.json").returncode == 3
+
+
+def test_notes_stay_utf8_and_stale_lists_are_reported(tmp_path):
+    t = tmp_path / "timm"
+    folders.timm_folder(str(t))
+    cfg = dict(folders.TIMM_CONFIG)
+    cfg["pretrained_cfg"] = dict(cfg["pretrained_cfg"], first_conv="a" * 86 + "é" * 30)
+    (t / "config.json").write_text(json.dumps(cfg, indent=4, ensure_ascii=False))
+    notes = json.loads(run("inspect", t, "--json", check=0).stdout)["channels"]
+    assert any(n.startswith("config.json: pretrained_cfg.first_conv = ") for n in notes)
+    src = vit(tmp_path)
+    os.remove(src / "config.json")
+    r = run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
+    assert "preprocessor_config.json" in r.stderr and "left as it is" in r.stderr
+
+
+def test_no_edit_where_nothing_changes_and_edits_in_the_files_layout(tmp_path):
+    src = vit(tmp_path)
+    p = src / "config.json"
+    p.write_text(p.read_text().replace('"num_channels": 3', '"num_channels": 3.0'))
+    run("apply", src, "-o", tmp_path / "bgr", "-t", folders.PATCH, "--map", "2,1,0", check=0)
+    assert filecmp.cmp(p, tmp_path / "bgr" / "config.json", False)
+    t = tmp_path / "timm"
+    folders.timm_folder(str(t))
+    run("apply", t, "-o", tmp_path / "t4", "--to", "4", check=0)
+    text = (tmp_path / "t4" / "config.json").read_text()
+    assert '    "model_args": {\n        "in_chans": 4\n    }\n}' in text
+    assert run("apply", t, "-o", tmp_path / "x", "--to", "4", "--no-config", "--norm-fill", "0.5:0.5").returncode == 2
+    for bad in ("0x1p-1:0.5", " 0.5:0.5", "0.5:", "nan:1", "1:inf", "0.5"):
+        assert run("apply", t, "-o", tmp_path / "x", "--to", "4", "--norm-fill", bad).returncode == 2, bad

@@ -47,9 +47,16 @@ static int remove_entry(const char *path, const struct stat *s, int flag, struct
     return remove(path);
 }
 
+static void cleanup(void)
+{
+    nftw(output, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    nftw(folder, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
+    atexit(cleanup);
     snprintf(folder, sizeof folder, "/tmp/widen-fuzz-folder-%d", (int)getpid());
     nftw(folder, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     if (mkdir(folder, 0700) != 0) abort();
