@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "format/npy.h"
 
 /* The LONG1 that begins a legacy torch.save file: torch's magic number 0x1950a86a20f9469cfc6c. */
 static const unsigned char legacy_magic[] = {0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
@@ -44,7 +45,6 @@ static const char *unsupported_kind(const unsigned char *p, uint64_t size, char 
         return "a TorchScript file of the pre-zip format (PYTORCH1), which widen does not read";
     if (size >= 262 && memcmp(p + 257, "ustar", 5) == 0)
         return "a tar archive (the oldest torch.save format, or not a checkpoint at all), which widen does not read";
-    if (size >= 6 && memcmp(p, "\x93NUMPY", 6) == 0) return "a NumPy .npy file, which this version of widen does not read yet";
     /* a safetensors header length ending in 0x7b or 0x5b has zero high bytes; JSON text does not */
     if (size >= 1 && (p[0] == '{' || p[0] == '[') && (size < 8 || memcmp(p + 1, "\0\0\0\0\0\0\0", 7) != 0))
         return "a JSON file, not a checkpoint (a shard index or a config? widen reads an index as part of its model "
@@ -101,6 +101,9 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
     if (c->size >= 4 && memcmp(c->map, "PK\x03\x04", 4) == 0) {
         c->format = "pt";
         st = widen_torch_read(c, err);
+    } else if (c->size >= 6 && memcmp(c->map, "\x93NUMPY", 6) == 0) {
+        c->format = "npy";
+        st = widen_npy_read(c, err);
     } else {
         c->format = "safetensors";
         st = widen_safetensors_read(c, err);

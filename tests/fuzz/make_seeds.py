@@ -67,6 +67,12 @@ def main():
         if pre is not None:
             parts.append(json.dumps(pre, indent=4))
         out("folder", name, "\0".join(parts).encode())
+    # .npy files as np.save writes them, of each header version
+    for i, (array, version) in enumerate([(np.ones((2, 3, 1, 1), np.float32), (1, 0)), (np.float16(1.5), (2, 0)),
+                                          (np.zeros((0, 3), np.int64), (3, 0)), (np.arange(4, dtype=np.uint8), (1, 0))]):
+        data = io.BytesIO()
+        np.lib.format.write_array(data, array, version=version)
+        out("npy", f"npy{i}", data.getvalue())
     for i, text in enumerate(["0,1,2,zero", "2,1,0", "0*0.5,mean,sum,normal:0.1:3,const:1", "timm", "cyclic",
                               "normal:0.5:7", "copy:2", "const:-1e-3", "mean", "zeros"]):
         out("map", f"map{i}", text.encode())

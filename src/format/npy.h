@@ -1,0 +1,29 @@
+/* npy.h: NumPy .npy files: the header, and a checkpoint of the one array a file holds. */
+#ifndef WIDEN_NPY_H
+#define WIDEN_NPY_H
+
+#include "../internal.h"
+
+/* The name a .npy file's array gets (NumPy's files hold one array and no name). */
+#define WIDEN_NPY_NAME "array"
+
+typedef struct widen_npy_header {
+    widen_dtype dtype;
+    int big_endian;     /* '>' on a type of more than one byte */
+    int fortran_order;  /* as the header says */
+    int column_major;   /* Fortran order where it differs from C order (more than one dimension past 1) */
+    int rank;
+    uint64_t shape[WIDEN_MAX_RANK];
+    uint64_t data_offset, nbytes;
+} widen_npy_header;
+
+/* Parses a .npy header as numpy.lib.format reads one, the literals np.save writes; WIDEN_EFORMAT
+ * for anything else (an object or structured dtype, a key missing or repeated, Python beyond
+ * literals, more than NumPy's 10,000-byte limit). */
+widen_status widen_npy_parse_header(const unsigned char *data, uint64_t size, const char *path, widen_npy_header *out,
+                                    widen_error *err);
+
+/* Fills the checkpoint's one tensor from the mapped file. */
+widen_status widen_npy_read(widen_checkpoint *c, widen_error *err);
+
+#endif

@@ -1,0 +1,149 @@
+""".npy files: read as numpy.lib.format reads them (np.save's files, headers of versions 1.0, 2.0 and
+3.0, every numeric dtype widen names), widened and converted, checked against NumPy; hostile and odd
+headers held to np.load's verdict: what NumPy refuses, widen refuses, and what NumPy reads, widen reads
+alike or refuses for a named reason."""
+import ast
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import reference
+from reference import run
+
+DTYPES = {"BOOL": np.bool_, "I8": np.int8, "U8": np.uint8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
+          "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16, "F32": np.float32,
+          "F64": np.float64, "C64": np.complex64}
+
+
+def sample(dtype, shape, seed=0):
+    g = np.random.default_rng(seed)
+    return (g.standard_normal(shape) * 100).astype(dtype) if shape else np.array(3, dtype=dtype)
+
+
+@pytest.mark.parametrize("name", sorted(DTYPES))
+@pytest.mark.parametrize("shape", [(), (0,), (2, 0, 3), (5,), (4, 3, 2, 2)])
+def test_np_save_read_and_hashed(tmp_path, name, shape):
+    xxhash = pytest.importorskip("xxhash")
+    a = sample(DTYPES[name], shape)
+    np.save(tmp_path / "a.npy", a)
+    doc = json.loads(run("inspect", tmp_path / "a.npy", "--json", "--hash", check=0).stdout)
+    (t,) = doc["tensors"]
+    assert (t["name"], t["dtype"], t["shape"], t["bytes"]) == ("array", name, list(shape), a.nbytes)
+    assert t["xxh3_128"] == xxhash.xxh3_128_hexdigest(a.tobytes())
+    assert doc["format"] == "npy"
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_widened_and_converted(tmp_path, version, dtype):
+    torch = pytest.importorskip("torch")
+    a = sample(dtype, (16, 3, 5, 5), seed=1)
+    with open(tmp_path / "k.npy", "wb") as f:
+        np.lib.format.write_array(f, a, version=version)
+    run("apply", tmp_path / "k.npy", "-o", tmp_path / "k4.safetensors", "--to", "4", check=0)
+    _, tensors, _, _ = reference.load(tmp_path / "k4.safetensors")
+    w = tensors["array"][1]
+    assert w.shape == (16, 4, 5, 5) and np.array_equal(w[:, :3], a) and not w[:, 3].any()
+    assert run("verify", tmp_path / "k.npy", tmp_path / "k4.safetensors").returncode == 0
+    run("apply", tmp_path / "k.npy", "-o", tmp_path / "k.pt", "--map", "2,1,0", "--manifest", tmp_path / "m.json", check=0)
+    assert np.array_equal(torch.load(tmp_path / "k.pt")["array"].numpy(), a[:, ::-1])
+    assert run("verify", tmp_path / "k.npy", tmp_path / "k.pt", "--manifest", tmp_path / "m.json").returncode == 0
+    # a flipped byte of the output is found
+    raw = bytearray((tmp_path / "k4.safetensors").read_bytes())
+    raw[-5] ^= 0x10
+    (tmp_path / "k4.safetensors").write_bytes(bytes(raw))
+    assert run("verify", tmp_path / "k.npy", tmp_path / "k4.safetensors").returncode == 1
+
+
+def npy_with_header(header, version=(1, 0), data=None):
+    """A .npy of this header text (padded as np.save pads), followed by `data` bytes (default: what
+    the header describes, if Python can read it)."""
+    text = header.encode("latin1")
+    start = 10 if version == (1, 0) else 12
+    pad = -(start + len(text) + 1) % 64
+    text = text + b" " * pad + b"\n"
+    prefix = b"\x93NUMPY" + bytes(version) + (struct.pack("<H", len(text)) if version == (1, 0)
+                                              else struct.pack("<I", len(text)))
+    if data is None:
+        try:
+            d = ast.literal_eval(header)
+            n = int(np.prod(d["shape"])) * np.dtype(d["descr"]).itemsize
+            data = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+        except Exception:
+            data = b""
+    return prefix + text + data
+
+
+# (header, why widen may refuse what NumPy reads, or None where they must agree)
+HEADERS = [
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", None),
+    ('{"descr": "<f4", "fortran_order": False, "shape": (3, 4)}', None),
+    ("{'shape': (2,), 'fortran_order': False, 'descr': '|u1'}", None),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (3L, 4L), }", None),  # Python 2's long, versions 1 and 2
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (True, 4), }", None),
+    ("{'descr': '<f4', 'fortran_order': True, 'shape': (7,), }", None),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", None),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (3), }", None),  # an int, not a tuple
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': [3, 4], }", None),  # a list
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 4), }", "negative dimensions (NumPy infers them from the data)"),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), 'extra': 1}", None),
+    ("{'descr': '<f4', 'shape': (3, 4), }", None),
+    ("{'descr': '|O', 'fortran_order': False, 'shape': (3,), }", None),
+    ("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }", "structured dtypes"),
+    ("{'descr': '<f4', 'fortran_order': 0, 'shape': (3,), }", None),
+    ("__import__('os').system('true')", None),
+    ("[1, 2, 3]", None),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), } # a comment", "comments"),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (1+2, 4), }", "expressions"),
+    ("{'descr': 'float32', 'fortran_order': False, 'shape': (3, 4), }", "dtype names np.save does not write"),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), 'shape': (3, 4)}", "repeated keys"),
+    ("{'descr': '>f4', 'fortran_order': False, 'shape': (3, 4), }", "big-endian (not read yet)"),
+    ("{'descr': '<f4', 'fortran_order': True, 'shape': (3, 4), }", "Fortran order (not read yet)"),
+    ("{'descr': '<c16', 'fortran_order': False, 'shape': (3,), }", "complex128 (no safetensors dtype)"),
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (0x3, 4), }", "hexadecimal"),
+]
+
+
+def numpy_reads(path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception:
+        return None
+
+
+@pytest.mark.parametrize("header,why", HEADERS)
+def test_headers_held_to_np_load(tmp_path, header, why):
+    path = tmp_path / "h.npy"
+    path.write_bytes(npy_with_header(header))
+    expected = numpy_reads(path)
+    r = run("inspect", path, "--json")
+    if expected is None:
+        assert r.returncode == 3, (header, r.stdout)
+        assert r.stderr.startswith("widen: error: ") and r.stderr.count("\n") == 1
+    elif why is None:
+        assert r.returncode == 0, (header, r.stderr)
+        (t,) = json.loads(r.stdout)["tensors"]
+        assert t["shape"] == list(expected.shape) and t["bytes"] == expected.nbytes
+    else:
+        assert r.returncode in (0, 3), r.stderr  # NumPy reads it; widen may refuse, for the reason named
+        if r.returncode == 0:
+            (t,) = json.loads(r.stdout)["tensors"]
+            assert t["shape"] == list(expected.shape)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "trailing", "version", "huge_header", "magic", "count_overflow"])
+def test_damaged_files_refused(tmp_path, damage):
+    good = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }")
+    raw = {"truncated": good[:-1], "trailing": good + b"\0",
+           "version": good[:6] + b"\x04\x00" + good[8:],
+           "huge_header": npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }" + " " * 20000,
+                                          version=(2, 0)),
+           "magic": b"\x93NUMPZ" + good[6:],
+           "count_overflow": npy_with_header("{'descr': '<f4', 'fortran_order': False, "
+                                             "'shape': (4294967296, 4294967296, 4), }", data=b"")}[damage]
+    (tmp_path / "d.npy").write_bytes(raw)
+    r = run("inspect", tmp_path / "d.npy")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+    assert numpy_reads(tmp_path / "d.npy") is None or damage == "trailing"  # np.load ignores trailing bytes
