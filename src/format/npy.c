@@ -23,7 +23,7 @@ typedef struct hparser {
 
 static widen_status bad(hparser *h, const char *what)
 {
-    return widen_fail(h->err, WIDEN_EFORMAT, "%s: the .npy header is not what np.save writes: %s", h->path, what);
+    return widen_fail(h->err, WIDEN_EFORMAT, "%s: the NumPy .npy header is not what np.save writes: %s", h->path, what);
 }
 
 static void ws(hparser *h)
