@@ -132,19 +132,19 @@ widen_status widen_npy_parse_header(const unsigned char *data, uint64_t size, co
 {
     memset(out, 0, sizeof *out);
     if (size < 10 || memcmp(data, "\x93NUMPY", 6) != 0)
-        return widen_fail(err, WIDEN_EFORMAT, "%s: not a .npy file (no \\x93NUMPY magic)", path);
+        return widen_fail(err, WIDEN_EFORMAT, "%s: not a NumPy .npy file (no \\x93NUMPY magic)", path);
     unsigned major = data[6], minor = data[7];
     if (minor != 0 || major < 1 || major > 3)
-        return widen_fail(err, WIDEN_EFORMAT, "%s: .npy format version %u.%u, which NumPy does not write (1.0, 2.0, 3.0)",
+        return widen_fail(err, WIDEN_EFORMAT, "%s: NumPy .npy format version %u.%u, which NumPy does not write (1.0, 2.0, 3.0)",
                           path, major, minor);
     uint64_t len = major == 1 ? (uint64_t)data[8] | (uint64_t)data[9] << 8 : 0, start = major == 1 ? 10 : 12;
     if (major > 1) {
-        if (size < 12) return widen_fail(err, WIDEN_EFORMAT, "%s: .npy header is cut short", path);
+        if (size < 12) return widen_fail(err, WIDEN_EFORMAT, "%s: NumPy .npy header is cut short", path);
         for (int i = 3; i >= 0; i--) len = len << 8 | data[8 + i];
     }
-    if (len > size - start) return widen_fail(err, WIDEN_EFORMAT, "%s: .npy header runs past the end of the file", path);
+    if (len > size - start) return widen_fail(err, WIDEN_EFORMAT, "%s: NumPy .npy header runs past the end of the file", path);
     if (len > NPY_MAX_HEADER)
-        return widen_fail(err, WIDEN_EFORMAT, "%s: .npy header of %llu bytes: NumPy refuses more than %u unless told to "
+        return widen_fail(err, WIDEN_EFORMAT, "%s: NumPy .npy header of %llu bytes: NumPy refuses more than %u unless told to "
                           "trust the file", path, (unsigned long long)len, NPY_MAX_HEADER);
     hparser h = {.p = (const char *)data + start, .end = (const char *)data + start + len, .version = (int)major,
                  .path = path, .err = err};
@@ -182,11 +182,11 @@ widen_status widen_npy_parse_header(const unsigned char *data, uint64_t size, co
     uint64_t count = 1;
     for (int d = 0; d < out->rank; d++)
         if (out->shape[d] && count > UINT64_MAX / out->shape[d])
-            return widen_fail(err, WIDEN_EFORMAT, "%s: .npy shape's element count overflows", path);
+            return widen_fail(err, WIDEN_EFORMAT, "%s: NumPy .npy shape's element count overflows", path);
         else
             count *= out->shape[d];
     unsigned bits = widen_dtype_bits(out->dtype);
-    if (count > UINT64_MAX / (bits / 8)) return widen_fail(err, WIDEN_EFORMAT, "%s: .npy data size overflows", path);
+    if (count > UINT64_MAX / (bits / 8)) return widen_fail(err, WIDEN_EFORMAT, "%s: NumPy .npy data size overflows", path);
     out->nbytes = count * (bits / 8);
     /* one dimension (or none) past size 1: Fortran order lays the elements out as C order does */
     int spread = 0;
@@ -207,7 +207,7 @@ widen_status widen_npy_read(widen_checkpoint *c, widen_error *err)
         return widen_fail(err, WIDEN_EFORMAT, "%s: a big-endian array, which widen does not read yet: save it with "
                           "np.save(path, a.astype(a.dtype.newbyteorder('<')))", c->path);
     if (h.nbytes != c->size - h.data_offset)
-        return widen_fail(err, WIDEN_EFORMAT, "%s: the .npy header describes %llu bytes of data, the file holds %llu (%s)",
+        return widen_fail(err, WIDEN_EFORMAT, "%s: the NumPy .npy header describes %llu bytes of data, the file holds %llu (%s)",
                           c->path, (unsigned long long)h.nbytes, (unsigned long long)(c->size - h.data_offset),
                           h.nbytes > c->size - h.data_offset ? "truncated" : "trailing bytes");
     if (!(c->tensors = calloc(1, sizeof *c->tensors)) || !(c->names = calloc(1, sizeof *c->names)) ||
