@@ -367,6 +367,10 @@ static int print_folder(widen_model *m, const char *path, int json, int want_has
             json_array_append_new(tl, o);
         }
         json_object_set_new(root, "files", fl);
+        json_t *left = json_array();
+        for (size_t i = 0; i < widen_model_left_out_count(m); i++)
+            json_array_append_new(left, json_string(widen_model_left_out(m, i)));
+        json_object_set_new(root, "left_out", left);
         if (!is_hash) json_object_set_new(root, "channels", notes);
         else json_decref(notes);
         json_object_set_new(root, "tensors", tl);
@@ -392,6 +396,9 @@ static int print_folder(widen_model *m, const char *path, int json, int want_has
                    widen_checkpoint_format(c), widen_tensor_count(c), (unsigned long long)widen_checkpoint_size(c),
                    want_hash ? ", XXH3-128 " : "", want_hash ? (widen_hash128_hex(file_hashes[f], hex), hex) : "");
         }
+        for (size_t i = 0; i < widen_model_left_out_count(m); i++)
+            printf("  left out: %s (weights the model is not made of: a variant, another format or index)\n",
+                   shown(widen_model_left_out(m, i), 0));
         for (size_t i = 0; i < widen_model_channel_note_count(m); i++)
             printf("  channels: %s\n", shown(widen_model_channel_note(m, i), 0));
         int wn = 4, ws = 5;
@@ -685,6 +692,23 @@ static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr)
         detected = widen_model_tensor_name(c, found[0]);
         names = &detected;
         count = 1;
+        /* the shape rule matched others that what the folder says set aside: name them */
+        size_t others = 0;
+        char list[600] = "";
+        for (size_t i = 0; i < widen_model_tensor_count(c); i++) {
+            const widen_tensor_info *t = widen_model_tensor_at(c, i, NULL);
+            int axis = (int)(a->axis < 0 ? a->axis + t->rank : a->axis);
+            if (i == found[0] || !widen_dtype_is_float(t->dtype) || t->rank < 3 || axis < 0 || axis >= t->rank ||
+                t->shape[axis] != a->from)
+                continue;
+            size_t used = strlen(list);
+            if (others++ < 4) snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", widen_model_tensor_name(c, i));
+        }
+        if (others)
+            fprintf(stderr, "widen: warning: %s: widening %s, which the folder's configs name; %zu other tensor%s %s %llu "
+                    "channels on axis %ld and %s not widened: %s%s (add -t for each to widen %s too)\n", shown(a->input, 0),
+                    shown(detected, 1), others, others == 1 ? "" : "s", others == 1 ? "has" : "have", a->from, a->axis,
+                    others == 1 ? "is" : "are", shown(list, 2), others > 4 ? ", ..." : "", others == 1 ? "it" : "them");
     }
     widen_map_entry *given = NULL;
     widen_init init = {.kind = WIDEN_INIT_FILL, .fill = {.kind = WIDEN_MAP_ZERO}};

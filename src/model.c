@@ -46,9 +46,33 @@ static int weight_family(const char *name)
     return 0;
 }
 
-/* 1 / 2 for an index of safetensors / torch shards, 3 for another *.index.json, 0 for anything else. */
+/* A variant of a model's weights, as transformers and diffusers name them: a dot inside the name
+ * before its extension ("diffusion_pytorch_model.fp16.safetensors", "model.fp16-00001-of-00002.
+ * safetensors"), which loaders read only when asked for that variant. */
+static int variant_name(const char *name)
+{
+    const char *ext = strrchr(name, '.');
+    return ext && memchr(name, '.', (size_t)(ext - name)) != NULL;
+}
+
+/* Weights in formats widen does not rewrite (TensorFlow, Flax, ONNX, GGUF, Lightning/original
+ * checkpoints): beside a widened model they would describe the old input. */
+static int foreign_weights(const char *name)
+{
+    static const char *const exts[] = {".h5", ".msgpack", ".onnx", ".onnx_data", ".gguf", ".ckpt", ".tflite",
+                                       ".mlmodel", ".keras"};
+    for (size_t i = 0; i < sizeof exts / sizeof exts[0]; i++)
+        if (ends_with(name, exts[i])) return 1;
+    return 0;
+}
+
+/* 1 / 2 for an index of safetensors / torch shards, 3 for another *.index.json, 4 for a variant's
+ * index ("model.safetensors.index.fp16.json"), 0 for anything else. */
 static int index_family(const char *name)
 {
+    const char *mid = strstr(name, ".index.");
+    if (mid && ends_with(name, ".json") && !ends_with(name, ".index.json") && strchr(mid + 7, '.') == name + strlen(name) - 5)
+        return 4;
     if (!ends_with(name, ".index.json")) return 0;
     size_t n = strlen(name) - strlen(".index.json");
     char stem[4096];
@@ -162,6 +186,7 @@ typedef struct listing {
     size_t count, cap;
     widen_dir_id *dirs; /* every folder the walk entered, links followed */
     size_t dir_count;
+    int skipped;        /* .git or .cache/huggingface was there */
 } listing;
 
 static widen_status list_folder(const char *root, const char *rel, int depth, listing *l, widen_error *err)
@@ -191,6 +216,11 @@ static widen_status list_folder(const char *root, const char *rel, int depth, li
     struct dirent *e;
     while (!st && (e = readdir(d))) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        /* a clone's history and a download's records describe the input's files, not a new model's */
+        if ((!rel[0] && strcmp(e->d_name, ".git") == 0) || (strcmp(rel, ".cache") == 0 && strcmp(e->d_name, "huggingface") == 0)) {
+            l->skipped = 1;
+            continue;
+        }
         size_t size = strlen(rel) + strlen(e->d_name) + 2;
         char *child = malloc(size);
         if (!child) {
@@ -468,14 +498,21 @@ static widen_status open_component(widen_model *m, const listing *l, const char 
     } else {
         /* no index: the weight files of one format (safetensors first, as transformers and diffusers
          * load them) */
+        int plain = 0;
         for (size_t i = lo; i < hi; i++) {
             const char *name = l->items[i].rel + skip;
             int fam = strchr(name, '/') ? 0 : weight_family(name);
             if (fam && (!family || fam < family)) family = fam;
         }
+        /* variants (fp16, non_ema) are left out where the weights themselves are there, as loaders
+         * read those by default */
         for (size_t i = lo; i < hi && family; i++) {
             const char *name = l->items[i].rel + skip;
-            if (strchr(name, '/') || weight_family(name) != family) continue;
+            plain |= !strchr(name, '/') && weight_family(name) == family && !variant_name(name);
+        }
+        for (size_t i = lo; i < hi && family; i++) {
+            const char *name = l->items[i].rel + skip;
+            if (strchr(name, '/') || weight_family(name) != family || (plain && variant_name(name))) continue;
             used[i] = 1;
             widen_status st = add_file(m, ci, l->items[i].rel, err);
             if (st) return st;
@@ -543,8 +580,9 @@ static widen_status open_folder(widen_model *m, const char *explicit_index, wide
         }
     }
     if (!st && m->file_count == 0)
-        st = widen_fail(err, WIDEN_EUSAGE, "%s: holds no weights (no *.safetensors, *.bin, *.pt or *.pth, no "
-                        "*.index.json)", m->path);
+        st = widen_fail(err, WIDEN_EUSAGE, "%s: holds no weights widen rewrites (no *.safetensors, *.bin, *.pt or "
+                        "*.pth, no *.index.json%s)", m->path,
+                        l.count ? "; a single checkpoint of another kind is read when named as a file" : "");
     widen_table components = {0};
     for (size_t c = 0; c < m->component_count && !st; c++)
         if (widen_table_put(&components, m->components[c].rel, strlen(m->components[c].rel), c, NULL) < 0)
@@ -557,7 +595,7 @@ static widen_status open_folder(widen_model *m, const char *explicit_index, wide
         size_t c;
         int in_component = !slash ? widen_table_get(&components, "", 0, &c)
                                   : !strchr(slash + 1, '/') && widen_table_get(&components, r, (size_t)(slash - r), &c);
-        int weights = in_component && (weight_family(name) || index_family(name));
+        int weights = (in_component && (weight_family(name) || index_family(name))) || foreign_weights(name);
         st = add_other(m, r, l.items[i].size, weights ? WIDEN_OTHER_LEFT_OUT : WIDEN_OTHER_COPY, err);
     }
     widen_table_free(&components);
@@ -565,6 +603,7 @@ static widen_status open_folder(widen_model *m, const char *explicit_index, wide
     free(l.items);
     m->dirs = l.dirs;
     m->dir_count = l.dir_count;
+    m->skipped_history = l.skipped;
     free(used);
     return st;
 }
@@ -612,8 +651,9 @@ size_t widen_model_declarations(const widen_model *m, size_t component, widen_ch
     const widen_model_component *c = &m->components[component];
     if (!c->config.rel) return 0;
     const widen_json *j = &c->config.json;
-    static const char *const keys[][2] = {{"num_channels", NULL}, {"vision_config", "num_channels"},
-                                          {"in_channels", NULL},  {"model_args", "in_chans"}};
+    static const char *const keys[][2] = {{"num_channels", NULL},  {"vision_config", "num_channels"},
+                                          {"in_channels", NULL},   {"model_args", "in_chans"},
+                                          {"conditioning_channels", NULL}};
     size_t n = 0;
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         size_t node = path_get(j, keys[k][0], keys[k][1]);
@@ -819,6 +859,20 @@ const char *widen_model_file_name(const widen_model *m, size_t i) { return i < m
 uint64_t widen_model_size(const widen_model *m) { return m->size; }
 size_t widen_model_tensor_count(const widen_model *m) { return m->tensor_count; }
 const char *widen_model_tensor_name(const widen_model *m, size_t i) { return i < m->tensor_count ? m->names[i] : NULL; }
+size_t widen_model_left_out_count(const widen_model *m)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->other_count; i++) n += m->others[i].kind == WIDEN_OTHER_LEFT_OUT;
+    return n;
+}
+
+const char *widen_model_left_out(const widen_model *m, size_t index)
+{
+    for (size_t i = 0; i < m->other_count; i++)
+        if (m->others[i].kind == WIDEN_OTHER_LEFT_OUT && index-- == 0) return m->others[i].rel;
+    return NULL;
+}
+
 size_t widen_model_channel_note_count(const widen_model *m) { return m->note_count; }
 const char *widen_model_channel_note(const widen_model *m, size_t i) { return i < m->note_count ? m->notes[i] : NULL; }
 

@@ -68,6 +68,7 @@ struct widen_model {
     widen_dir_id *dirs;        /* every folder the model's listing entered (links followed) */
     size_t dir_count;
     size_t json_nodes;         /* values of every document read, together */
+    int skipped_history;       /* .git or .cache/huggingface was not read (nor is it copied) */
     char **notes;              /* what configs say about channels */
     size_t note_count;
     uint64_t size;

@@ -198,7 +198,7 @@ static int mentions_channels(const char *key, size_t len)
 
 /* Keys of a config that mention channels and were not edited, listed into `out`. */
 static void other_mentions(const widen_json *j, size_t node, const char *path, const size_t *edited, size_t n_edited,
-                           char *out, size_t size, int depth)
+                           double channels, char *out, size_t size, int depth)
 {
     if (depth > 8) return;
     for (size_t c = j->nodes[node].first; c != WJ_NONE; c = j->nodes[c].next) {
@@ -208,12 +208,20 @@ static void other_mentions(const widen_json *j, size_t node, const char *path, c
         else continue;
         int skip = 0;
         for (size_t e = 0; e < n_edited; e++) skip |= edited[e] == c || (v->kind == WJ_ARRAY && edited[e] == v->first);
-        if (!skip && mentions_channels(v->key, v->key_len)) {
+        /* a count of channels equal to the layer's old one: what a reader might expect to follow */
+        if (!skip && mentions_channels(v->key, v->key_len) && v->kind == WJ_NUMBER && v->number == channels) {
             size_t used = strlen(out);
             if (used + strlen(here) + 4 < size) snprintf(out + used, size - used, "%s%s", used ? ", " : "", here);
         }
-        if (v->kind == WJ_OBJECT) other_mentions(j, c, here, edited, n_edited, out, size, depth + 1);
+        if (v->kind == WJ_OBJECT) other_mentions(j, c, here, edited, n_edited, channels, out, size, depth + 1);
     }
+}
+
+/* A transformers config (it names its model_type), which builds num_channels = 3 where it says none. */
+static int transformers_config(const widen_model_doc *d)
+{
+    size_t t = d->rel ? widen_json_get(&d->json, 0, "model_type") : WJ_NONE;
+    return t != WJ_NONE && d->json.nodes[t].kind == WJ_STRING;
 }
 
 /* The remapped tensor that is component k's input layer (timm: the first_conv's weight; otherwise a
@@ -249,8 +257,11 @@ static widen_status input_layer(const widen_model *m, size_t k, const widen_tran
         int is_input = 0;
         if (n_first) {
             for (size_t f = 0; f < n_first; f++) is_input |= strcmp(firsts[f], local) == 0;
-        } else {
+        } else if (n_decl) {
             for (size_t d = 0; d < n_decl; d++) is_input |= decls[d].value == (double)ch;
+        } else {
+            /* transformers leaves num_channels out when it is its default, 3 */
+            is_input = ch == 3 && transformers_config(&c->config);
         }
         if (!is_input) continue;
         if (input && (channels != ch || !same_map(input, edit)))
@@ -294,22 +305,24 @@ static widen_status config_edits(const widen_model *m, size_t k, const widen_tra
     if (broken && input)
         return widen_fail(err, WIDEN_EFORMAT, "%s (--no-config leaves the configs as they are)", broken->error);
     if (!input) {
-        /* no config says which layer is the input, but per-channel lists say how many channels it
-         * had: a kernel remapped along its input channels to another count leaves them stale */
+        /* no config says this layer is the input: say so, when a kernel's input channels changed
+         * count in a component that has configs (they may describe it under a name widen does not
+         * know) */
         const widen_json *pj = &c->preprocessor.json;
         size_t mean = widen_json_get(pj, 0, "image_mean");
-        for (size_t e = 0; mean != WJ_NONE && e < tr->count; e++) {
+        for (size_t e = 0; e < tr->count; e++) {
             long t = widen_model_tensor_find(m, tr->edits[e].name);
             size_t file;
             const widen_tensor_info *info = t >= 0 ? widen_model_tensor_at(m, (size_t)t, &file) : NULL;
             if (!info || m->files[file].component != k || info->rank < 3) continue;
             int axis = tr->edits[e].axis < 0 ? tr->edits[e].axis + info->rank : tr->edits[e].axis;
-            if ((axis == 1 || tr->edits[e].axis == -2) && pj->nodes[mean].kind == WJ_ARRAY &&
-                pj->nodes[mean].count == info->shape[axis] && tr->edits[e].count != info->shape[axis]) {
-                warn(o, "%spreprocessor_config.json: image_mean lists %llu channels like '%s', but no config declares "
-                     "the input layer: left as it is", c->prefix, (unsigned long long)info->shape[axis], tr->edits[e].name);
-                break;
-            }
+            if ((axis != 1 && tr->edits[e].axis != -2) || tr->edits[e].count == info->shape[axis]) continue;
+            int stale_list = mean != WJ_NONE && pj->nodes[mean].kind == WJ_ARRAY && pj->nodes[mean].count == info->shape[axis];
+            warn(o, "%s: its input channels changed, but no config of %s declares %llu input channels: the configs "
+                 "are left as they are; check them%s", tr->edits[e].name, *c->rel ? c->rel : "the folder",
+                 (unsigned long long)info->shape[axis], stale_list ? " (preprocessor_config.json's image_mean lists the "
+                 "old channels)" : "");
+            break;
         }
         return st;
     }
@@ -331,10 +344,16 @@ static widen_status config_edits(const widen_model *m, size_t k, const widen_tra
             if (n != channels)
                 widen_json_replace(cfg, j->nodes[decls[d].node].start, j->nodes[decls[d].node].end, count_text);
             edited[n_edited++] = decls[d].node;
-        } else {
-            warn(o, "%sconfig.json: %s is %g, but the input layer '%s' had %llu channels: left as it is", c->prefix,
-                 decls[d].path, decls[d].value, input_name, (unsigned long long)channels);
         }
+    }
+    if (!n_decl && n != channels && transformers_config(&c->config) &&
+        widen_json_get(j, 0, "pretrained_cfg") == WJ_NONE) {
+        /* the default left out: say it, where transformers reads it (vision_config for CLIP and the like) */
+        size_t vision = widen_json_get(j, 0, "vision_config");
+        if (vision != WJ_NONE && j->nodes[vision].kind == WJ_OBJECT) insert_member(j, vision, "num_channels", count_text, cfg);
+        else insert_member(j, 0, "num_channels", count_text, cfg);
+        warn(o, "%sconfig.json declares no num_channels (transformers' default, 3): added \"num_channels\": %s%s",
+             c->prefix, count_text, vision != WJ_NONE ? " to vision_config" : "");
     }
     size_t pretrained = c->config.rel ? widen_json_get(j, 0, "pretrained_cfg") : WJ_NONE;
     if (n != channels && pretrained != WJ_NONE &&
@@ -377,7 +396,7 @@ static widen_status config_edits(const widen_model *m, size_t k, const widen_tra
                  stats[s][1], (unsigned long long)channels);
     }
     char mentions[600] = "";
-    if (c->config.rel) other_mentions(j, 0, "", edited, n_edited, mentions, sizeof mentions, 0);
+    if (c->config.rel) other_mentions(j, 0, "", edited, n_edited, (double)channels, mentions, sizeof mentions, 0);
     if (mentions[0]) warn(o, "%sconfig.json: %s mention%s channels and %s left as %s", c->prefix, mentions,
                           strchr(mentions, ',') ? "" : "s", strchr(mentions, ',') ? "are" : "is",
                           strchr(mentions, ',') ? "they are" : "it is");
@@ -459,6 +478,19 @@ static widen_status plan_build(const widen_model *m, const widen_transform *tr, 
         }
         widen_json_edits cfg = {0}, pre = {0};
         if (!st && !(o && o->no_config)) st = config_edits(m, k, tr, o, &cfg, &pre, err);
+        if (!st && !(o && o->no_config) && tr->cast && c->config.rel) {
+            /* transformers' torch_dtype names the weights' dtype */
+            const widen_json *j = &c->config.json;
+            size_t dt = widen_json_get(j, 0, "torch_dtype");
+            const char *now = tr->cast_to == WIDEN_F32 ? "float32" : tr->cast_to == WIDEN_F16 ? "float16" : "bfloat16";
+            if (dt != WJ_NONE && j->nodes[dt].kind == WJ_STRING && strcmp(j->nodes[dt].str, now) != 0 &&
+                (strcmp(j->nodes[dt].str, "float32") == 0 || strcmp(j->nodes[dt].str, "float16") == 0 ||
+                 strcmp(j->nodes[dt].str, "bfloat16") == 0)) {
+                char quoted[16];
+                snprintf(quoted, sizeof quoted, "\"%s\"", now);
+                widen_json_replace(&cfg, j->nodes[dt].start, j->nodes[dt].end, quoted);
+            }
+        }
         const widen_model_doc *docs[2] = {&c->config, &c->preprocessor};
         widen_json_edits *edits[2] = {&cfg, &pre};
         for (int d = 0; d < 2 && !st; d++) {
@@ -475,7 +507,8 @@ static widen_status plan_build(const widen_model *m, const widen_transform *tr, 
         widen_json_edits_free(&pre);
     }
     size_t left_out = 0;
-    const char *example = NULL;
+    widen_text names = {0}, trainer = {0};
+    int changes = tr->count || tr->cast;
     for (size_t i = 0; i < m->other_count && !st; i++) {
         const widen_model_other *x = &m->others[i];
         int document = 0;
@@ -487,15 +520,32 @@ static widen_status plan_build(const widen_model *m, const widen_transform *tr, 
         }
         if (document) continue;
         if (x->kind == WIDEN_OTHER_LEFT_OUT) {
-            if (!left_out++) example = x->rel;
+            if (left_out++ < 6) {
+                widen_text_puts(&names, left_out > 1 ? ", " : "");
+                widen_text_puts(&names, left_out > 5 ? "..." : x->rel);
+            }
             continue;
+        }
+        const char *base = strrchr(x->rel, '/') ? strrchr(x->rel, '/') + 1 : x->rel;
+        if (changes && (strcmp(base, "optimizer.pt") == 0 || strcmp(base, "scheduler.pt") == 0 ||
+                        strcmp(base, "scaler.pt") == 0)) {
+            widen_text_puts(&trainer, trainer.len ? ", " : "");
+            widen_text_puts(&trainer, x->rel);
         }
         if (!plan_add(p, PLAN_COPY, x->rel, x->rel)) st = widen_fail(err, WIDEN_EIO, "out of memory");
     }
     if (!st && left_out)
-        warn(o, "%s: %zu weight file%s the model is not made of (%s%s: another format or index of it) %s left out: "
-             "copied unchanged, %s would no longer match", m->path, left_out, left_out == 1 ? "" : "s", example,
-             left_out > 1 ? ", ..." : "", left_out == 1 ? "is" : "are", left_out == 1 ? "it" : "they");
+        warn(o, "%s: not in the output: %zu weight file%s the model is not made of (variants, other formats, another "
+             "index), which would no longer match it: %s", m->path, left_out, left_out == 1 ? "" : "s",
+             names.data ? names.data : "");
+    if (!st && m->skipped_history)
+        warn(o, "%s: not in the output: .git and .cache/huggingface (the history and download records of the input's "
+             "files)", m->path);
+    if (!st && trainer.len)
+        warn(o, "%s: copied as they are, with the optimizer's state for the old shapes: %s (a training run resumed "
+             "from them needs that state widened too, or removed)", m->path, trainer.data);
+    free(names.data);
+    free(trainer.data);
     if (!st) {
         qsort(p->files, p->count, sizeof *p->files, by_out_rel);
         for (size_t i = 1; i < p->count && !st; i++)
@@ -766,6 +816,13 @@ static widen_status check_folder_target(const widen_model *m, const char *output
     if (lstat(output, &s) == 0)
         return widen_fail(err, WIDEN_EUSAGE, "%s: exists; a model folder is written to a new folder (widen does not "
                           "replace or merge folders: remove it first)", output);
+    static const char *const files[] = {".safetensors", ".pt", ".pth", ".bin", ".json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        size_t n = strlen(output), k = strlen(files[i]);
+        if (n > k && strcmp(output + n - k, files[i]) == 0)
+            return widen_fail(err, WIDEN_EUSAGE, "%s: a model folder is written to a folder, and this names a file; "
+                              "to write one file, name one of the folder's files as the input", output);
+    }
     char *parent = parent_of(output), *mparent = o->manifest_path ? parent_of(o->manifest_path) : NULL;
     widen_status st = WIDEN_OK;
     if (!parent || (o->manifest_path && !mparent)) st = widen_fail(err, WIDEN_EIO, "out of memory");
@@ -824,6 +881,12 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
         return widen_fail(err, WIDEN_EUSAGE, "nothing to do: no tensor is remapped, nothing is cast, and the format "
                           "stays the same");
     }
+    int unrecorded = 0;
+    for (size_t i = 0; i < p.count; i++)
+        unrecorded |= p.files[i].op == PLAN_REWRITE && strcmp(p.files[i].format, "pt") == 0;
+    if (unrecorded && !options->manifest_path)
+        warn(options, "%s: its .bin/.pt files have no place to record the transform: verify will need a manifest "
+             "(pass --manifest FILE)", output);
     widen_temp_folder tf = {.slot = -1};
     widen_temp_file man = {.fd = -1, .slot = -1};
     widen_text tensors = {0};

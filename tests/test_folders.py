@@ -181,7 +181,7 @@ def test_diffusers_unet_4_to_9_for_inpainting(tmp_path):
     src, out = tmp_path / "pipe", tmp_path / "inpaint"
     unet, vae = folders.diffusers_pipeline(str(src))
     r = run("apply", src, "-o", out, "--from", "4", "--map", "0,1,2,3,zero,zero,zero,zero,zero", check=0)
-    assert "out_channels" in r.stderr and "block_out_channels" in r.stderr  # reported, not guessed
+    assert "out_channels" in r.stderr and "block_out_channels" not in r.stderr  # a count of 4 reported, not guessed
     assert tree(out) == tree(src)
     for f in tree(src):
         if f not in ("unet/diffusion_pytorch_model.safetensors", "unet/config.json"):
@@ -630,7 +630,7 @@ def test_notes_stay_utf8_and_stale_lists_are_reported(tmp_path):
     src = vit(tmp_path)
     os.remove(src / "config.json")
     r = run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
-    assert "preprocessor_config.json" in r.stderr and "left as it is" in r.stderr
+    assert "preprocessor_config.json" in r.stderr and "left as they are" in r.stderr
 
 
 def test_no_edit_where_nothing_changes_and_edits_in_the_files_layout(tmp_path):
@@ -647,3 +647,88 @@ def test_no_edit_where_nothing_changes_and_edits_in_the_files_layout(tmp_path):
     assert run("apply", t, "-o", tmp_path / "x", "--to", "4", "--no-config", "--norm-fill", "0.5:0.5").returncode == 2
     for bad in ("0x1p-1:0.5", " 0.5:0.5", "0.5:", "nan:1", "1:inf", "0.5"):
         assert run("apply", t, "-o", tmp_path / "x", "--to", "4", "--norm-fill", bad).returncode == 2, bad
+
+
+# ------------------------------------------------------------------------------------------------
+# real-world layouts (a third review)
+
+
+def test_variants_and_foreign_weights_are_left_out(tmp_path):
+    src, out = tmp_path / "sd", tmp_path / "out"
+    unet, _ = folders.diffusers_pipeline(str(src))
+    for variant in ("fp16", "non_ema"):  # as runwayml/stable-diffusion-v1-5 ships them
+        shutil.copy(src / "unet/diffusion_pytorch_model.safetensors", src / f"unet/diffusion_pytorch_model.{variant}.safetensors")
+    for name in ("v1-5-pruned-emaonly.ckpt", "text_encoder/tf_model.h5", "text_encoder/flax_model.msgpack",
+                 "onnx/unet/model.onnx"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"weights of another kind")
+    (src / ".git" / "lfs").mkdir(parents=True)
+    (src / ".git" / "lfs" / "object").write_bytes(b"a second copy")
+    (src / ".cache" / "huggingface").mkdir(parents=True)
+    (src / ".cache" / "huggingface" / "x.metadata").write_text("etag")
+    doc = json.loads(run("inspect", src, "--json", check=0).stdout)
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in doc["left_out"] and "onnx/unet/model.onnx" in doc["left_out"]
+    r = run("apply", src, "-o", out, "-t", "unet/conv_in.weight", "--map", "0,1,2,3,zero,zero,zero,zero,zero", check=0)
+    assert "not in the output" in r.stderr and ".git" in r.stderr
+    left = set(doc["left_out"]) | {".git/lfs/object", ".cache/huggingface/x.metadata"}
+    assert set(tree(out)) == set(tree(src)) - left
+    assert run("verify", src, out).returncode == 0
+
+
+def test_variant_index_and_shards_left_out(tmp_path):
+    src = vit(tmp_path)
+    for f in tree(src):
+        if f.startswith("model-"):
+            shutil.copy(src / f, src / f.replace("model-", "model.fp16-"))
+    index = json.load(open(src / "model.safetensors.index.json"))
+    index["weight_map"] = {k: v.replace("model-", "model.fp16-") for k, v in index["weight_map"].items()}
+    folders.dump_hf(src / "model.safetensors.index.fp16.json", index)
+    run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
+    assert not [f for f in tree(tmp_path / "out") if "fp16" in f]
+    assert run("verify", src, tmp_path / "out").returncode == 0
+
+
+def test_defaults_left_out_of_a_transformers_config_are_added(tmp_path):
+    src = vit(tmp_path)
+    # recent transformers drops nested values equal to their defaults (SigLIP, CLIP)
+    cfg = {"architectures": ["SiglipModel"], "model_type": "siglip",
+           "text_config": {"model_type": "siglip_text_model"},
+           "vision_config": {"model_type": "siglip_vision_model", "patch_size": 4}}
+    folders.dump_hf(src / "config.json", cfg)
+    r = run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
+    assert "num_channels" in r.stderr
+    got = json.load(open(tmp_path / "out" / "config.json"))
+    assert got == dict(cfg, vision_config=dict(cfg["vision_config"], num_channels=4))
+    assert json.load(open(tmp_path / "out" / "preprocessor_config.json"))["image_mean"] == [0.5] * 4
+    assert run("verify", src, tmp_path / "out").returncode == 0
+
+
+def test_controlnet_conditioning_channels_follow(tmp_path):
+    src = tmp_path / "controlnet"
+    src.mkdir()
+    g = np.random.default_rng(4)
+    w = {"conv_in.weight": g.standard_normal((32, 4, 3, 3)).astype(np.float32),
+         "controlnet_cond_embedding.conv_in.weight": g.standard_normal((16, 3, 3, 3)).astype(np.float32)}
+    reference.save(src / "diffusion_pytorch_model.safetensors", {k: ("F32", v) for k, v in w.items()})
+    folders.dump_hf(src / "config.json", {"_class_name": "ControlNetModel", "conditioning_channels": 3, "in_channels": 4})
+    run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
+    got = json.load(open(tmp_path / "out" / "config.json"))
+    assert got["conditioning_channels"] == 4 and got["in_channels"] == 4
+    assert run("verify", src, tmp_path / "out").returncode == 0
+
+
+def test_cast_follows_torch_dtype_and_outputs_named_like_files_refused(tmp_path):
+    src = vit(tmp_path)
+    run("apply", src, "-o", tmp_path / "half", "--cast", "f16", check=0)
+    assert json.load(open(tmp_path / "half" / "config.json"))["torch_dtype"] == "float16"
+    assert run("verify", src, tmp_path / "half").returncode == 0
+    r = run("apply", src, "-o", tmp_path / "one.safetensors", "--to", "4")
+    assert r.returncode == 2 and not (tmp_path / "one.safetensors").exists()
+
+
+def test_trainer_state_is_named(tmp_path):
+    src = vit(tmp_path)
+    (src / "optimizer.pt").write_bytes(b"optimizer state")
+    r = run("apply", src, "-o", tmp_path / "out", "--to", "4", check=0)
+    assert "optimizer.pt" in r.stderr
+    assert filecmp.cmp(src / "optimizer.pt", tmp_path / "out" / "optimizer.pt", False)

@@ -360,6 +360,11 @@ long widen_model_tensor_find(const widen_model *model, const char *name);
  * model tensor indices and returns how many there are in all. */
 size_t widen_model_find_candidates(const widen_model *model, int axis, uint64_t from, size_t *indices, size_t max);
 
+/* Weight files of a folder that its model is not made of (variants, other formats, another index):
+ * an apply leaves them out of its output. */
+size_t widen_model_left_out_count(const widen_model *model);
+const char *widen_model_left_out(const widen_model *model, size_t index);
+
 /* What the configs of a folder say about input channels, one line each ("config.json: num_channels
  * = 3"). */
 size_t widen_model_channel_note_count(const widen_model *model);
