@@ -104,7 +104,8 @@ static const char usage_apply[] =
     "  -t, --tensor NAME     tensor to transform (repeatable); without -t, the unique floating-point\n"
     "                        tensor of rank >= 3 whose size along --axis is --from\n"
     "  --from C              channel count auto-detection looks for (default 3)\n"
-    "  --axis A              channel axis (default 1; negative counts from the end)\n"
+    "  --axis A              channel axis (default 1, and -2 for an .npz: JAX/Flax HWIO kernels;\n"
+    "                        negative counts from the end)\n"
     "\n"
     "transform (--to or --map, both if they agree on N; and/or --cast; none for a plain --format\n"
     "conversion):\n"
@@ -566,7 +567,7 @@ typedef struct apply_args {
     size_t ntensors;
     unsigned long long from, to, at, threads;
     long axis;
-    int have_to, have_at, progress, fsync, force, no_config, norm_fill;
+    int have_to, have_at, have_axis, progress, fsync, force, no_config, norm_fill;
     double norm_mean, norm_std;
 } apply_args;
 
@@ -622,6 +623,7 @@ static int parse_apply(int argc, char **argv, apply_args *a)
         case OPT_FROM: rc = parse_uint(optarg, "--from", UINT32_MAX, &a->from); break;
         case OPT_AXIS: {
             char *end;
+            a->have_axis = 1;
             a->axis = strtol(optarg, &end, 10);
             if (!*optarg || *end || a->axis < -WIDEN_MAX_RANK || a->axis >= WIDEN_MAX_RANK)
                 rc = fail(WIDEN_EUSAGE, "--axis: '%s' is not an axis", optarg);
@@ -780,6 +782,9 @@ static int cmd_apply(int argc, char **argv)
         else if (widen_transform_set_cast(tr, to, &err)) rc = fail_err(&err);
     }
     if (!rc && widen_model_open(a.input, &c, &err)) rc = fail_err(&err);
+    /* JAX/Flax kernels (HWIO) come as .npz: their input channels are axis -2 */
+    if (!rc && !a.have_axis && !widen_model_is_folder(c) && strcmp(widen_checkpoint_format(widen_model_file(c, 0)), "npz") == 0)
+        a.axis = -2;
     if (!rc && (a.have_to || a.map)) rc = build_maps(&a, c, tr);
     if (!rc) {
         widen_apply_options o;

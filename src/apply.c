@@ -548,8 +548,8 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
         if (same) return widen_fail(err, WIDEN_EUSAGE, "%s: the manifest and the output are the same file", output);
     }
     const char *format = output_format(options->format, output, ckpt->format);
-    if (strcmp(format, "npy") == 0)
-        return widen_fail(err, WIDEN_EUSAGE, "%s: widen does not write .npy files yet: name a .safetensors or .pt "
+    if (strcmp(format, "npy") == 0 || strcmp(format, "npz") == 0)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: widen does not write NumPy files yet: name a .safetensors or .pt "
                           "output, or pass --format", output);
     if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0)
         return widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors or pt", format);

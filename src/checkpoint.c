@@ -52,6 +52,14 @@ static const char *unsupported_kind(const unsigned char *p, uint64_t size, char 
     return NULL;
 }
 
+/* np.savez's archives begin with a member "NAME.npy"; torch.save's with "archive/data.pkl". */
+static int first_member_is_npy(const unsigned char *p, uint64_t size)
+{
+    if (size < 30) return 0;
+    uint64_t n = (uint64_t)p[26] | (uint64_t)p[27] << 8;
+    return n > 4 && 30 + n <= size && memcmp(p + 30 + n - 4, ".npy", 4) == 0;
+}
+
 widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *err)
 {
     *out = NULL;
@@ -98,7 +106,10 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
         st = widen_fail(err, WIDEN_EFORMAT, "%s: this is %s", path, kind);
         goto fail;
     }
-    if (c->size >= 4 && memcmp(c->map, "PK\x03\x04", 4) == 0) {
+    if (c->size >= 4 && memcmp(c->map, "PK\x03\x04", 4) == 0 && first_member_is_npy(c->map, c->size)) {
+        c->format = "npz";
+        st = widen_npz_read(c, err);
+    } else if (c->size >= 4 && memcmp(c->map, "PK\x03\x04", 4) == 0) {
         c->format = "pt";
         st = widen_torch_read(c, err);
     } else if (c->size >= 6 && memcmp(c->map, "\x93NUMPY", 6) == 0) {

@@ -147,3 +147,61 @@ def test_damaged_files_refused(tmp_path, damage):
     r = run("inspect", tmp_path / "d.npy")
     assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
     assert numpy_reads(tmp_path / "d.npy") is None or damage == "trailing"  # np.load ignores trailing bytes
+
+
+# ------------------------------------------------------------------------------------------------
+# .npz archives of stored members (np.savez); JAX/Flax kernels are HWIO
+
+
+def conv_hwio(x, k):
+    """NHWC input, HWIO kernel, valid padding: computed in NumPy, in float64."""
+    win = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), k.shape[:2], axis=(1, 2))
+    return np.einsum("nyxchw,hwco->nyxo", win, k.astype(np.float64))
+
+
+def test_jax_style_npz_widened_on_its_input_axis(tmp_path):
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(3)
+    arrays = {"params/conv1/kernel": g.standard_normal((7, 7, 3, 64)).astype(np.float32),
+              "params/conv1/bias": g.standard_normal(64).astype(np.float32),
+              "params/head/kernel": g.standard_normal((64, 10)).astype(np.float32)}
+    np.savez(tmp_path / "flax.npz", **arrays)
+    doc = json.loads(run("inspect", tmp_path / "flax.npz", "--json", check=0).stdout)
+    assert doc["format"] == "npz" and sorted(t["name"] for t in doc["tensors"]) == sorted(arrays)
+    # no --axis: an .npz's kernels are HWIO, input channels on axis -2
+    run("apply", tmp_path / "flax.npz", "-o", tmp_path / "w.safetensors", "--to", "4", check=0)
+    _, tensors, _, _ = reference.load(tmp_path / "w.safetensors")
+    k4 = tensors["params/conv1/kernel"][1]
+    assert k4.shape == (7, 7, 4, 64)
+    x = g.standard_normal((2, 12, 12, 4)).astype(np.float32)
+    err = np.abs(conv_hwio(x, k4) - conv_hwio(x[..., :3], arrays["params/conv1/kernel"])).max()
+    assert err == 0.0
+    for name in ("params/conv1/bias", "params/head/kernel"):
+        assert np.array_equal(tensors[name][1], arrays[name])
+    assert run("verify", tmp_path / "flax.npz", tmp_path / "w.safetensors").returncode == 0
+    run("apply", tmp_path / "flax.npz", "-o", tmp_path / "w.pt", "--manifest", tmp_path / "m.json", check=0)
+    back = torch.load(tmp_path / "w.pt")
+    assert all(np.array_equal(back[n].numpy(), a) for n, a in arrays.items())
+    assert run("verify", tmp_path / "flax.npz", tmp_path / "w.pt", "--manifest", tmp_path / "m.json").returncode == 0
+
+
+@pytest.mark.parametrize("case", ["compressed", "object", "not_npy", "pickle_member", "truncated_member"])
+def test_hostile_or_unread_npz_refused(tmp_path, case):
+    import zipfile
+    path = tmp_path / "x.npz"
+    if case == "compressed":
+        np.savez_compressed(path, a=np.ones(3))
+    elif case == "object":
+        np.savez(path, a=np.array([1, "x"], dtype=object))
+    else:
+        np.savez(path, a=np.ones((2, 3), np.float32))
+        with zipfile.ZipFile(path, "a") as z:
+            if case == "not_npy":
+                z.writestr("notes.txt", "hello")
+            elif case == "pickle_member":
+                z.writestr("b.npy", b"\x80\x02cos\nsystem\nq\x00.")
+            else:
+                z.writestr("c.npy", npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }")[:-8])
+    r = run("inspect", path)
+    assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+    assert not list(tmp_path.glob(".*widen*"))

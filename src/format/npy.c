@@ -224,3 +224,69 @@ widen_status widen_npy_read(widen_checkpoint *c, widen_error *err)
     c->logical_bytes = h.nbytes;
     return WIDEN_OK;
 }
+
+/* ---------------------------------------------------------------------------------------------- */
+/* .npz: a zip of .npy members (np.savez stores them, np.savez_compressed deflates them)           */
+
+static void npz_forget(void *user, uint64_t offset, uint64_t len)
+{
+    widen_release(user, offset, len);
+}
+
+static int by_offset(const void *a, const void *b)
+{
+    const widen_tensor_info *x = a, *y = b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* The archive's directory is needed only here: the tensors' offsets are all the rest reads (a
+ * checkpoint's format state is a torch graph, which a .pt output synthesizes). */
+static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, widen_error *err);
+
+widen_status widen_npz_read(widen_checkpoint *c, widen_error *err)
+{
+    widen_zip zip = {0};
+    widen_status st = widen_zip_read(c->map, c->size, c->path, &zip, npz_forget, c, err);
+    if (!st) st = npz_members(c, &zip, err);
+    widen_zip_free(&zip);
+    return st;
+}
+
+static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, widen_error *err)
+{
+    widen_status st = WIDEN_OK;
+    if (!(c->tensors = calloc(zip->count + 1, sizeof *c->tensors)) || !(c->names = calloc(zip->count + 1, sizeof *c->names)))
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    for (size_t i = 0; i < zip->count; i++) {
+        const widen_zip_entry *e = &zip->entries[i];
+        size_t len = strlen(e->name);
+        /* np.load hands a member that is not .npy back as bytes: not an array widen can carry */
+        if (len <= 4 || strcmp(e->name + len - 4, ".npy") != 0 || e->directory)
+            return widen_fail(err, WIDEN_EFORMAT, "%s: member '%s' of the .npz archive is not a .npy array", c->path, e->name);
+        if (e->method != 0)
+            return widen_fail(err, WIDEN_EFORMAT, "%s: member '%s' is compressed (np.savez_compressed), which widen does "
+                              "not read yet: save it with np.savez", c->path, e->name);
+        char what[700];
+        snprintf(what, sizeof what, "%s: member '%.500s'", c->path, e->name);
+        widen_npy_header h;
+        if ((st = widen_npy_parse_header(c->map + e->data_offset, e->size, what, &h, err))) return st;
+        if (h.column_major || h.big_endian)
+            return widen_fail(err, WIDEN_EFORMAT, "%s: a %s array, which widen does not read yet", what,
+                              h.big_endian ? "big-endian" : "Fortran-order");
+        if (h.nbytes != e->size - h.data_offset)
+            return widen_fail(err, WIDEN_EFORMAT, "%s: its header describes %llu bytes of data, the member holds %llu", what,
+                              (unsigned long long)h.nbytes, (unsigned long long)(e->size - h.data_offset));
+        if (!(c->names[c->count] = strndup(e->name, len - 4))) return widen_fail(err, WIDEN_EIO, "out of memory");
+        widen_tensor_info *t = &c->tensors[c->count++];
+        t->name = c->names[c->count - 1];
+        t->dtype = h.dtype;
+        t->rank = h.rank;
+        memcpy(t->shape, h.shape, sizeof h.shape);
+        t->offset = e->data_offset + h.data_offset;
+        t->nbytes = h.nbytes;
+        c->logical_bytes += h.nbytes;
+    }
+    /* file order; the names stay with their tensors */
+    if (c->count) qsort(c->tensors, c->count, sizeof *c->tensors, by_offset);
+    return WIDEN_OK;
+}

@@ -3,6 +3,7 @@
 #define WIDEN_NPY_H
 
 #include "../internal.h"
+#include "zip.h"
 
 /* The name a .npy file's array gets (NumPy's files hold one array and no name). */
 #define WIDEN_NPY_NAME "array"
@@ -25,5 +26,9 @@ widen_status widen_npy_parse_header(const unsigned char *data, uint64_t size, co
 
 /* Fills the checkpoint's one tensor from the mapped file. */
 widen_status widen_npy_read(widen_checkpoint *c, widen_error *err);
+
+/* An .npz archive of stored .npy members: a tensor each, named as the member less ".npy"
+ * ("params/conv1/kernel"). Compressed members are refused for now. */
+widen_status widen_npz_read(widen_checkpoint *c, widen_error *err);
 
 #endif

@@ -73,6 +73,9 @@ def main():
         data = io.BytesIO()
         np.lib.format.write_array(data, array, version=version)
         out("npy", f"npy{i}", data.getvalue())
+    data = io.BytesIO()
+    np.savez(data, **{"params/conv/kernel": np.ones((3, 3, 3, 2), np.float32), "b": np.zeros(2, np.float16)})
+    out("npy", "npz0", data.getvalue())
     for i, text in enumerate(["0,1,2,zero", "2,1,0", "0*0.5,mean,sum,normal:0.1:3,const:1", "timm", "cyclic",
                               "normal:0.5:7", "copy:2", "const:-1e-3", "mean", "zeros"]):
         out("map", f"map{i}", text.encode())
