@@ -525,6 +525,18 @@ static uint64_t tensor_elements(int rank, const uint64_t *shape)
     return n;
 }
 
+void widen_apply_record_sizes(widen_apply_record *record, const widen_plan *plan)
+{
+    for (size_t i = 0; i < plan->count; i++) {
+        const widen_plan_tensor *p = &plan->tensors[i];
+        uint64_t in_n = tensor_elements(p->in->rank, p->in->shape), out_n = tensor_elements(p->rank, p->shape);
+        record->in_elements += in_n;
+        record->out_elements += out_n;
+        record->in_bytes += in_n * widen_dtype_bits(p->in->dtype) / 8;
+        record->out_bytes += out_n * widen_dtype_bits(p->dtype) / 8;
+    }
+}
+
 widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
                               const widen_apply_options *options, widen_apply_record *record, widen_error *err)
 {
@@ -592,13 +604,9 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
         if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; no output written", output);
         goto done;
     }
+    if (record) widen_apply_record_sizes(record, &plan);
     for (size_t i = 0; record && i < plan.count; i++) {
         const widen_plan_tensor *p = &plan.tensors[i];
-        uint64_t in_n = tensor_elements(p->in->rank, p->in->shape), out_n = tensor_elements(p->rank, p->shape);
-        record->in_elements += in_n;
-        record->out_elements += out_n;
-        record->in_bytes += in_n * widen_dtype_bits(p->in->dtype) / 8;
-        record->out_bytes += out_n * widen_dtype_bits(p->dtype) / 8;
         if (record->tensors) {
             widen_text_puts(record->tensors, (*record->entries)++ ? ",\n    " : "\n    ");
             widen_manifest_tensor(record->tensors, p, record->prefix, record->file);

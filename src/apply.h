@@ -19,6 +19,10 @@ typedef struct widen_apply_record {
     uint64_t in_elements, out_elements;
 } widen_apply_record;
 
+/* Adds the plan's tensor sizes, before and after, to the record (what apply counts as it writes,
+ * and verify as it replays). */
+void widen_apply_record_sizes(widen_apply_record *record, const widen_plan *plan);
+
 widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
                               const widen_apply_options *options, widen_apply_record *record, widen_error *err);
 
@@ -28,10 +32,10 @@ json_t *widen_manifest_load(const char *path, widen_error *err);
 
 /* Verifies one output file against its input with `transform`, whose JSON a safetensors output must
  * record as `provenance`; `manifest` (an object with "tensors", or NULL) is checked too. Adds to the
- * report (differences counted from what it held). */
+ * report (differences counted from what it held), and the plan's sizes to `record` (or NULL). */
 widen_status widen_verify_run(const char *input, const char *output, const widen_transform *transform,
                               const char *provenance, json_t *manifest, const char *manifest_name,
-                              widen_verify_report *report, widen_error *err);
+                              widen_apply_record *record, widen_verify_report *report, widen_error *err);
 
 /* Counts a difference in the report, and keeps the first one's message (escaped). */
 void widen_verify_difference(widen_verify_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -658,7 +658,7 @@ size_t widen_model_declarations(const widen_model *m, size_t component, widen_ch
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         size_t node = path_get(j, keys[k][0], keys[k][1]);
         if (node == WJ_NONE || j->nodes[node].kind != WJ_NUMBER || n >= max) continue;
-        out[n] = (widen_channel_decl){.file = "config.json", .node = node, .value = j->nodes[node].number};
+        out[n] = (widen_channel_decl){.node = node, .value = j->nodes[node].number};
         snprintf(out[n].path, sizeof out[n].path, "%s%s%s", keys[k][0], keys[k][1] ? "." : "", keys[k][1] ? keys[k][1] : "");
         n++;
     }
@@ -668,7 +668,7 @@ size_t widen_model_declarations(const widen_model *m, size_t component, widen_ch
         if (node == WJ_NONE || j->nodes[node].kind != WJ_ARRAY || !j->nodes[node].count || n >= max) continue;
         size_t first = j->nodes[node].first;
         if (j->nodes[first].kind != WJ_NUMBER) continue;
-        out[n] = (widen_channel_decl){.file = "config.json", .node = first, .value = j->nodes[first].number};
+        out[n] = (widen_channel_decl){.node = first, .value = j->nodes[first].number};
         snprintf(out[n].path, sizeof out[n].path, "pretrained_cfg.%s[0]", sizes[s]);
         n++;
     }

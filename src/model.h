@@ -80,7 +80,6 @@ size_t widen_model_local_index(const widen_model *m, size_t tensor);
 /* The configs' channel declarations of component k: the timm first layers (names without the
  * prefix, ".weight" added) and the counts config.json declares. */
 typedef struct widen_channel_decl {
-    const char *file;  /* "config.json" */
     char path[96];     /* "num_channels", "vision_config.num_channels", "in_channels", "pretrained_cfg.input_size[0]" */
     size_t node;       /* in the config's parse */
     double value;

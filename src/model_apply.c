@@ -1360,29 +1360,11 @@ static widen_status verify_folder(const char *input, const char *output, const c
                 json_t *share = manifest ? manifest_share(manifest, pf->out_rel, in->components[part->component].prefix) : NULL;
                 if (!provenance) st = widen_fail(err, WIDEN_EIO, "out of memory");
                 else {
-                    widen_status s = widen_verify_run(from, to, pf->share, provenance, share, manifest_path, r, err);
+                    /* the sizes the index needs, as apply counted them */
+                    widen_status s = widen_verify_run(from, to, pf->share, provenance, share, manifest_path, &pf->record,
+                                                      r, err);
                     if (s != WIDEN_OK && s != WIDEN_DIFFERENT) st = s;
                 }
-                /* the sizes the index needs, as apply counted them */
-                for (size_t t = 0; t < part->ckpt->count; t++) {
-                    const widen_tensor_info *x = &part->ckpt->tensors[t];
-                    uint64_t n = 1;
-                    for (int d = 0; d < x->rank; d++) n *= x->shape[d];
-                    pf->record.in_elements += n;
-                    pf->record.in_bytes += n * widen_dtype_bits(x->dtype) / 8;
-                }
-                widen_checkpoint *o = NULL;
-                widen_error ignored;
-                if (!st && widen_open(to, &o, &ignored) == WIDEN_OK) {
-                    for (size_t t = 0; t < o->count; t++) {
-                        const widen_tensor_info *x = &o->tensors[t];
-                        uint64_t n = 1;
-                        for (int d = 0; d < x->rank; d++) n *= x->shape[d];
-                        pf->record.out_elements += n;
-                        pf->record.out_bytes += n * widen_dtype_bits(x->dtype) / 8;
-                    }
-                }
-                widen_close(o);
                 json_decref(share);
                 free(provenance);
             } else {

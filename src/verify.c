@@ -514,7 +514,8 @@ static json_t *load_manifest(const char *path, widen_error *err)
 }
 
 widen_status widen_verify_run(const char *input, const char *output, const widen_transform *tr, const char *provenance,
-                              json_t *manifest, const char *manifest_name, widen_verify_report *report, widen_error *err)
+                              json_t *manifest, const char *manifest_name, widen_apply_record *record,
+                              widen_verify_report *report, widen_error *err)
 {
     verifier v = {.report = report, .err = err, .tr = tr};
     widen_torch_layout layout = {0};
@@ -534,6 +535,7 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
     }
     for (size_t i = 0; i < v.plan.count; i++) report->transformed += v.plan.tensors[i].op != WIDEN_OP_COPY;
     report->tensors += v.plan.count;
+    if (record) widen_apply_record_sizes(record, &v.plan);
     int to_pt = strcmp(v.out->format, "pt") == 0;
     /* 1. structure */
     compare_tensors(&v);
@@ -619,7 +621,7 @@ widen_status widen_verify(const char *input, const char *output, const char *man
         }
         widen_close(out);
     }
-    if (!st) st = widen_verify_run(input, output, tr, provenance, manifest, manifest_path, report, err);
+    if (!st) st = widen_verify_run(input, output, tr, provenance, manifest, manifest_path, NULL, report, err);
     free(provenance);
     widen_transform_free(tr);
     json_decref(manifest);
