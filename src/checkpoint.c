@@ -10,6 +10,7 @@
 
 #include "internal.h"
 #include "format/npy.h"
+#include "format/torch.h"
 
 /* The LONG1 that begins a legacy torch.save file: torch's magic number 0x1950a86a20f9469cfc6c. */
 static const unsigned char legacy_magic[] = {0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
@@ -25,16 +26,18 @@ static int plausible_safetensors(const unsigned char *p, uint64_t size)
     return n <= size - 8 && (p[8] == '{' || p[8] == ' ' || p[8] == '\t' || p[8] == '\n' || p[8] == '\r');
 }
 
+/* A legacy torch.save file: a pickle (protocol 2 to 5) whose first value is torch's magic number. */
+static int legacy_torch(const unsigned char *p, uint64_t size)
+{
+    if (size < 2 || p[0] != 0x80 || p[1] < 2 || p[1] > 5) return 0;
+    /* protocols 4 and 5 start with a FRAME (0x95 and an 8-byte length) before the magic */
+    size_t at = p[1] >= 4 && size >= 11 && p[2] == 0x95 ? 11 : 2;
+    return size >= at + sizeof legacy_magic && memcmp(p + at, legacy_magic, sizeof legacy_magic) == 0;
+}
+
 static const char *unsupported_kind(const unsigned char *p, uint64_t size, char *buf, size_t bufsize)
 {
-    if (size >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5 && !plausible_safetensors(p, size)) {
-        /* protocols 4 and 5 start with a FRAME (0x95 and an 8-byte length) before the magic */
-        size_t at = p[1] >= 4 && size >= 11 && p[2] == 0x95 ? 11 : 2;
-        if (size >= at + sizeof legacy_magic && memcmp(p + at, legacy_magic, sizeof legacy_magic) == 0) {
-            snprintf(buf, bufsize, "a legacy (pre-1.6, non-zip) PyTorch checkpoint written with pickle protocol %u, "
-                     "which widen does not read yet: re-save it with a current torch.save", p[1]);
-            return buf;
-        }
+    if (size >= 2 && p[0] == 0x80 && p[1] >= 2 && p[1] <= 5 && !plausible_safetensors(p, size) && !legacy_torch(p, size)) {
         snprintf(buf, bufsize, "a raw pickle (protocol %u), not a PyTorch checkpoint", p[1]);
         return buf;
     }
@@ -112,6 +115,9 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
     } else if (c->size >= 4 && memcmp(c->map, "PK\x03\x04", 4) == 0) {
         c->format = "pt";
         st = widen_torch_read(c, err);
+    } else if (legacy_torch(c->map, c->size) && !plausible_safetensors(c->map, c->size)) {
+        c->format = "pt";
+        st = widen_torch_legacy_read(c, err);
     } else if (c->size >= 6 && memcmp(c->map, "\x93NUMPY", 6) == 0) {
         c->format = "npy";
         st = widen_npy_read(c, err);

@@ -11,7 +11,7 @@ from reference import ROOT
 FUZZ = os.path.join(ROOT, "build", "fuzz")
 SEEDS = os.path.join(ROOT, "tests", "fuzz", "seeds")
 REGRESSIONS = os.path.join(ROOT, "tests", "fuzz", "regressions")
-TARGETS = ["safetensors", "torch", "pickle", "map", "verify", "folder", "npy"]
+TARGETS = ["safetensors", "torch", "pickle", "map", "verify", "folder", "npy", "legacy"]
 SECONDS = int(os.environ.get("WIDEN_FUZZ_SECONDS", "10"))
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("WIDEN_SANITIZE")),

@@ -453,9 +453,9 @@ def test_broken_archives(tmp_path):
     second = good.index(b"PK\x01\x02", first + 4)
     data[second + 42:second + 46] = good[first + 42:first + 46]
     cases["overlap"] = (bytes(data), "overlap")
-    legacy = io.BytesIO()
+    legacy = io.BytesIO()  # a legacy file cut short in its storages
     torch.save({"a": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
-    cases["legacy"] = (legacy.getvalue(), "legacy")
+    cases["legacy"] = (legacy.getvalue()[:-3], "truncated")
     cases["truncated"] = (good[: len(good) // 2], "zip")
     assert infos and cd
     for case, (blob, words) in cases.items():

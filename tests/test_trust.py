@@ -452,12 +452,10 @@ def test_signals_end_every_command_at_once(tmp_path, sig):
 
 def test_torch_files_widen_does_not_read_are_named(tmp_path):
     obj = {"w": torch.zeros(2)}
-    for protocol in (1, 2, 3, 4, 5):
-        path = tmp_path / f"legacy{protocol}.pt"
-        torch.save(obj, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
-        proc = run("inspect", path)
-        assert proc.returncode == 3 and "legacy" in proc.stderr and f"protocol {protocol}" in proc.stderr.replace(
-            "0 or 1", "1"), (protocol, proc.stderr)
+    path = tmp_path / "legacy1.pt"  # protocols 2 to 5 are read (test_legacy.py)
+    torch.save(obj, path, _use_new_zipfile_serialization=False, pickle_protocol=1)
+    proc = run("inspect", path)
+    assert proc.returncode == 3 and "legacy" in proc.stderr and "protocol 0 or 1" in proc.stderr, proc.stderr
     raw = tmp_path / "raw.pkl"
     raw.write_bytes(pickle.dumps({"a": 1}, protocol=4))
     proc = run("inspect", raw)

@@ -1,6 +1,10 @@
-/* pickle.c: a restricted pickle VM and a pickle writer. The VM accepts exactly the opcodes and
- * globals current torch's weights-only unpickler accepts (torch/_weights_only_unpickler.py), decodes
- * strings as it does, and builds a graph; it calls nothing. Where torch would call a constructor
+/* pickle.c: a restricted pickle VM and a pickle writer. The VM accepts exactly the globals current
+ * torch's weights-only unpickler accepts (torch/_weights_only_unpickler.py), decodes strings as it
+ * does, and builds a graph; it calls nothing. Its opcodes are that unpickler's, plus those of
+ * protocols 3 to 5 that torch.save writes and torch.load's full unpickler reads (FRAME, MEMOIZE,
+ * SHORT_BINUNICODE, BINUNICODE8, STACK_GLOBAL, ADDITEMS, the BINBYTES family): they build nothing a
+ * protocol 2 pickle cannot (bytes become _codecs.encode calls, sets builtins.set calls, as protocol 2
+ * spells them), so the graph, and any rewrite of it, is one torch's weights-only loader reads. Where torch would call a constructor
  * whose outcome widen cannot model, the VM refuses (refusing is always allowed; reading something
  * other than what torch reads never is). */
 #include <pthread.h>
@@ -109,7 +113,7 @@ const pk_global_info pk_globals[] = {
     {"torch._utils", "_rebuild_parameter", PK_ROLE_REBUILD_PARAMETER, -1, 0},
     {"torch._utils", "_rebuild_parameter_with_state", PK_ROLE_REBUILD_PARAMETER_STATE, -1, 0},
     {"torch._utils", "_rebuild_qtensor", PK_ROLE_OTHER, -1, 0},
-    {"torch._utils", "_rebuild_tensor", PK_ROLE_OTHER, -1, 0},
+    {"torch._utils", "_rebuild_tensor", PK_ROLE_REBUILD_V1, -1, 0},
     {"torch._utils", "_rebuild_tensor_v2", PK_ROLE_REBUILD_V2, -1, 0},
     {"torch._utils", "_rebuild_tensor_v3", PK_ROLE_REBUILD_V3, -1, 0},
     {"torch._utils", "_rebuild_sparse_tensor", PK_ROLE_OTHER, -1, 0},
@@ -468,6 +472,7 @@ typedef struct vm {
     widen_table globals;
     pk_walk freezing; /* freeze's stack */
     int proto;          /* the last PROTO (-1: none): torch maps Python 2 names only under protocol 2 */
+    size_t memo_len;    /* distinct memo keys: where MEMOIZE stores (Python's len(memo)) */
     widen_error *err;
     widen_status st;
 } vm;
@@ -604,6 +609,7 @@ static int memo_put(vm *v, uint32_t key, pk_node *node)
             v->dense = grown;
             v->dense_cap = cap;
         }
+        v->memo_len += !v->dense[key];
         v->dense[key] = node;
         return 0;
     }
@@ -623,7 +629,7 @@ static int memo_put(vm *v, uint32_t key, pk_node *node)
     }
     size_t j = (key * 2654435761u) & v->memo_mask;
     while (v->memo[j].used && v->memo[j].key != key) j = (j + 1) & v->memo_mask;
-    if (!v->memo[j].used) v->memo_count++;
+    if (!v->memo[j].used) v->memo_count++, v->memo_len++;
     v->memo[j] = (memo_slot){.key = key, .used = 1, .node = node};
     return 0;
 }
@@ -640,22 +646,13 @@ static pk_node *memo_get(const vm *v, uint32_t key)
     return NULL;
 }
 
-/* GLOBAL: two lines, decoded as strict UTF-8, mapped from Python 2 names, then looked up by full
- * path "module.name" (so that, as in torch, the split between module and name does not matter). */
-static int global(vm *v)
+static int freeze(vm *v, pk_node *n);
+static int changed_after_use(vm *v);
+
+/* A global by module and name, mapped from Python 2 names, then looked up by full path "module.name"
+ * (so that, as in torch, the split between module and name does not matter). */
+static int lookup_global(vm *v, const char *module, size_t mlen, const char *name, size_t nlen)
 {
-    const unsigned char *line[2];
-    size_t len[2];
-    for (int k = 0; k < 2; k++) {
-        const unsigned char *nl = memchr(v->p, '\n', (size_t)(v->end - v->p));
-        if (!nl) return FAIL("%s: pickle GLOBAL without a newline", v->what);
-        line[k] = v->p;
-        len[k] = (size_t)(nl - v->p);
-        v->p = nl + 1;
-        if (!utf8_valid(line[k], len[k], 0)) return FAIL("%s: pickle GLOBAL names something that is not valid UTF-8", v->what);
-    }
-    const char *module = (const char *)line[0], *name = (const char *)line[1];
-    size_t mlen = len[0], nlen = len[1];
     int mapped = v->proto != 2; /* torch maps only what a protocol 2 pickle names */
     for (size_t i = 0; i < sizeof name_mapping / sizeof name_mapping[0] && !mapped; i++)
         if (strlen(name_mapping[i][0]) == mlen && memcmp(name_mapping[i][0], module, mlen) == 0 &&
@@ -689,6 +686,87 @@ static int global(vm *v)
     if (!n) return NOMEM();
     n->global = (uint8_t)g;
     return push(v, n);
+}
+
+/* GLOBAL: two lines, decoded as strict UTF-8. */
+static int global(vm *v)
+{
+    const unsigned char *line[2];
+    size_t len[2];
+    for (int k = 0; k < 2; k++) {
+        const unsigned char *nl = memchr(v->p, '\n', (size_t)(v->end - v->p));
+        if (!nl) return FAIL("%s: pickle GLOBAL without a newline", v->what);
+        line[k] = v->p;
+        len[k] = (size_t)(nl - v->p);
+        v->p = nl + 1;
+        if (!utf8_valid(line[k], len[k], 0)) return FAIL("%s: pickle GLOBAL names something that is not valid UTF-8", v->what);
+    }
+    return lookup_global(v, (const char *)line[0], len[0], (const char *)line[1], len[1]);
+}
+
+/* STACK_GLOBAL (protocol 4): module and name are strings on the stack. */
+static int stack_global(vm *v)
+{
+    pk_node *name = pop(v, "STACK_GLOBAL"), *module = name ? pop(v, "STACK_GLOBAL") : NULL;
+    if (!module) return -1;
+    if (name->kind != PK_STR || module->kind != PK_STR)
+        return FAIL("%s: pickle STACK_GLOBAL of something that is not two strings", v->what);
+    return lookup_global(v, module->s, module->len, name->s, name->len);
+}
+
+/* SHORT_BINBYTES, BINBYTES, BINBYTES8 (protocol 3 on): a bytes value, which a protocol 2 pickle (and
+ * so widen's graph and writer) spells _codecs.encode(text, 'latin1'), text holding one character per
+ * byte. */
+static int bytes_value(vm *v, size_t len)
+{
+    char *text = malloc(2 * len + 1);
+    if (!text) return NOMEM();
+    size_t k = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = v->p[i];
+        if (c < 0x80) {
+            text[k++] = (char)c;
+        } else {
+            text[k++] = (char)(0xc0 | c >> 6);
+            text[k++] = (char)(0x80 | (c & 0x3f));
+        }
+    }
+    v->p += len;
+    pk_node *items[2] = {pk_str(v->arena, text, k), pk_str(v->arena, "latin1", 6)};
+    free(text);
+    pk_node *fn = pk_global(v->arena, "_codecs", "encode"), *args = pk_tuple(v->arena, items, 2);
+    pk_node *n = pk_new(v->arena, PK_REDUCE);
+    if (!fn || !args || !n || pk_append(v->arena, n, fn) || pk_append(v->arena, n, args)) return NOMEM();
+    return freeze(v, args) ? -1 : push(v, n);
+}
+
+/* ADDITEMS (protocol 4): items added to a set made by EMPTY_SET, which then becomes what a protocol 2
+ * pickle writes for a set: builtins.set([items]). */
+static int add_items(vm *v)
+{
+    size_t from = 0;
+    if (pop_mark(v, "ADDITEMS", &from)) return -1;
+    pk_node *set = from > floor_of(v) ? v->stack[from - 1] : NULL;
+    int made = set && set->kind == PK_REDUCE && pk_global_of(set->items[0]) &&
+               strcmp(pk_global_of(set->items[0])->name, "set") == 0 && set->items[1]->count == 1 &&
+               set->items[1]->items[0]->kind == PK_LIST;
+    if (!set || (set->kind != PK_SET && !made)) return FAIL("%s: pickle ADDITEMS to something that is not a set", v->what);
+    for (size_t i = from; i < v->sp; i++)
+        if (v->stack[i]->flags & PK_UNHASHABLE)
+            return FAIL("%s: pickle builds a set of something Python cannot hash (torch.load fails on it)", v->what);
+    if (set->mark & PK_FROZEN) return changed_after_use(v);
+    if (v->sp > from && set->kind == PK_SET) {
+        pk_node *fn = pk_global(v->arena, "builtins", "set"), *list = pk_new(v->arena, PK_LIST), *args;
+        if (!fn || !list || !(args = pk_tuple(v->arena, &list, 1))) return NOMEM();
+        list->flags |= PK_UNHASHABLE;
+        set->kind = PK_REDUCE;
+        if (pk_append(v->arena, set, fn) || pk_append(v->arena, set, args)) return NOMEM();
+        made = 1;
+    }
+    for (size_t i = from; made && i < v->sp; i++)
+        if (pk_append(v->arena, set->items[1]->items[0], v->stack[i])) return NOMEM();
+    v->sp = from;
+    return 0;
 }
 
 /* Whatever a call is given, it reads when it runs (set(items) copies them, _rebuild_from_type_v2 sets
@@ -759,12 +837,13 @@ static int call(vm *v, unsigned char op)
 }
 
 /* BINPERSID: torch accepts a tuple ('storage', storage class, key, location, numel) and nothing
- * else (an int id fails its persistent_load). */
+ * else (an int id fails its persistent_load); a legacy file's has a sixth item, its view (None, or
+ * a tuple the legacy reader checks). The reader checks which of the two its format has. */
 static int persid(vm *v)
 {
     pk_node *t = pop(v, "BINPERSID");
     if (!t) return -1;
-    if (t->kind != PK_TUPLE || t->count != 5 || !pk_str_is(t->items[0], "storage"))
+    if (t->kind != PK_TUPLE || t->count < 5 || t->count > 6 || !pk_str_is(t->items[0], "storage"))
         return FAIL("%s: pickle persistent id that is not a ('storage', type, key, location, numel) tuple", v->what);
     pk_role r = pk_role_of(t->items[1]);
     if (t->items[1]->kind != PK_GLOBAL || (r != PK_ROLE_STORAGE && r != PK_ROLE_UNTYPED_STORAGE))
@@ -895,6 +974,41 @@ static int step(vm *v, int *stop, pk_node **result)
         return string(v, len, 0, "SHORT_BINSTRING");
     }
     case 'Q': return persid(v);
+    /* protocols 3 to 5, as torch.load's unpickler reads them */
+    case 0x95: { /* FRAME: the unpickler checks that the frame is there, then reads on as before */
+        if (need(v, 8, "FRAME")) return -1;
+        uint64_t len = le(v->p, 8);
+        v->p += 8;
+        if ((uint64_t)(v->end - v->p) < len) return FAIL("%s: pickle ends inside a FRAME", v->what);
+        return 0;
+    }
+    case 0x94: /* MEMOIZE: memo[len(memo)] */
+        if (!(a = top(v, "MEMOIZE"))) return -1;
+        if (v->memo_len > UINT32_MAX) return FAIL("%s: pickle memo past 2^32 entries", v->what);
+        return memo_put(v, (uint32_t)v->memo_len, a);
+    case 0x8c: { /* SHORT_BINUNICODE */
+        if (need(v, 1, "SHORT_BINUNICODE")) return -1;
+        size_t len = *v->p++;
+        if (need(v, len, "SHORT_BINUNICODE")) return -1;
+        return string(v, len, 1, "SHORT_BINUNICODE");
+    }
+    case 0x8d: { /* BINUNICODE8 */
+        if (need(v, 8, "BINUNICODE8")) return -1;
+        uint64_t len = le(v->p, 8);
+        v->p += 8;
+        if ((uint64_t)(v->end - v->p) < len) return FAIL("%s: pickle ends inside BINUNICODE8", v->what);
+        return string(v, (size_t)len, 1, "BINUNICODE8");
+    }
+    case 0x93: return stack_global(v);
+    case 0x90: return add_items(v);
+    case 'C': case 'B': case 0x8e: { /* SHORT_BINBYTES, BINBYTES, BINBYTES8 */
+        int k = op == 'C' ? 1 : op == 'B' ? 4 : 8;
+        if (need(v, (size_t)k, "BINBYTES")) return -1;
+        uint64_t len = le(v->p, k);
+        v->p += k;
+        if ((uint64_t)(v->end - v->p) < len) return FAIL("%s: pickle ends inside BINBYTES", v->what);
+        return bytes_value(v, (size_t)len);
+    }
     case 'q': case 'r': { /* BINPUT, LONG_BINPUT */
         int k = op == 'q' ? 1 : 4;
         if (need(v, (size_t)k, "BINPUT")) return -1;
@@ -929,7 +1043,7 @@ static void build_paths(void)
 }
 
 widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk_arena **arena, pk_node **root,
-                     widen_error *err)
+                     size_t *used, widen_error *err)
 {
     vm v = {.p = data, .end = data + len, .start = data, .what = what, .err = err, .proto = -1};
     *root = NULL;
@@ -961,6 +1075,7 @@ widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk
         return v.st;
     }
     *root = result;
+    if (used) *used = (size_t)(v.p - data);
     return WIDEN_OK;
 }
 

@@ -25,6 +25,7 @@ typedef enum pk_role {
     PK_ROLE_COUNTER,          /* collections.Counter */
     PK_ROLE_PARAMETER,        /* torch.nn.parameter.Parameter */
     PK_ROLE_TENSOR_CLASS,     /* torch.Tensor */
+    PK_ROLE_REBUILD_V1,       /* torch._utils._rebuild_tensor (torch before 0.4) */
     PK_ROLE_REBUILD_V2,       /* torch._utils._rebuild_tensor_v2 */
     PK_ROLE_REBUILD_V3,       /* torch._utils._rebuild_tensor_v3 */
     PK_ROLE_REBUILD_PARAMETER, /* torch._utils._rebuild_parameter */
@@ -70,11 +71,12 @@ enum {
 
 typedef struct pk_arena pk_arena;
 
-/* Runs the VM over `data` (which must outlive the arena); *root is the unpickled graph, owned by
- * *arena. Exit 3, naming the opcode, global or problem, for anything torch's weights-only
- * unpickler refuses, and for what widen refuses on top (see pickle.c). */
+/* Runs the VM over `data` (which must outlive the arena) up to its STOP; *root is the unpickled
+ * graph, owned by *arena, and *used (may be NULL) the bytes up to and including the STOP. Exit 3,
+ * naming the opcode, global or problem, for anything torch.load refuses under the allowlist of its
+ * weights-only unpickler, and for what widen refuses on top (see pickle.c). */
 widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk_arena **arena, pk_node **root,
-                     widen_error *err);
+                     size_t *used, widen_error *err);
 /* Refuses (exit 3) a graph (from root) with a cycle or deeper than max_depth; fills every reachable
  * node's height (the longest path below it) and leaves mark bits 1 and 2 set. Iterative: no input
  * can exhaust the stack. Once per loaded graph. */

@@ -58,14 +58,86 @@ static int known_location(const pk_node *loc)
 /* Storages: every persistent id the unpickler ran (torch loads each as it unpickles, reachable or
  * not), in that order: the first reference of a key decides, as in torch; later ones must agree.   */
 
+/* A legacy persistent id whose sixth item is (view key, offset, size): a storage of its own, the
+ * elements [offset, offset + size) of its root storage, as torch 1.x made it (torch 1.6 on always
+ * writes None). Its tuple becomes the plain one of that storage: ('storage', type, view key,
+ * location, size), with an entry for the slice of the root's bytes; what the first reference of a
+ * view key says decides, and later ones must say the same. */
+static widen_status legacy_view(widen_checkpoint *c, torch_state *ts, pk_node *n, pk_node **tuple, widen_error *err)
+{
+    pk_node *t = n->items[0];
+    const pk_node *view = t->items[5], *root = t->items[2];
+    if (view->kind != PK_TUPLE || view->count != 3 || view->items[0]->kind != PK_STR || view->items[1]->kind != PK_INT ||
+        view->items[2]->kind != PK_INT || view->items[1]->i < 0 || view->items[2]->i < 0)
+        return BAD("%s: a storage view that is not (key, offset, size) with a non-negative offset and size", c->path);
+    const pk_node *key = view->items[0];
+    uint64_t offset = (uint64_t)view->items[1]->i, size = (uint64_t)view->items[2]->i, numel = (uint64_t)t->items[4]->i;
+    if (offset > numel || size > numel - offset)
+        return BAD("%s: storage view '%.*s' reaches past the end of storage '%.*s' (torch would cut it short)", c->path,
+                   SHOWN(key->len), key->s, SHOWN(root->len), root->s);
+    size_t index;
+    if (key->len == root->len && memcmp(key->s, root->s, key->len) == 0)
+        return BAD("%s: storage view '%.*s' has its root's key", c->path, SHOWN(key->len), key->s);
+    if (!widen_table_get(&ts->legacy_keys, root->s, root->len, &index))
+        return BAD("%s: storage '%.*s' is not in the file's list of storages (torch would load it uninitialised)", c->path,
+                   SHOWN(root->len), root->s);
+    const widen_zip_entry *base = &ts->zip.entries[index];
+    const pk_global_info *g = pk_global_of(t->items[1]);
+    if (!g->size || base->crc != (uint32_t)(g - pk_globals) || base->size != numel * g->size)
+        return BAD("%s: storage '%.*s' is named with two types or sizes", c->path, SHOWN(root->len), root->s);
+    pk_node *items[5] = {t->items[0], t->items[1], (pk_node *)key, t->items[3], pk_int(ts->arena, (int64_t)size)};
+    pk_node *plain = pk_tuple(ts->arena, items, 5);
+    if (!plain || !items[4]) return NOMEM();
+    int r = widen_table_put(&ts->legacy_keys, key->s, key->len, ts->zip.count, &index);
+    if (r < 0) return NOMEM();
+    if (r == 0) { /* seen before: the same slice of the same root, or refused */
+        const widen_zip_entry *e = &ts->zip.entries[index];
+        if (index < ts->zip.count - ts->legacy_views || e->data_offset != base->data_offset + offset * g->size ||
+            e->size != size * g->size)
+            return BAD("%s: storage view '%.*s' is named with two roots, offsets or sizes", c->path, SHOWN(key->len), key->s);
+    } else {
+        widen_zip_entry *e = &ts->zip.entries[ts->zip.count++];
+        *e = *base;
+        if (!(e->name = strndup(key->s, key->len))) return NOMEM();
+        e->data_offset = base->data_offset + offset * g->size;
+        e->size = size * g->size;
+        ts->legacy_views++;
+    }
+    n->items[0] = *tuple = plain;
+    return WIDEN_OK;
+}
+
+/* The record of a storage key: a legacy file's, or the zip entry <prefix>data/<key>. */
+static const widen_zip_entry *storage_record(const torch_state *ts, const pk_node *key, widen_status *st, widen_error *err)
+{
+    size_t index;
+    if (ts->legacy) return widen_table_get(&ts->legacy_keys, key->s, key->len, &index) ? &ts->zip.entries[index] : NULL;
+    char small[256];
+    size_t plen = strlen(ts->prefix), len = plen + 5 + key->len;
+    char *name = len < sizeof small ? small : malloc(len + 1);
+    if (!name) return *st = NOMEM(), NULL;
+    memcpy(name, ts->prefix, plen);
+    memcpy(name + plen, "data/", 5);
+    memcpy(name + plen + 5, key->s, key->len);
+    const widen_zip_entry *e = widen_zip_find(&ts->zip, name, len);
+    if (name != small) free(name);
+    return e;
+}
+
 static widen_status register_storages(widen_checkpoint *c, torch_state *ts, widen_error *err)
 {
     size_t nodes = pk_arena_count(ts->arena), cap = 0;
-    char small[256];
+    widen_status st = WIDEN_OK;
     for (size_t id = 0; id < nodes; id++) {
         pk_node *n = pk_arena_node(ts->arena, id);
         if (n->kind != PK_PERSID) continue;
-        const pk_node *t = n->items[0], *type = t->items[1], *key = t->items[2];
+        pk_node *t = n->items[0];
+        if (t->count != (ts->legacy ? 6u : 5u))
+            return BAD("%s: a persistent id of %u items; torch reads %s", c->path, t->count,
+                       ts->legacy ? "('storage', type, key, location, numel, view) in a legacy file"
+                                  : "('storage', type, key, location, numel) in a zip checkpoint");
+        if (ts->legacy && t->items[5]->kind != PK_NONE && (st = legacy_view(c, ts, n, &t, err))) return st;
+        const pk_node *type = t->items[1], *key = t->items[2];
         const pk_global_info *g = pk_global_of(type);
         if (!key->len || memchr(key->s, '\0', key->len))
             return BAD("%s: a storage key is empty or holds a NUL byte", c->path);
@@ -96,14 +168,11 @@ static widen_status register_storages(widen_checkpoint *c, torch_state *ts, wide
         s->esize = g->size;
         s->dtype = g->dtype >= 0 ? (widen_dtype)g->dtype : WIDEN_DTYPE_COUNT;
         s->numel = (uint64_t)t->items[4]->i;
-        size_t plen = strlen(ts->prefix), len = plen + 5 + key->len;
-        char *name = len < sizeof small ? small : malloc(len + 1);
-        if (!name) return NOMEM();
-        memcpy(name, ts->prefix, plen);
-        memcpy(name + plen, "data/", 5);
-        memcpy(name + plen + 5, key->s, key->len);
-        s->entry = widen_zip_find(&ts->zip, name, len);
-        if (name != small) free(name);
+        s->entry = storage_record(ts, key, &st, err);
+        if (st) return st;
+        if (!s->entry && ts->legacy)
+            return BAD("%s: storage '%.*s' is not in the file's list of storages (torch would load it uninitialised)",
+                       c->path, SHOWN(key->len), key->s);
         if (!s->entry) return BAD("%s: storage '%.*s' has no record %sdata/%.*s", c->path, SHOWN(key->len), key->s, ts->prefix,
                                   SHOWN(key->len), key->s);
         if (s->entry->method != 0)
@@ -131,6 +200,7 @@ typedef struct site_info {
     uint8_t path[2 * TORCH_MAX_WRAPPERS + 2];
     uint8_t depth;
     uint8_t v3;
+    uint8_t v1; /* _rebuild_tensor(storage, offset, size, stride): torch before 0.4 */
 } site_info;
 
 static int is_tuple(const pk_node *n, uint32_t min, uint32_t max)
@@ -145,10 +215,11 @@ static int resolve_site(pk_node *n, site_info *si)
         if (n->kind != PK_REDUCE && n->kind != PK_NEWOBJ) return 0;
         pk_role role = pk_role_of(n);
         pk_node *args = n->items[1];
-        if (n->kind == PK_REDUCE && (role == PK_ROLE_REBUILD_V2 || role == PK_ROLE_REBUILD_V3)) {
+        if (n->kind == PK_REDUCE && (role == PK_ROLE_REBUILD_V1 || role == PK_ROLE_REBUILD_V2 || role == PK_ROLE_REBUILD_V3)) {
             si->path[si->depth++] = 1;
             si->args = args;
             si->v3 = role == PK_ROLE_REBUILD_V3;
+            si->v1 = role == PK_ROLE_REBUILD_V1;
             return 1;
         }
         if (n->kind == PK_REDUCE && role == PK_ROLE_FROM_TYPE_V2) {
@@ -178,6 +249,11 @@ static int resolve_site(pk_node *n, site_info *si)
 static int rebuild_dtype(const torch_state *ts, const site_info *si)
 {
     const pk_node *a = si->args;
+    if (si->v1) /* no requires_grad, hooks or metadata */
+        return a->count == 4 && a->items[0]->kind == PK_PERSID && a->items[1]->kind == PK_INT && a->items[1]->i >= 0 &&
+                       a->items[2]->kind == PK_TUPLE && a->items[3]->kind == PK_TUPLE
+                   ? (int)ts->storages[a->items[0]->i].dtype
+                   : -1;
     if (a->count < (si->v3 ? 7u : 6u) || a->count > (si->v3 ? 8u : 7u)) return -1;
     if (a->items[0]->kind != PK_PERSID || a->items[1]->kind != PK_INT || a->items[1]->i < 0 ||
         a->items[2]->kind != PK_TUPLE || a->items[3]->kind != PK_TUPLE || a->items[4]->kind != PK_BOOL)
@@ -504,13 +580,13 @@ static widen_status check_rebuilds(const widen_checkpoint *c, const torch_state 
                            "...); widen does not read it", c->path);
             continue;
         }
-        if (role != PK_ROLE_REBUILD_V2 && role != PK_ROLE_REBUILD_V3) continue;
-        site_info si = {.args = n->items[1], .v3 = role == PK_ROLE_REBUILD_V3};
+        if (role != PK_ROLE_REBUILD_V1 && role != PK_ROLE_REBUILD_V2 && role != PK_ROLE_REBUILD_V3) continue;
+        site_info si = {.args = n->items[1], .v3 = role == PK_ROLE_REBUILD_V3, .v1 = role == PK_ROLE_REBUILD_V1};
         int dtype = rebuild_dtype(ts, &si);
         if (dtype < 0) return BAD("%s: a tensor's rebuild arguments are malformed (torch.load fails on them)", c->path);
         const pk_node *a = si.args;
         unsigned esize = si.v3 ? pk_global_of(a->items[6])->size : ts->storages[a->items[0]->i].esize;
-        if (a->items[4]->i && !grad_dtype(si.v3 ? pk_global_of(a->items[6]) : pk_global_of(ts->storages[a->items[0]->i].type)))
+        if (!si.v1 && a->items[4]->i && !grad_dtype(si.v3 ? pk_global_of(a->items[6]) : pk_global_of(ts->storages[a->items[0]->i].type)))
             return BAD("%s: a tensor that is not floating point requires gradients (torch.load fails on it)", c->path);
         uint64_t numel;
         widen_status st = check_view(c, ts, a, esize, "(a tensor torch rebuilds)", NULL, NULL, &numel, err);
@@ -594,6 +670,7 @@ void widen_torch_free(void *state)
     torch_state *ts = state;
     if (!ts) return;
     widen_zip_free(&ts->zip);
+    widen_table_free(&ts->legacy_keys);
     pk_arena_free(ts->arena);
     free(ts->storages);
     widen_table_free(&ts->storage_keys);
@@ -694,7 +771,27 @@ widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
     const widen_zip_entry *pkl = record(ts, "data.pkl");
     char what[600];
     snprintf(what, sizeof what, "%s: %sdata.pkl", c->path, ts->prefix);
-    if ((st = pk_load(c->map + pkl->data_offset, (size_t)pkl->size, what, &ts->arena, &ts->root, err))) return st;
+    if ((st = pk_load(c->map + pkl->data_offset, (size_t)pkl->size, what, &ts->arena, &ts->root, NULL, err)) ||
+        (st = widen_torch_read_graph(c, ts, what, err)))
+        return st;
+    /* the records torch reads: the pickle, the storages, the small ones; a rewrite drops the others */
+    unsigned char *read = calloc(ts->zip.count + 1, 1);
+    if (!read) return NOMEM();
+    const char *known[] = {"data.pkl", ".format_version", ".storage_alignment", "byteorder", "version", ".data/version",
+                           ".data/serialization_id"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        const widen_zip_entry *e = record(ts, known[i]);
+        if (e) read[e - ts->zip.entries] = 1;
+    }
+    for (size_t i = 0; i < ts->storage_count; i++) read[ts->storages[i].entry - ts->zip.entries] = 1;
+    for (size_t i = 0; i < ts->zip.count; i++) ts->unread_records += !read[i];
+    free(read);
+    return WIDEN_OK;
+}
+
+widen_status widen_torch_read_graph(widen_checkpoint *c, torch_state *ts, const char *what, widen_error *err)
+{
+    widen_status st;
     if ((st = pk_check_graph(ts->arena, ts->root, TORCH_MAX_DEPTH, what, err))) return st;
     if ((st = register_storages(c, ts, err))) return st;
     walker w = {.ckpt = c, .ts = ts, .err = err};
@@ -710,20 +807,7 @@ widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
     free(w.opaque.stack);
     /* every path is in the table, the tensors' with their index: the checkpoint's name table */
     c->by_name = w.paths;
-    if (st || (st = check_rebuilds(c, ts, err))) return st; /* the named ones first, to name them */
-    /* the records torch reads: the pickle, the storages, the small ones; a rewrite drops the others */
-    unsigned char *read = calloc(ts->zip.count + 1, 1);
-    if (!read) return NOMEM();
-    const char *known[] = {"data.pkl", ".format_version", ".storage_alignment", "byteorder", "version", ".data/version",
-                           ".data/serialization_id"};
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
-        const widen_zip_entry *e = record(ts, known[i]);
-        if (e) read[e - ts->zip.entries] = 1;
-    }
-    for (size_t i = 0; i < ts->storage_count; i++) read[ts->storages[i].entry - ts->zip.entries] = 1;
-    for (size_t i = 0; i < ts->zip.count; i++) ts->unread_records += !read[i];
-    free(read);
-    return WIDEN_OK;
+    return st ? st : check_rebuilds(c, ts, err); /* the named ones first, to name them */
 }
 
 const char *widen_tensor_storage(const widen_checkpoint *c, size_t index)

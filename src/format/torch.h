@@ -54,6 +54,9 @@ typedef struct torch_state {
     size_t other_count;    /* named values that are not tensors widen reads */
     char *other_paths[8];  /* the first of them (in the arena) */
     size_t unread_records; /* archive entries no persistent id names (torch.load does not read them) */
+    int legacy;              /* a legacy (pre-zip) torch.save file: zip lists its storages, an entry each, named by key */
+    widen_table legacy_keys; /* legacy: storage key (as torch compares it, exactly) -> zip entry */
+    size_t legacy_views;     /* legacy: storage views, whose entries follow the key list's */
 } torch_state;
 
 /* The storage class torch.save names for a dtype (FloatStorage ...), NULL where it writes
@@ -61,6 +64,13 @@ typedef struct torch_state {
 const char *widen_torch_storage_name(widen_dtype dtype);
 /* The torch dtype global for a widen dtype (float8_e4m3fn ...), NULL if none. */
 const char *widen_torch_dtype_name(widen_dtype dtype);
+void widen_torch_free(void *state);
+/* After data.pkl (or a legacy file's object pickle) is loaded into ts->arena and ts->root, and its
+ * records are listed in ts->zip: the storages, the named tensors, the checks on them. */
+widen_status widen_torch_read_graph(widen_checkpoint *c, torch_state *ts, const char *what, widen_error *err);
+/* A legacy torch.save file (five pickles, then the storages), read into the same state as a zip one. */
+widen_status widen_torch_legacy_read(widen_checkpoint *c, widen_error *err);
+
 /* A safetensors checkpoint seen as a torch one: the object graph torch.save(state_dict) would pickle. */
 widen_status widen_torch_synthesize(widen_checkpoint *c, widen_error *err);
 

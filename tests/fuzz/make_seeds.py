@@ -50,6 +50,12 @@ def main():
         with zipfile.ZipFile(io.BytesIO(data.getvalue())) as z:
             pkl = [n for n in z.namelist() if n.endswith("data.pkl")][0]
             out("pickle", name, z.read(pkl))
+    # protocols 4 and 5: frames, memoize, short strings, stack globals, sets and bytes
+    for protocol in (4, 5):
+        data = io.BytesIO()
+        torch.save({"w": shared, "s": {1, 2}, "b": b"\x00\xff", "n": ["a", "a"]}, data, pickle_protocol=protocol)
+        with zipfile.ZipFile(io.BytesIO(data.getvalue())) as z:
+            out("pickle", f"protocol{protocol}", z.read("archive/data.pkl"))
     # model folder documents: index, config.json, preprocessor_config.json, separated by NUL bytes
     index = json.dumps({"metadata": {"total_size": 248}, "weight_map": {
         "stem.weight": "model-00001-of-00002.safetensors", "stem.bias": "model-00001-of-00002.safetensors",
@@ -76,6 +82,18 @@ def main():
     data = io.BytesIO()
     np.savez(data, **{"params/conv/kernel": np.ones((3, 3, 3, 2), np.float32), "b": np.zeros(2, np.float16)})
     out("npy", "npz0", data.getvalue())
+    # legacy torch.save files (protocols 2 to 5), and one of torch 0.3's with a storage view
+    legacy = {"conv.weight": torch.ones(2, 3, 1, 1), "bias": shared[1], "t": shared.t(), "n": [1, "x", {2}]}
+    for protocol in (2, 3, 4, 5):
+        data = io.BytesIO()
+        torch.save(legacy, data, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+        out("legacy", f"p{protocol}", data.getvalue())
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import pathlib
+    import tempfile
+    import test_legacy
+    with tempfile.TemporaryDirectory() as tmp:
+        out("legacy", "view", test_legacy.old_style(pathlib.Path(tmp)).read_bytes())
     for i, text in enumerate(["0,1,2,zero", "2,1,0", "0*0.5,mean,sum,normal:0.1:3,const:1", "timm", "cyclic",
                               "normal:0.5:7", "copy:2", "const:-1e-3", "mean", "zeros"]):
         out("map", f"map{i}", text.encode())
