@@ -153,6 +153,7 @@ void widen_close(widen_checkpoint *c)
     for (size_t i = 0; c->names && i < c->count; i++) free(c->names[i]);
     free(c->names);
     free(c->tensors);
+    free(c->layouts);
     for (size_t i = 0; !c->pool && i < c->metadata_count; i++) {
         free(c->metadata[i].key);
         free(c->metadata[i].value);

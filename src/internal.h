@@ -17,6 +17,16 @@ typedef struct widen_metadata_entry {
     char *key, *value;
 } widen_metadata_entry;
 
+/* A tensor of a reader other than torch's whose bytes are not its values in row-major little-endian
+ * order (a NumPy array in Fortran order, or big-endian): its elements lie at these strides (in
+ * elements) from its offset, each to be byte-swapped in units of `swap` bytes (0: as they are). */
+typedef struct widen_layout {
+    uint64_t strides[WIDEN_MAX_RANK];
+    uint8_t gathered; /* 0: a plain tensor */
+    uint8_t swap;
+    uint8_t row_major; /* the strides are C order's: a run of elements is a run of bytes */
+} widen_layout;
+
 struct widen_checkpoint {
     char *path;
     int fd;
@@ -31,6 +41,7 @@ struct widen_checkpoint {
     size_t metadata_count;
     void *format_state; /* what a format reader keeps (torch: the archive and the object graph) */
     void (*format_free)(void *state);
+    widen_layout *layouts;  /* per tensor, or NULL (torch's strides live in its format state) */
     widen_table by_name;    /* tensor name -> index */
     uint64_t logical_bytes; /* the element bytes of every named tensor (views and tied names each count) */
 };

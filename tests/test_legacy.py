@@ -265,3 +265,39 @@ def test_files_still_refused_are_named(tmp_path):
     proc = run("inspect", raw)
     assert proc.returncode == 3 and "raw pickle" in proc.stderr
     assert json.loads(run("inspect", old_style(tmp_path), "--json", check=0).stdout)["format"] == "pt"
+
+
+def test_a_legacy_file_that_also_reads_as_tar_is_refused(tmp_path):
+    """torch.load tries the tar-era format first: a legacy file whose first block carries a valid tar
+    checksum (here inside the sys_info dict, which torch ignores) is read by torch as a tar archive,
+    and by widen not at all."""
+    good = old_style(tmp_path, name="good.pth").read_bytes()
+    f = io.BytesIO()
+    for value in (MAGIC, 1001):
+        pickle.dump(value, f, protocol=2)
+    head = f.getvalue()
+    f = io.BytesIO()
+    pickle.dump({"pad": "x" * 600}, f, protocol=2)
+    info = bytearray(f.getvalue())
+    rest = good[len(head):]
+    rest = rest[rest.index(b".") + 1:]  # past the original sys_info pickle
+    data = bytearray(head + bytes(info) + rest)
+    assert data.index(b"x" * 600) < 100  # the string covers the header's fields: they are made valid
+    data[100:148] = b"0000644\0" + b"0000000\0" * 2 + b"00000000000\0" * 2
+    data[329:345] = b"\0" * 16
+    data[156] = ord("0")  # a regular file ('x' would be a pax header tarfile cannot parse)
+    data[148:156] = b" " * 8
+    checksum = sum(data[:512])
+    data[148:156] = b"%06o\0 " % checksum
+    path = tmp_path / "tar.pth"
+    path.write_bytes(bytes(data))
+    import tarfile
+    with tarfile.open(path, "r:") as tar:  # Python's tarfile reads its first member
+        assert tar.getmembers()
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=False)
+    proc = run("inspect", path)
+    assert proc.returncode == 3 and "tar archive" in proc.stderr, proc.stderr
+    data[148:156] = b"%06o\0 " % (checksum + 1)  # without a valid checksum it is an ordinary legacy file
+    path.write_bytes(bytes(data))
+    run("inspect", path, check=0)

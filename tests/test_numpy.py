@@ -99,8 +99,8 @@ HEADERS = [
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (1+2, 4), }", "expressions"),
     ("{'descr': 'float32', 'fortran_order': False, 'shape': (3, 4), }", "dtype names np.save does not write"),
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), 'shape': (3, 4)}", "repeated keys"),
-    ("{'descr': '>f4', 'fortran_order': False, 'shape': (3, 4), }", "big-endian (not read yet)"),
-    ("{'descr': '<f4', 'fortran_order': True, 'shape': (3, 4), }", "Fortran order (not read yet)"),
+    ("{'descr': '>f4', 'fortran_order': False, 'shape': (3, 4), }", None),
+    ("{'descr': '<f4', 'fortran_order': True, 'shape': (3, 4), }", None),
     ("{'descr': '<c16', 'fortran_order': False, 'shape': (3,), }", "complex128 (no safetensors dtype)"),
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (0x3, 4), }", "hexadecimal"),
 ]
@@ -205,3 +205,54 @@ def test_hostile_or_unread_npz_refused(tmp_path, case):
     r = run("inspect", path)
     assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
     assert not list(tmp_path.glob(".*widen*"))
+
+
+@pytest.mark.parametrize("descr", [">f4", ">f2", ">f8", ">i8", ">u2", ">c8", "<f4", "|b1"])
+def test_big_endian_and_fortran_order_read_as_np_load_reads_them(tmp_path, descr):
+    """Each array's values as np.load gives them: hashed as its little-endian row-major bytes, widened
+    and converted to safetensors and .pt from them, and verified."""
+    xxhash = pytest.importorskip("xxhash")
+    g = np.random.default_rng(3)
+    for fortran in (False, True):
+        for shape in [(), (0, 3), (5,), (2, 3, 4, 1)]:
+            a = (g.standard_normal(shape) * 50).astype(descr)
+            src = tmp_path / "a.npy"
+            np.save(src, np.asfortranarray(a) if fortran else a)
+            values = np.load(src)
+            plain = np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<"))
+            (t,) = json.loads(run("inspect", src, "--json", "--hash", check=0).stdout)["tensors"]
+            assert t["xxh3_128"] == xxhash.xxh3_128_hexdigest(plain.tobytes()), (descr, fortran, shape)
+            if len(shape) != 4 or descr in ("|b1", ">i8", ">u2", ">c8"):
+                continue
+            for fmt in ("safetensors", "pt"):
+                out, manifest = tmp_path / f"o.{fmt}", tmp_path / "m.json"
+                run("apply", src, "-t", "array", "--axis", "1", "--to", "4", "--map", "2,1,0,zero", "-o", out,
+                    "--manifest", manifest, "--force", check=0)
+                want = np.concatenate([plain[:, ::-1], np.zeros_like(plain[:, :1])], 1)
+                if fmt == "safetensors":
+                    got = reference.load(out)[1]["array"][1]
+                else:
+                    torch = pytest.importorskip("torch")
+                    got = torch.load(out, weights_only=True)["array"].numpy()
+                assert got.tobytes() == want.tobytes(), (descr, fortran, fmt)
+                run("verify", src, out, "--manifest", manifest, check=0)
+
+
+def test_npz_of_mixed_layouts(tmp_path):
+    """Members in Fortran order, big-endian and plain in one archive: each read as np.load reads it."""
+    xxhash = pytest.importorskip("xxhash")
+    g = np.random.default_rng(4)
+    arrays = {"b/plain": g.standard_normal((3, 2)).astype("<f4"),
+              "a/fortran": np.asfortranarray(g.standard_normal((2, 3, 2)).astype("<f2")),
+              "c/big": g.standard_normal((4, 3)).astype(">f8"), "d/both": np.asfortranarray(g.standard_normal((3, 2)).astype(">i4"))}
+    np.savez(tmp_path / "m.npz", **arrays)
+    doc = json.loads(run("inspect", tmp_path / "m.npz", "--json", "--hash", check=0).stdout)
+    got = {t["name"]: t["xxh3_128"] for t in doc["tensors"]}
+    want = {k: xxhash.xxh3_128_hexdigest(np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<")).tobytes())
+            for k, v in arrays.items()}
+    assert got == want
+    run("apply", tmp_path / "m.npz", "--cast", "f32", "-o", tmp_path / "m.safetensors", check=0)
+    out = reference.load(tmp_path / "m.safetensors")[1]
+    for k, v in arrays.items():  # --cast f32 casts the 16- and 32-bit floats; the others keep their dtype
+        dtype = "<f4" if v.dtype.kind == "f" and v.itemsize <= 4 else v.dtype.newbyteorder("<")
+        assert out[k][1].tobytes() == np.ascontiguousarray(v).astype(dtype).tobytes(), k

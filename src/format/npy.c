@@ -195,17 +195,34 @@ widen_status widen_npy_parse_header(const unsigned char *data, uint64_t size, co
     return WIDEN_OK;
 }
 
+/* Tensor `index` of `capacity` as the header lays it out: where its bytes are not its values in
+ * row-major little-endian order (Fortran order, big-endian), the layout that gathers them (the
+ * array's values, as np.load gives them; hashed and written as those). */
+static widen_status npy_layout(widen_checkpoint *c, size_t index, size_t capacity, const widen_npy_header *h,
+                               widen_error *err)
+{
+    if (!h->column_major && !h->big_endian) return WIDEN_OK;
+    if (!c->layouts && !(c->layouts = calloc(capacity, sizeof *c->layouts)))
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    widen_layout *l = &c->layouts[index];
+    unsigned esize = widen_dtype_bits(h->dtype) / 8;
+    l->gathered = 1;
+    l->swap = (uint8_t)(h->big_endian ? (h->dtype == WIDEN_C64 ? esize / 2 : esize) : 0); /* complex: each half */
+    l->row_major = !h->column_major;
+    uint64_t step = 1;
+    for (int k = 0; k < h->rank; k++) { /* Fortran order: the first dimension fastest */
+        int d = h->column_major ? k : h->rank - 1 - k;
+        l->strides[d] = step;
+        step *= h->shape[d] ? h->shape[d] : 1;
+    }
+    return WIDEN_OK;
+}
+
 widen_status widen_npy_read(widen_checkpoint *c, widen_error *err)
 {
     widen_npy_header h;
     widen_status st = widen_npy_parse_header(c->map, c->size, c->path, &h, err);
-    if (st) return st;
-    if (h.column_major)
-        return widen_fail(err, WIDEN_EFORMAT, "%s: a Fortran-order (column-major) array, which widen does not read yet: "
-                          "save it with np.save(path, np.ascontiguousarray(a))", c->path);
-    if (h.big_endian)
-        return widen_fail(err, WIDEN_EFORMAT, "%s: a big-endian array, which widen does not read yet: save it with "
-                          "np.save(path, a.astype(a.dtype.newbyteorder('<')))", c->path);
+    if (st || (st = npy_layout(c, 0, 1, &h, err))) return st;
     if (h.nbytes != c->size - h.data_offset)
         return widen_fail(err, WIDEN_EFORMAT, "%s: the NumPy .npy header describes %llu bytes of data, the file holds %llu (%s)",
                           c->path, (unsigned long long)h.nbytes, (unsigned long long)(c->size - h.data_offset),
@@ -270,9 +287,7 @@ static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, widen
         snprintf(what, sizeof what, "%s: member '%.500s'", c->path, e->name);
         widen_npy_header h;
         if ((st = widen_npy_parse_header(c->map + e->data_offset, e->size, what, &h, err))) return st;
-        if (h.column_major || h.big_endian)
-            return widen_fail(err, WIDEN_EFORMAT, "%s: a %s array, which widen does not read yet", what,
-                              h.big_endian ? "big-endian" : "Fortran-order");
+        if ((st = npy_layout(c, c->count, zip->count + 1, &h, err))) return st;
         if (h.nbytes != e->size - h.data_offset)
             return widen_fail(err, WIDEN_EFORMAT, "%s: its header describes %llu bytes of data, the member holds %llu", what,
                               (unsigned long long)h.nbytes, (unsigned long long)(e->size - h.data_offset));
@@ -286,7 +301,18 @@ static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, widen
         t->nbytes = h.nbytes;
         c->logical_bytes += h.nbytes;
     }
-    /* file order; the names stay with their tensors */
-    if (c->count) qsort(c->tensors, c->count, sizeof *c->tensors, by_offset);
+    /* file order; the names stay with their tensors, the layouts go with them */
+    if (!c->count) return WIDEN_OK;
+    if (!c->layouts) {
+        qsort(c->tensors, c->count, sizeof *c->tensors, by_offset);
+        return WIDEN_OK;
+    }
+    typedef struct { widen_tensor_info t; widen_layout l; } pair;
+    pair *pairs = malloc(c->count * sizeof *pairs);
+    if (!pairs) return widen_fail(err, WIDEN_EIO, "out of memory");
+    for (size_t i = 0; i < c->count; i++) pairs[i] = (pair){c->tensors[i], c->layouts[i]};
+    qsort(pairs, c->count, sizeof *pairs, by_offset); /* a pair starts with its tensor */
+    for (size_t i = 0; i < c->count; i++) c->tensors[i] = pairs[i].t, c->layouts[i] = pairs[i].l;
+    free(pairs);
     return WIDEN_OK;
 }

@@ -816,8 +816,20 @@ const char *widen_tensor_storage(const widen_checkpoint *c, size_t index)
     return ts && index < c->count ? ts->storages[ts->tensors[index].storage].key : NULL;
 }
 
+static void gather_elements(const unsigned char *base, const widen_tensor_info *t, const uint64_t *strides, size_t esize,
+                            uint64_t first, uint64_t count, void *out);
+
+/* The element strides of a gathered tensor: a NumPy layout's, or a torch view's. */
+static const uint64_t *tensor_strides(const widen_checkpoint *c, size_t index)
+{
+    if (c->layouts) return c->layouts[index].strides;
+    const torch_state *ts = c->format_state;
+    return ts->tensors[index].strides;
+}
+
 int widen_tensor_strided(const widen_checkpoint *c, size_t index)
 {
+    if (c && c->layouts && index < c->count) return c->layouts[index].gathered;
     const torch_state *ts = c && strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
     return ts && index < c->count && !ts->tensors[index].contiguous;
 }
@@ -841,12 +853,12 @@ uint64_t widen_tensor_elements(const widen_checkpoint *c, size_t index)
 
 uint64_t widen_tensor_span(const widen_checkpoint *c, size_t index)
 {
-    const torch_state *ts = c->format_state;
+    const uint64_t *strides = tensor_strides(c, index);
     const widen_tensor_info *t = &c->tensors[index];
     uint64_t last = 0;
     for (int d = 0; d < t->rank; d++) {
         if (!t->shape[d]) return 0;
-        last += (t->shape[d] - 1) * ts->tensors[index].strides[d]; /* inside the storage: the reader checked */
+        last += (t->shape[d] - 1) * strides[d]; /* inside the storage: the reader checked */
     }
     return (last + 1) * (widen_dtype_bits(t->dtype) / 8);
 }
@@ -860,26 +872,46 @@ widen_status widen_tensor_check_strided(const widen_checkpoint *c, size_t index,
 void widen_tensor_gather(const widen_checkpoint *c, size_t index, uint64_t first, uint64_t count, void *out)
 {
     if (count == 0) return; /* an empty tensor may have a zero dimension to divide by */
-    const torch_state *ts = c->format_state;
-    const torch_tensor *tt = &ts->tensors[index];
+    const uint64_t *strides = tensor_strides(c, index);
     const widen_tensor_info *t = &c->tensors[index];
     size_t esize = widen_dtype_bits(t->dtype) / 8;
+    const widen_layout *l = c->layouts ? &c->layouts[index] : NULL;
+    if (l && l->row_major) { /* a run of bytes, then swapped */
+        memcpy(out, c->map + t->offset + first * esize, (size_t)(count * esize));
+    } else {
+        gather_elements(c->map + t->offset, t, strides, esize, first, count, out);
+    }
+    if (l && l->swap > 1) {
+        unsigned char *b = out;
+        for (uint64_t i = 0, n = count * esize / l->swap; i < n; i++, b += l->swap)
+            for (unsigned k = 0; k < l->swap / 2u; k++) {
+                unsigned char x = b[k];
+                b[k] = b[l->swap - 1 - k];
+                b[l->swap - 1 - k] = x;
+            }
+    }
+}
+
+/* Elements [first, first + count) of a strided tensor whose elements start at `base`. */
+static void gather_elements(const unsigned char *base, const widen_tensor_info *t, const uint64_t *strides, size_t esize,
+                            uint64_t first, uint64_t count, void *out)
+{
     uint64_t at[WIDEN_MAX_RANK] = {0}, element = 0, rest = first;
     for (int d = t->rank - 1; d >= 0; d--) { /* the index of element `first`, and its storage element */
         at[d] = rest % t->shape[d];
         rest /= t->shape[d];
-        element += at[d] * tt->strides[d];
+        element += at[d] * strides[d];
     }
     unsigned char *dst = out;
     for (uint64_t n = 0; n < count; n++, dst += esize) {
         /* the reader checked that every index stays inside the storage */
-        memcpy(dst, c->map + t->offset + element * esize, esize);
+        memcpy(dst, base + element * esize, esize);
         for (int d = t->rank - 1; d >= 0; d--) { /* the next index, last dimension fastest */
             if (++at[d] < t->shape[d]) {
-                element += tt->strides[d];
+                element += strides[d];
                 break;
             }
-            element -= (at[d] - 1) * tt->strides[d];
+            element -= (at[d] - 1) * strides[d];
             at[d] = 0;
         }
     }

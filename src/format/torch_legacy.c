@@ -18,32 +18,45 @@
 /* The magic number's LONG1 payload: 0x1950a86a20f9469cfc6c, little-endian. */
 static const unsigned char magic[] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
 
-/* torch.load tries the file as a tar archive first (the oldest format): a first block whose checksum
- * field holds its checksum, as Python's tarfile computes it (unsigned or signed bytes, the field
- * itself counted as spaces), would be read as one. Such a file is refused, not read as a pickle. */
+/* tarfile's nti: a numeric field, base-256 (first byte 0x80 or 0xff) or octal text up to its first
+ * NUL, white space stripped ("" is 0). 0 where tarfile finds it invalid. */
+static int tar_number(const unsigned char *p, int off, int len, long *value)
+{
+    *value = 0;
+    if (p[off] == 0x80 || p[off] == 0xff) return 1; /* base-256: valid, whatever it says */
+    int end = off;
+    while (end < off + len && p[end]) end++;
+    int a = off, b = end;
+    while (a < b && (p[a] == ' ' || (p[a] >= '\t' && p[a] <= '\r'))) a++;
+    while (b > a && (p[b - 1] == ' ' || (p[b - 1] >= '\t' && p[b - 1] <= '\r'))) b--;
+    for (int i = a; i < b; i++) {
+        if (p[i] < '0' || p[i] > '7' || *value > (1L << 40)) return 0;
+        *value = *value * 8 + (p[i] - '0');
+    }
+    return 1;
+}
+
+/* torch.load tries the tar-era format first: a first block that Python's tarfile reads as a header
+ * (its numeric fields valid, its checksum field holding the block's checksum, of unsigned or signed
+ * bytes, the field itself counted as spaces) would be read as one. Such a file is refused, not read
+ * as a pickle. */
 static int reads_as_tar(const unsigned char *p, uint64_t size)
 {
     if (size < 512) return 0;
     int all_zero = 1;
     for (int i = 0; i < 512 && all_zero; i++) all_zero = !p[i];
     if (all_zero) return 0;
+    static const int fields[][2] = {{100, 8}, {108, 8}, {116, 8}, {124, 12}, {136, 12}, {329, 8}, {337, 8}};
+    long value;
+    for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++)
+        if (!tar_number(p, fields[f][0], fields[f][1], &value)) return 0;
+    if (p[148] == 0x80 || p[148] == 0xff || !tar_number(p, 148, 8, &value)) return 0;
     unsigned long sum = 0;
     long ssum = 0;
     for (int i = 0; i < 512; i++) {
         unsigned char b = i >= 148 && i < 156 ? ' ' : p[i];
         sum += b;
         ssum += (signed char)b;
-    }
-    /* tarfile's nti: the field up to its first NUL, stripped of white space, read as octal ("" is 0) */
-    int end = 148;
-    while (end < 156 && p[end]) end++;
-    int a = 148, b = end;
-    while (a < b && (p[a] == ' ' || (p[a] >= '\t' && p[a] <= '\r'))) a++;
-    while (b > a && (p[b - 1] == ' ' || (p[b - 1] >= '\t' && p[b - 1] <= '\r'))) b--;
-    long value = 0;
-    for (int i = a; i < b; i++) {
-        if (p[i] < '0' || p[i] > '7') return 0; /* tarfile: an invalid header */
-        value = value * 8 + (p[i] - '0');
     }
     return (unsigned long)value == sum || value == ssum;
 }

@@ -79,6 +79,10 @@ def main():
         data = io.BytesIO()
         np.lib.format.write_array(data, array, version=version)
         out("npy", f"npy{i}", data.getvalue())
+    for i, array in enumerate([np.asfortranarray(np.ones((2, 3, 4), ">f4")), np.arange(6, dtype=">c8").reshape(2, 3)]):
+        data = io.BytesIO()
+        np.save(data, array)
+        out("npy", f"layout{i}", data.getvalue())
     data = io.BytesIO()
     np.savez(data, **{"params/conv/kernel": np.ones((3, 3, 3, 2), np.float32), "b": np.zeros(2, np.float16)})
     out("npy", "npz0", data.getvalue())
