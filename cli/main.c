@@ -121,9 +121,10 @@ static const char usage_apply[] =
     "\n"
     "output options:\n"
     "  -o, --output FILE     the output (required); never the input\n"
-    "  --format safetensors|pt\n"
-    "                        output format (default: from OUTPUT's extension: .safetensors, or .pt,\n"
-    "                        .pth, .bin; else the input's); alone, a conversion\n"
+    "  --format safetensors|pt|npz\n"
+    "                        output format (default: from OUTPUT's extension: .safetensors, .pt,\n"
+    "                        .pth, .bin, or .npz; else the input's); alone, a conversion. npz: as\n"
+    "                        np.savez writes it, for files (model folders: safetensors or pt)\n"
     "  --manifest FILE       write a JSON manifest: version, transform, XXH3-128 of every tensor\n"
     "  --threads N           worker threads (default: online CPUs)\n"
     "  --progress, --no-progress\n"
@@ -150,7 +151,8 @@ static const char usage_verify[] =
     "Proves OUTPUT is INPUT with the transform applied: untouched tensors byte-identical (or equal\n"
     "after the recorded cast), every transformed channel equal to its source bit for bit, every\n"
     "filled channel exactly the fill. The transform comes from --manifest, else from the 'widen'\n"
-    "key apply writes into OUTPUT's metadata. With --manifest the recorded hashes are checked too.\n"
+    "key apply writes into OUTPUT's metadata (an .npz's archive comment). With --manifest the\n"
+    "recorded hashes are checked too.\n"
     "For model folders: every shard, the index, every config change, every other file\n"
     "byte-identical, nothing extra or missing.\n"
     "Exit 0 when it holds, 1 when something differs.\n";
@@ -768,8 +770,9 @@ static int cmd_apply(int argc, char **argv)
     widen_transform *tr = widen_transform_new();
     widen_model *c = NULL;
     if (!tr) rc = fail(WIDEN_EIO, "out of memory");
-    if (!rc && a.format && strcmp(a.format, "safetensors") != 0 && strcmp(a.format, "pt") != 0)
-        rc = fail(WIDEN_EUSAGE, "--format: '%s' is not safetensors or pt", a.format);
+    if (!rc && a.format && strcmp(a.format, "safetensors") != 0 && strcmp(a.format, "pt") != 0 &&
+        strcmp(a.format, "npz") != 0)
+        rc = fail(WIDEN_EUSAGE, "--format: '%s' is not safetensors, pt or npz", a.format);
     if (!rc && widen_isa_init(&err)) rc = fail_err(&err);
     if (!rc && a.cast) {
         widen_dtype to;

@@ -478,22 +478,25 @@ static const char *output_format(const char *option, const char *output, const c
     const char *format = n >= 12 && strcmp(output + n - 12, ".safetensors") == 0 ? "safetensors" : input_format;
     for (int i = 0; i < 3; i++)
         if (n >= strlen(pt[i]) && strcmp(output + n - strlen(pt[i]), pt[i]) == 0) format = "pt";
+    if (n >= 4 && strcmp(output + n - 4, ".npz") == 0) format = "npz";
+    if (n >= 4 && strcmp(output + n - 4, ".npy") == 0) format = "npy";
     return format;
 }
 
-/* safetensors metadata a .pt output drops: everything but the provenance key and {"format": "pt"}
- * (which a .pt file says by being one). */
-static void metadata_notice(const widen_checkpoint *ckpt, const widen_apply_options *options)
+/* safetensors metadata a .pt or .npz output drops: everything but the provenance key, and for a .pt
+ * {"format": "pt"} (which a .pt file says by being one). */
+static void metadata_notice(const widen_checkpoint *ckpt, const widen_apply_options *options, int to_pt)
 {
     size_t dropped = 0;
     for (size_t i = 0; i < ckpt->metadata_count; i++) {
         const widen_metadata_entry *m = &ckpt->metadata[i];
-        dropped += !(strcmp(m->key, WIDEN_PROVENANCE_KEY) == 0 || (strcmp(m->key, "format") == 0 && strcmp(m->value, "pt") == 0));
+        dropped += !(strcmp(m->key, WIDEN_PROVENANCE_KEY) == 0 ||
+                     (to_pt && strcmp(m->key, "format") == 0 && strcmp(m->value, "pt") == 0));
     }
     if (!dropped || !options->warning) return;
     char line[600];
-    snprintf(line, sizeof line, "%s: a .pt state dict has no place for safetensors metadata: dropping %zu key%s",
-             ckpt->path, dropped, dropped == 1 ? "" : "s");
+    snprintf(line, sizeof line, "%s: %s has no place for safetensors metadata: dropping %zu key%s", ckpt->path,
+             to_pt ? "a .pt state dict" : "an .npz archive", dropped, dropped == 1 ? "" : "s");
     widen_escape(line, sizeof line);
     options->warning(options->warning_user, line);
 }
@@ -560,12 +563,12 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
         if (same) return widen_fail(err, WIDEN_EUSAGE, "%s: the manifest and the output are the same file", output);
     }
     const char *format = output_format(options->format, output, ckpt->format);
-    if (strcmp(format, "npy") == 0 || strcmp(format, "npz") == 0)
-        return widen_fail(err, WIDEN_EUSAGE, "%s: widen does not write NumPy files yet: name a .safetensors or .pt "
+    if (strcmp(format, "npy") == 0)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: widen does not write .npy files: name an .npz, .safetensors or .pt "
                           "output, or pass --format", output);
-    if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0)
-        return widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors or pt", format);
-    int to_pt = strcmp(format, "pt") == 0;
+    if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0 && strcmp(format, "npz") != 0)
+        return widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors, pt or npz", format);
+    int to_pt = strcmp(format, "pt") == 0, to_npz = strcmp(format, "npz") == 0;
     widen_plan plan;
     char *provenance = NULL, *manifest = NULL;
     temp_file out = {.fd = -1, .slot = -1}, man = {.fd = -1, .slot = -1};
@@ -577,9 +580,17 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
     }
     /* a file the output format cannot hold is refused before any notice about it */
     if (to_pt && (st = widen_torch_synthesize(ckpt, err))) goto done;
+    if (to_npz && (st = widen_npz_check(ckpt, &plan, err))) goto done;
     if (!(provenance = widen_transform_to_json(transform))) {
         st = widen_fail(err, WIDEN_EIO, "out of memory");
         goto done;
+    }
+    if (to_npz && !widen_npz_comment_for(provenance) && !options->manifest_path && options->warning) {
+        char line[600];
+        snprintf(line, sizeof line, "%s: the transform is too long for the archive comment that records it: verify "
+                 "will need a manifest (pass --manifest FILE)", output);
+        widen_escape(line, sizeof line);
+        options->warning(options->warning_user, line);
     }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     widen_exec_options eo = {.threads = options->threads ? options->threads : (unsigned)(cpus > 0 ? cpus : 1),
@@ -589,13 +600,17 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
     widen_file_output file;
     widen_file_output_init(&file, out.fd, output);
     if (to_pt) {
-        metadata_notice(ckpt, options);
+        metadata_notice(ckpt, options, 1);
         widen_torch_notes(ckpt, transform, options->warning, options->warning_user);
         st = widen_torch_write(ckpt, transform, &plan, &file.base, &eo, NULL, err);
         if (!st && (options->manifest_path || (record && record->tensors)))
             st = widen_torch_hash_views(ckpt, &plan, &eo, err);
+    } else if (to_npz) {
+        metadata_notice(ckpt, options, 0);
+        widen_torch_conversion_notes(ckpt, "an .npz archive", options->warning, options->warning_user);
+        st = widen_npz_write(ckpt, &plan, provenance, &file.base, &eo, NULL, err);
     } else {
-        widen_torch_conversion_notes(ckpt, options->warning, options->warning_user);
+        widen_torch_conversion_notes(ckpt, "safetensors", options->warning, options->warning_user);
         st = widen_safetensors_write(ckpt, &plan, provenance, &file.base, &eo, err);
     }
     if (!st) st = widen_file_output_flush(&file, err);

@@ -60,10 +60,10 @@ int widen_tensor_castable(const widen_checkpoint *ckpt, size_t index);
 widen_status widen_safetensors_read(widen_checkpoint *ckpt, widen_error *err);
 widen_status widen_torch_read(widen_checkpoint *ckpt, widen_error *err);
 
-/* Notices for converting a torch checkpoint to safetensors: the non-tensor values it drops and the
- * tensors that shared a storage (each gets its own copy). */
-void widen_torch_conversion_notes(const widen_checkpoint *ckpt, void (*warning)(void *user, const char *message),
-                                  void *user);
+/* Notices for converting a torch checkpoint to `to` ("safetensors", "an .npz archive"): the
+ * non-tensor values it drops and the tensors that shared a storage (each gets its own copy). */
+void widen_torch_conversion_notes(const widen_checkpoint *ckpt, const char *to,
+                                  void (*warning)(void *user, const char *message), void *user);
 /* Notices for a .pt rewrite: archive entries torch.load does not read (not written), storages a
  * cast leaves as they are. */
 struct widen_transform;

@@ -73,9 +73,39 @@ static widen_status file_copy(widen_output *o, int in_fd, uint64_t in_offset, ui
     return st;
 }
 
+static widen_status file_reserve(widen_output *o, size_t len, widen_error *err)
+{
+    static const unsigned char zeros[64];
+    widen_status st = WIDEN_OK;
+    for (size_t n; len && !st; len -= n) {
+        n = len < sizeof zeros ? len : sizeof zeros;
+        st = file_write(o, zeros, n, err);
+    }
+    return st;
+}
+
+/* Bytes still in the buffer are changed there; the rest, in the file (its offset stays put). */
+static widen_status file_patch(widen_output *o, uint64_t at, const void *data, size_t len, widen_error *err)
+{
+    widen_file_output *f = (widen_file_output *)o;
+    uint64_t buffered_from = o->position - f->buffered;
+    const unsigned char *p = data;
+    if (at > o->position || len > o->position - at) return widen_fail(err, WIDEN_EIO, "%s: a patch past the end", f->target);
+    while (len && at < buffered_from) {
+        ssize_t n = pwrite(f->fd, p, (size_t)(buffered_from - at < len ? buffered_from - at : len), (off_t)at);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", f->target, strerror(n < 0 ? errno : EIO));
+        p += n, at += (uint64_t)n, len -= (size_t)n;
+    }
+    if (len) memcpy(f->buffer + (at - buffered_from), p, len);
+    return WIDEN_OK;
+}
+
 void widen_file_output_init(widen_file_output *out, int fd, const char *target)
 {
-    *out = (widen_file_output){.base = {.write = file_write, .copy = file_copy}, .fd = fd, .target = target};
+    *out = (widen_file_output){.base = {.write = file_write, .copy = file_copy, .reserve = file_reserve,
+                                        .patch = file_patch},
+                               .fd = fd, .target = target};
 }
 
 void widen_file_output_free(widen_file_output *out)

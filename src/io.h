@@ -23,6 +23,11 @@ typedef struct widen_output widen_output;
 struct widen_output {
     widen_status (*write)(widen_output *out, const void *data, size_t len, widen_error *err);
     widen_status (*copy)(widen_output *out, int in_fd, uint64_t in_offset, uint64_t len, widen_error *err);
+    /* Optional, both or neither: `reserve` puts `len` bytes whose value is known only later (a zip
+     * local header's CRC, before its data); `patch` then gives them, at `at`, before the writer
+     * is done. A file writes zeros and goes back; a comparison compares them when patched. */
+    widen_status (*reserve)(widen_output *out, size_t len, widen_error *err);
+    widen_status (*patch)(widen_output *out, uint64_t at, const void *data, size_t len, widen_error *err);
     uint64_t position; /* bytes so far */
 };
 

@@ -731,7 +731,10 @@ static const char *folder_format(const widen_apply_options *o, widen_error *err,
 {
     *st = WIDEN_OK;
     if (!o->format) return NULL;
-    if (strcmp(o->format, "safetensors") != 0 && strcmp(o->format, "pt") != 0)
+    if (strcmp(o->format, "npz") == 0)
+        *st = widen_fail(err, WIDEN_EUSAGE, "--format npz: widen writes .npz files, not model folders; a folder's "
+                         "weights are written as safetensors or pt");
+    else if (strcmp(o->format, "safetensors") != 0 && strcmp(o->format, "pt") != 0)
         *st = widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors or pt", o->format);
     return o->format;
 }
@@ -816,7 +819,7 @@ static widen_status check_folder_target(const widen_model *m, const char *output
     if (lstat(output, &s) == 0)
         return widen_fail(err, WIDEN_EUSAGE, "%s: exists; a model folder is written to a new folder (widen does not "
                           "replace or merge folders: remove it first)", output);
-    static const char *const files[] = {".safetensors", ".pt", ".pth", ".bin", ".json"};
+    static const char *const files[] = {".safetensors", ".pt", ".pth", ".bin", ".json", ".npz", ".npy"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         size_t n = strlen(output), k = strlen(files[i]);
         if (n > k && strcmp(output + n - k, files[i]) == 0)

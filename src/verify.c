@@ -381,6 +381,26 @@ static widen_status compare_write(widen_output *o, const void *data, size_t len,
     return WIDEN_OK;
 }
 
+/* Bytes whose value comes later (compare_patch compares them then). */
+static widen_status compare_reserve(widen_output *o, size_t len, widen_error *err)
+{
+    (void)err;
+    o->position += len;
+    return WIDEN_OK;
+}
+
+static widen_status compare_patch(widen_output *o, uint64_t at, const void *data, size_t len, widen_error *err)
+{
+    (void)err;
+    compare_output *c = (compare_output *)o;
+    const unsigned char *want = data, *got = c->out->map + at;
+    size_t have = at >= c->out->size ? 0 : (size_t)(c->out->size - at < len ? c->out->size - at : len);
+    size_t k = 0;
+    while (k < have && got[k] == want[k]) k++;
+    if (k < len && c->count < 64) c->mismatches[c->count++] = at + k;
+    return WIDEN_OK;
+}
+
 /* The plan item whose bytes lie at output offset `at` of a safetensors output, and where. */
 static void explain_safetensors(verifier *v, uint64_t at, char *what, size_t size)
 {
@@ -443,6 +463,33 @@ static void explain_pt(verifier *v, const widen_torch_layout *layout, uint64_t a
         snprintf(what, size, "it does not begin as widen writes it");
     else
         snprintf(what, size, "its zip directory differs from the one widen writes (at byte %llu)", (unsigned long long)at);
+}
+
+static void explain_npz(verifier *v, const widen_npz_layout *layout, uint64_t at, char *what, size_t size)
+{
+    for (size_t i = layout->count; i-- > 0;) {
+        const widen_npz_member *m = &layout->members[i];
+        const widen_plan_tensor *p = &v->plan.tensors[i];
+        if (at < m->header_offset) continue;
+        if (at >= m->data_offset + p->nbytes) break; /* past the last member that starts before it */
+        if (at < m->npy_offset) {
+            snprintf(what, size, "the zip local header of member '%s.npy' differs", p->name);
+        } else if (at < m->data_offset) {
+            snprintf(what, size, "the .npy header of member '%s.npy' is not the one np.save writes for %s %s", p->name,
+                     widen_dtype_name(p->dtype), p->rank ? "of this shape" : "scalar");
+        } else {
+            char detail[512];
+            describe(p, (at - m->data_offset) / (widen_dtype_bits(p->dtype) / 8), detail, sizeof detail);
+            snprintf(what, size, "tensor '%s': %s", p->name, detail);
+        }
+        return;
+    }
+    if (at >= layout->comment_offset)
+        snprintf(what, size, "its archive comment is not the record of this transform widen writes");
+    else if (at >= layout->directory_offset)
+        snprintf(what, size, "its zip directory differs from the one widen writes (at byte %llu)", (unsigned long long)at);
+    else
+        snprintf(what, size, "it does not begin as widen writes it");
 }
 
 /* 3. Each storage record holds the bytes of the storage the output's graph names there. */
@@ -519,6 +566,7 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
 {
     verifier v = {.report = report, .err = err, .tr = tr};
     widen_torch_layout layout = {0};
+    widen_npz_layout npz_layout = {0};
     size_t before = report->differences;
     widen_status st = widen_isa_init(err);
     if (st || (st = widen_open(input, &v.in, err)) || (st = widen_open(output, &v.out, err))) goto done;
@@ -536,21 +584,32 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
     for (size_t i = 0; i < v.plan.count; i++) report->transformed += v.plan.tensors[i].op != WIDEN_OP_COPY;
     report->tensors += v.plan.count;
     if (record) widen_apply_record_sizes(record, &v.plan);
-    int to_pt = strcmp(v.out->format, "pt") == 0;
+    int to_pt = strcmp(v.out->format, "pt") == 0, to_npz = strcmp(v.out->format, "npz") == 0;
     /* 1. structure */
     compare_tensors(&v);
-    if (!to_pt) compare_metadata(&v);
-    else if (report->differences == before && (st = compare_graphs(&v))) goto done;
+    if (to_npz) {
+        if (report->differences == before && (st = widen_npz_check(v.in, &v.plan, err))) {
+            if (st != WIDEN_EUSAGE) goto done;
+            difference(report, "%s: the recorded transform's output cannot be an .npz: %s", output, err ? err->message : "");
+        }
+    } else if (!to_pt) {
+        compare_metadata(&v);
+    } else if (report->differences == before && (st = compare_graphs(&v))) {
+        goto done;
+    }
     if (report->differences != before) {
         st = WIDEN_DIFFERENT;
         goto done;
     }
     /* 2. bytes: written again through the scalar kernels, one thread */
-    compare_output cmp = {.base = {.write = compare_write}, .out = v.out};
+    compare_output cmp = {.base = {.write = compare_write, .reserve = compare_reserve, .patch = compare_patch},
+                          .out = v.out};
     widen_exec_options eo = {.threads = 1, .isa = WIDEN_ISA_SCALAR};
     if (to_pt) {
         st = widen_torch_write(v.in, tr, &v.plan, &cmp.base, &eo, &layout, err);
         if (!st && manifest) st = widen_torch_hash_views(v.in, &v.plan, &eo, err);
+    } else if (to_npz) {
+        st = widen_npz_write(v.in, &v.plan, v.provenance, &cmp.base, &eo, &npz_layout, err);
     } else {
         st = widen_safetensors_write(v.in, &v.plan, v.provenance, &cmp.base, &eo, err);
     }
@@ -560,6 +619,7 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
     for (size_t i = 0; i < cmp.count; i++) {
         char what[900];
         if (to_pt) explain_pt(&v, &layout, cmp.mismatches[i], what, sizeof what);
+        else if (to_npz) explain_npz(&v, &npz_layout, cmp.mismatches[i], what, sizeof what);
         else explain_safetensors(&v, cmp.mismatches[i], what, sizeof what);
         difference(report, "%s: %s", output, what);
     }
@@ -573,6 +633,7 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
 done:
     free(v.provenance);
     widen_torch_layout_free(&layout);
+    widen_npz_layout_free(&npz_layout);
     free(v.in_to_out);
     free(v.out_to_in);
     free(v.storage_source);
@@ -607,10 +668,18 @@ widen_status widen_verify(const char *input, const char *output, const char *man
         provenance = json_dumps(json_object_get(manifest, "transform"), JSON_COMPACT);
         st = provenance ? widen_transform_from_json(provenance, &tr, err) : widen_fail(err, WIDEN_EIO, "out of memory");
     } else if (!(st = widen_open(output, &out, err))) {
-        const char *recorded = metadata_get(out, WIDEN_PROVENANCE_KEY);
+        /* an .npz records it as its archive comment, where widen wrote one */
+        int npz = strcmp(out->format, "npz") == 0;
+        const char *comment = NULL;
+        size_t comment_len = 0;
+        char *from_comment = npz && widen_npz_comment(out, &comment, &comment_len) && comment_len
+                             ? strndup(comment, comment_len) : NULL;
+        const char *recorded = npz ? from_comment : metadata_get(out, WIDEN_PROVENANCE_KEY);
         if (!recorded) {
-            st = widen_fail(err, WIDEN_EUSAGE, "%s: no transform recorded (no '%s' metadata key): pass --manifest FILE",
-                            output, WIDEN_PROVENANCE_KEY);
+            st = npz ? widen_fail(err, WIDEN_EUSAGE, "%s: no transform recorded (the archive has no comment): pass "
+                                  "--manifest FILE", output)
+                     : widen_fail(err, WIDEN_EUSAGE, "%s: no transform recorded (no '%s' metadata key): pass --manifest FILE",
+                                  output, WIDEN_PROVENANCE_KEY);
         } else {
             /* the output's own record, which must be in the form widen writes (compact JSON) */
             json_t *parsed = json_loads(recorded, JSON_REJECT_DUPLICATES, NULL);
@@ -619,6 +688,7 @@ widen_status widen_verify(const char *input, const char *output, const char *man
             st = widen_transform_from_json(recorded, &tr, err);
             if (!st && !provenance) st = widen_fail(err, WIDEN_EIO, "out of memory");
         }
+        free(from_comment);
         widen_close(out);
     }
     if (!st) st = widen_verify_run(input, output, tr, provenance, manifest, manifest_path, NULL, report, err);

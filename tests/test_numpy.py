@@ -256,3 +256,198 @@ def test_npz_of_mixed_layouts(tmp_path):
     for k, v in arrays.items():  # --cast f32 casts the 16- and 32-bit floats; the others keep their dtype
         dtype = "<f4" if v.dtype.kind == "f" and v.itemsize <= 4 else v.dtype.newbyteorder("<")
         assert out[k][1].tobytes() == np.ascontiguousarray(v).astype(dtype).tobytes(), k
+
+
+# ------------------------------------------------------------------------------------------------
+# .npz outputs: np.savez's layout, members in the input's order, the transform as the archive comment
+
+
+def strip_comment(raw):
+    """The archive less its comment: what np.savez writes for the same arrays."""
+    end = raw.rindex(b"PK\x05\x06")
+    assert end + 22 + int.from_bytes(raw[end + 20:end + 22], "little") == len(raw)
+    return raw[:end + 20] + b"\0\0"
+
+
+def savez_bytes(path, arrays):
+    np.savez(path, **arrays)
+    return path.read_bytes()
+
+
+def npz_inputs(tmp_path):
+    """(input path, -t name or None, {name: array} it holds, in its order), one per input format."""
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(5)
+    kernel = g.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    big = g.standard_normal((600, 500)).astype(np.float32)  # over 1 MiB: copied inside the kernel, CRC combined
+    others = {"bias": g.standard_normal(8).astype(np.float16), "steps": np.array(7, np.int64),
+              "mask": np.array([True, False, True]), "empty": np.zeros((2, 0), np.float32), "big": big}
+    np.save(tmp_path / "in.npy", kernel)
+    yield tmp_path / "in.npy", None, {"array": kernel}, 1
+    np.savez(tmp_path / "in.npz", **{"params/conv/kernel": kernel.transpose(2, 3, 1, 0).copy(), **others})
+    yield tmp_path / "in.npz", "params/conv/kernel", {"params/conv/kernel": kernel.transpose(2, 3, 1, 0), **others}, -2
+    st = {"conv.weight": ("F32", kernel), "bias": ("F16", others["bias"]), "steps": ("I64", others["steps"]),
+          "mask": ("BOOL", others["mask"]), "empty": ("F32", others["empty"]), "big": ("F32", big)}
+    reference.save(str(tmp_path / "in.safetensors"), st, {"format": "pt"})
+    yield (tmp_path / "in.safetensors", "conv.weight",
+           {n: st[n][1] for n in reference.write_order(st)}, 1)
+    base = torch.from_numpy(big)
+    sd = {"conv.weight": torch.from_numpy(kernel), "bias": torch.from_numpy(others["bias"]),
+          "steps": torch.tensor(7), "big": base, "view": base[2:4], "t": base[:5, :7].t()}
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "in.pt")
+    yield (tmp_path / "in.pt", "model.conv.weight",
+           {f"model.{n}": np.array(v.numpy(), order="C") for n, v in sd.items()}, 1)
+
+
+def widened(a, axis, to=4):
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, to - a.shape[axis])
+    return np.pad(a, pad)
+
+
+def test_npz_written_as_np_savez_writes_it(tmp_path):
+    import zipfile
+    for src, name, arrays, axis in npz_inputs(tmp_path):
+        out = tmp_path / f"{src.suffix[1:]}-out.npz"
+        args = ["-t", name] if name else []
+        run("apply", src, "-o", out, *args, "--to", "4", "--threads", "2", check=0)
+        z = np.load(out, allow_pickle=False)
+        expected = {n: (widened(a, axis) if n in (name, "array") else a) for n, a in arrays.items()}
+        assert z.files == list(expected), (src, z.files)  # the input's order
+        for n, a in expected.items():
+            got = z[n]
+            assert got.dtype == a.dtype and got.shape == a.shape and got.tobytes() == a.tobytes(), (src, n)
+        with zipfile.ZipFile(out) as archive:
+            assert archive.testzip() is None
+            assert json.loads(archive.comment)["tensors"][0]["name"] == (name or "array")
+        raw = out.read_bytes()
+        assert strip_comment(raw) == savez_bytes(tmp_path / "ref.npz", {n: z[n] for n in z.files}), src
+        # any thread count, the same bytes
+        run("apply", src, "-o", tmp_path / "one.npz", *args, "--to", "4", "--threads", "1", check=0)
+        assert (tmp_path / "one.npz").read_bytes() == raw
+        assert run("verify", src, out).returncode == 0
+        # and back: the .npz is an input like any other
+        run("apply", out, "-o", tmp_path / "back.safetensors", check=0)
+        _, back, _, _ = reference.load(tmp_path / "back.safetensors")
+        assert all(back[n][1].tobytes() == a.tobytes() for n, a in expected.items())
+        for f in (out, tmp_path / "one.npz", tmp_path / "back.safetensors"):
+            f.unlink()
+
+
+def npz_regions(path, raw):
+    """(what, begin, end) tiling the archive: each member's local header, .npy header and data; the
+    central directory, the end record and the comment."""
+    import zipfile
+    out = []
+    with zipfile.ZipFile(path) as z:
+        infos = sorted(z.infolist(), key=lambda i: i.header_offset)
+        comment = len(z.comment)
+    for info in infos:
+        name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+        start = info.header_offset + 30 + name_len + extra_len
+        header_len = struct.unpack("<H", raw[start + 8:start + 10])[0] + 10
+        out.append((f"local header {info.filename}", info.header_offset, start))
+        out.append((f"npy header {info.filename}", start, start + header_len))
+        if info.file_size > header_len:
+            out.append((f"data {info.filename}", start + header_len, start + info.file_size))
+    end = len(raw) - comment - 22
+    out.append(("central directory", raw.index(b"PK\x01\x02"), end))
+    out.append(("end record", end, end + 22))
+    if comment:
+        out.append(("comment", end + 22, len(raw)))
+    return out
+
+
+def test_npz_every_region_checked_by_verify(tmp_path):
+    g = np.random.default_rng(6)
+    np.savez(tmp_path / "in.npz", k=g.standard_normal((3, 3, 3, 4)).astype(np.float32), b=np.arange(4, dtype=np.int32))
+    out, manifest = tmp_path / "out.npz", tmp_path / "m.json"
+    run("apply", tmp_path / "in.npz", "-o", out, "--to", "4", "--init", "mean", "--manifest", manifest, check=0)
+    assert run("verify", tmp_path / "in.npz", out, "--manifest", manifest).returncode == 0
+    raw = out.read_bytes()
+    regions = npz_regions(out, raw)
+    covered = sorted((b, e) for _, b, e in regions)
+    assert covered[0][0] == 0 and covered[-1][1] == len(raw)
+    assert all(covered[i][1] == covered[i + 1][0] for i in range(len(covered) - 1))
+    mutated = tmp_path / "m.npz"
+    for what, begin, end in regions:
+        for at in sorted({begin, (begin + end) // 2, end - 1}):
+            blob = bytearray(raw)
+            blob[at] ^= 0x01 if what != "comment" else 0x02
+            mutated.write_bytes(bytes(blob))
+            for extra in (["--manifest", manifest], []):
+                r = run("verify", tmp_path / "in.npz", mutated, *extra)
+                assert r.returncode in (1, 3), (what, at, extra, r.stdout, r.stderr)
+                assert r.stderr.startswith("widen: error: ") and r.stderr.count("\n") == 1
+    # the difference is named where it lies
+    blob = bytearray(raw)
+    k_data = next(b for w, b, e in regions if w == "data k.npy")
+    blob[k_data + 4 * 13] ^= 0x01  # element [0, 0, 3, 1] of the widened [3, 3, 4, 4] k: the new channel
+    mutated.write_bytes(bytes(blob))
+    r = run("verify", tmp_path / "in.npz", mutated)
+    assert r.returncode == 1 and "tensor 'k': output channel 3 (axis 2) does not hold the fill mean" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("names,why", [
+    (["a/../b"], "'..' component"), (["/abs"], "absolute"), (["W", "w"], "differ only in case"),
+    (["x", "x.npy"], "np.load"), ([""], "empty")])
+def test_npz_member_names_refused(tmp_path, names, why):
+    tensors = {n: ("F32", np.ones(2, np.float32)) for n in names}
+    reference.save(str(tmp_path / "in.safetensors"), tensors)
+    r = run("apply", tmp_path / "in.safetensors", "-o", tmp_path / "out.npz")
+    assert r.returncode == 2 and why in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "out.npz").exists() and not list(tmp_path.glob(".*widen*"))
+
+
+def test_npz_refusals_and_fallbacks(tmp_path):
+    g = np.random.default_rng(7)
+    reference.save(str(tmp_path / "in.safetensors"), {"w": ("F32", g.standard_normal((2, 3, 1, 1)).astype(np.float32)),
+                                                       "h": ("BF16", np.zeros(2, np.uint16))})
+    r = run("apply", tmp_path / "in.safetensors", "-o", tmp_path / "out.npz", "-t", "w", "--to", "4")
+    assert r.returncode == 2 and "BF16" in r.stderr and "--cast f32" in r.stderr
+    run("apply", tmp_path / "in.safetensors", "-o", tmp_path / "out.npz", "-t", "w", "--to", "4", "--cast", "f32", check=0)
+    assert np.load(tmp_path / "out.npz")["h"].dtype == np.float32
+    assert run("verify", tmp_path / "in.safetensors", tmp_path / "out.npz").returncode == 0
+    # --format npz whatever the name; .npy outputs are not written
+    run("apply", tmp_path / "in.safetensors", "-o", tmp_path / "out.bin2", "--cast", "f16", "--format", "npz", check=0)
+    assert np.load(tmp_path / "out.bin2")["w"].dtype == np.float16
+    assert run("apply", tmp_path / "in.safetensors", "-o", tmp_path / "o.npy", "--cast", "f32").returncode == 2
+    # a transform too long for the comment: recorded in the manifest only
+    reference.save(str(tmp_path / "row.safetensors"), {"r": ("F32", np.ones((1, 3), np.float32))})
+    r = run("apply", tmp_path / "row.safetensors", "-o", tmp_path / "row.npz", "-t", "r", "--axis", "1", "--to", "12000")
+    assert r.returncode == 0 and "manifest" in r.stderr
+    assert run("verify", tmp_path / "row.safetensors", tmp_path / "row.npz").returncode == 2
+    run("apply", tmp_path / "row.safetensors", "-o", tmp_path / "row2.npz", "-t", "r", "--axis", "1", "--to", "12000",
+        "--manifest", tmp_path / "row.json", check=0)
+    assert run("verify", tmp_path / "row.safetensors", tmp_path / "row2.npz", "--manifest", tmp_path / "row.json").returncode == 0
+    assert np.load(tmp_path / "row2.npz")["r"].shape == (1, 12000)
+
+
+def test_npz_not_for_model_folders(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    reference.save(str(folder / "model.safetensors"), {"w": ("F32", np.ones((2, 3, 1, 1), np.float32))}, {"format": "pt"})
+    (folder / "config.json").write_text('{"num_channels": 3}')
+    for out, args in ((tmp_path / "out", ["--format", "npz"]), (tmp_path / "out.npz", [])):
+        r = run("apply", folder, "-o", out, "--cast", "f16", *args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert not out.exists()
+
+
+def test_npz_of_more_members_than_a_zip_end_record_counts(tmp_path):
+    """65,537 members: zipfile's ZIP64 end record and locator, as np.savez writes them (checked byte for
+    byte against np.savez by hand: too slow here)."""
+    import zipfile
+    n = 65537
+    reference.save(str(tmp_path / "many.safetensors"), {f"t{i:05d}": ("I32", np.full(1, i, np.int32)) for i in range(n)})
+    run("apply", tmp_path / "many.safetensors", "-o", tmp_path / "many.npz", check=0)
+    raw = (tmp_path / "many.npz").read_bytes()
+    end = raw.rindex(b"PK\x05\x06")
+    assert raw[end - 76:end - 72] == b"PK\x06\x06" and raw[end - 20:end - 16] == b"PK\x06\x07"
+    assert struct.unpack("<HH", raw[end + 8:end + 12]) == (0xFFFF, 0xFFFF)
+    with zipfile.ZipFile(tmp_path / "many.npz") as z:  # what np.load opens
+        assert len(z.infolist()) == n
+        for i in (0, n - 1):
+            with z.open(f"t{i:05d}.npy") as member:  # the CRC checked as it is read
+                assert np.lib.format.read_array(member)[0] == i
+    assert run("verify", tmp_path / "many.safetensors", tmp_path / "many.npz").returncode == 0

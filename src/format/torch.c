@@ -944,15 +944,15 @@ widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, 
     return WIDEN_OK;
 }
 
-void widen_torch_conversion_notes(const widen_checkpoint *c, void (*warning)(void *user, const char *message),
-                                  void *user)
+void widen_torch_conversion_notes(const widen_checkpoint *c, const char *to,
+                                  void (*warning)(void *user, const char *message), void *user)
 {
     const torch_state *ts = strcmp(c->format, "pt") == 0 ? c->format_state : NULL;
     if (!ts || !ts->tensors || !warning) return;
     char line[1024];
     if (ts->other_count) {
-        size_t used = (size_t)snprintf(line, sizeof line, "%s: safetensors holds only tensors widen reads: dropping %zu "
-                                       "other value%s (", c->path, ts->other_count, ts->other_count == 1 ? "" : "s");
+        size_t used = (size_t)snprintf(line, sizeof line, "%s: %s holds only tensors widen reads: dropping %zu "
+                                       "other value%s (", c->path, to, ts->other_count, ts->other_count == 1 ? "" : "s");
         size_t shown = ts->other_count < 8 ? ts->other_count : 8;
         for (size_t i = 0; i < shown && used < sizeof line - 80; i++)
             used += (size_t)snprintf(line + used, sizeof line - used, "%s%s", i ? ", " : "", ts->other_paths[i]);
@@ -966,8 +966,8 @@ void widen_torch_conversion_notes(const widen_checkpoint *c, void (*warning)(voi
     for (size_t i = 0; i < c->count; i++) shared += users[ts->tensors[i].storage] > 1;
     free(users);
     if (shared) {
-        snprintf(line, sizeof line, "%s: %zu tensors share storages (views or tied weights); safetensors cannot alias, so "
-                 "each is written as its own copy", c->path, shared);
+        snprintf(line, sizeof line, "%s: %zu tensors share storages (views or tied weights); %s cannot alias, so "
+                 "each is written as its own copy", c->path, shared, to);
         widen_escape(line, sizeof line);
         warning(user, line);
     }
