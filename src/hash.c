@@ -50,11 +50,13 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
     uint64_t pos = 0, size = ckpt->size;
     size_t t = 0;
     if (strcmp(ckpt->format, "safetensors") != 0) {
-        /* tensors may share storages and come in any order: the file first, then each tensor */
-        for (; pos < size && !st; pos += STEP) {
+        /* tensors may share storages and come in any order: the file first, then each tensor (from
+         * where they lie: an .npz's deflated arrays were inflated out of the file) */
+        widen_mapping input = widen_checkpoint_file(ckpt);
+        for (size = input.size; pos < size && !st; pos += STEP) {
             uint64_t len = size - pos < STEP ? size - pos : STEP;
-            k->hash_update(file, ckpt->map + pos, (size_t)len);
-            widen_release(ckpt, pos, len);
+            k->hash_update(file, input.data + pos, (size_t)len);
+            widen_mapping_release(&input, pos, len);
             if (progress && progress(progress_user, pos + len, size))
                 st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", ckpt->path);
         }

@@ -44,7 +44,20 @@ struct widen_checkpoint {
     widen_layout *layouts;  /* per tensor, or NULL (torch's strides live in its format state) */
     widen_table by_name;    /* tensor name -> index */
     uint64_t logical_bytes; /* the element bytes of every named tensor (views and tied names each count) */
+    /* An .npz with deflated members: map, fd and size above are then an unlinked temporary file holding
+     * its inflated arrays (where the tensors' offsets point, what the data path reads and copies), and
+     * `file` is the input itself, still open and mapped, for what is the file's own (size, hash). */
+    int inflated;
+    widen_mapping file;
 };
+
+/* The input file as opened: `file` where the tensors were inflated elsewhere, else the mapping. */
+static inline widen_mapping widen_checkpoint_file(const widen_checkpoint *ckpt)
+{
+    if (ckpt->inflated) return ckpt->file;
+    widen_mapping m = {ckpt->map, ckpt->size, ckpt->fd};
+    return m;
+}
 
 /* The work a checkpoint describes (what converting or hashing every name reads) may be at most this
  * many times its size, plus WIDEN_WORK_SLACK: more is a file crafted to describe huge work from few
@@ -52,6 +65,8 @@ struct widen_checkpoint {
 #define WIDEN_WORK_FACTOR 256u
 #define WIDEN_WORK_SLACK (64ull << 20)
 widen_status widen_checkpoint_check_work(const widen_checkpoint *ckpt, widen_error *err);
+/* That bound for a file of `file_size` bytes (saturating). */
+uint64_t widen_work_limit(uint64_t file_size);
 /* 0 where a .pt rewrite cannot cast tensor `index` (its storage is shared with a value widen does
  * not model, or its dtype is an argument of _rebuild_tensor_v3): --cast then leaves it as it is. */
 int widen_tensor_castable(const widen_checkpoint *ckpt, size_t index);

@@ -806,7 +806,7 @@ widen_status widen_model_open(const char *path, widen_model **out, widen_error *
         free(copy);
     } else {
         st = add_file(m, 0, path, err);
-        if (!st) m->size = m->files[0].ckpt->size;
+        if (!st) m->size = widen_checkpoint_size(m->files[0].ckpt);
     }
     if (!st) st = name_tensors(m, err);
     if (!st && m->root) channel_notes(m);

@@ -574,7 +574,7 @@ static widen_status index_text(const widen_model *m, const folder_plan *p, plan_
     for (size_t i = 0; i < p->count; i++) {
         const plan_file *x = &p->files[i];
         if (x->part == SIZE_MAX || m->files[x->part].component != pf->component) continue;
-        in_files += m->files[x->part].ckpt->size;
+        in_files += widen_checkpoint_size(m->files[x->part].ckpt);
         if (x->op == PLAN_REWRITE) {
             d_bytes += (int64_t)(x->record.out_bytes - x->record.in_bytes);
             d_elements += (int64_t)(x->record.out_elements - x->record.in_elements);
@@ -587,7 +587,7 @@ static widen_status index_text(const widen_model *m, const folder_plan *p, plan_
             free(path);
             out_files += (uint64_t)s.st_size;
         } else {
-            out_files += m->files[x->part].ckpt->size;
+            out_files += widen_checkpoint_size(m->files[x->part].ckpt);
         }
     }
     size_t meta = widen_json_get(j, 0, "metadata");
@@ -927,8 +927,8 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
             } else if (!st && pf->op == PLAN_COPY && pf->part != SIZE_MAX) {
                 /* weights: the file that was read and checked, through its open descriptor, whatever
                  * happened to its name since */
-                const widen_checkpoint *ck = m->files[pf->part].ckpt;
-                st = copy_open(ck->fd, ck->size, from, to, options->fsync, err);
+                widen_mapping ck = widen_checkpoint_file(m->files[pf->part].ckpt);
+                st = copy_open(ck.fd, ck.size, from, to, options->fsync, err);
             } else if (!st && pf->op == PLAN_COPY && pf->doc) {
                 st = write_file(to, pf->doc->text, pf->doc->size, options->fsync, err); /* the document as read */
             } else if (!st && pf->op == PLAN_COPY) {

@@ -3,8 +3,11 @@
 headers held to np.load's verdict: what NumPy refuses, widen refuses, and what NumPy reads, widen reads
 alike or refuses for a named reason."""
 import ast
+import io
 import json
+import os
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -185,13 +188,11 @@ def test_jax_style_npz_widened_on_its_input_axis(tmp_path):
     assert run("verify", tmp_path / "flax.npz", tmp_path / "w.pt", "--manifest", tmp_path / "m.json").returncode == 0
 
 
-@pytest.mark.parametrize("case", ["compressed", "object", "not_npy", "pickle_member", "truncated_member"])
+@pytest.mark.parametrize("case", ["object", "not_npy", "pickle_member", "truncated_member"])
 def test_hostile_or_unread_npz_refused(tmp_path, case):
     import zipfile
     path = tmp_path / "x.npz"
-    if case == "compressed":
-        np.savez_compressed(path, a=np.ones(3))
-    elif case == "object":
+    if case == "object":
         np.savez(path, a=np.array([1, "x"], dtype=object))
     else:
         np.savez(path, a=np.ones((2, 3), np.float32))
@@ -451,3 +452,205 @@ def test_npz_of_more_members_than_a_zip_end_record_counts(tmp_path):
             with z.open(f"t{i:05d}.npy") as member:  # the CRC checked as it is read
                 assert np.lib.format.read_array(member)[0] == i
     assert run("verify", tmp_path / "many.safetensors", tmp_path / "many.npz").returncode == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# .npz archives of deflated members (np.savez_compressed): inflated at open into an unlinked file in
+# $TMPDIR, never whole into memory; what the zip directory declares held to what the streams hold
+
+COMPRESSED = {"stem/kernel": ((7, 7, 3, 16), np.float32), "stem/bias": ((16,), np.float16),
+              "scalar": ((), np.float64), "empty": ((0, 3), np.float32), "nothing": ((2, 0, 3), np.int8),
+              "steps": ((), np.int64), "ids": ((5, 4), np.int16), "mask": ((3, 3), np.bool_),
+              "zeros": ((64, 64), np.float32), "phase": ((4, 2), np.complex64), "head": ((16, 10), np.float64)}
+
+
+def compressed_arrays(seed=5):
+    out = {n: sample(dtype, shape, seed=seed + i) for i, (n, (shape, dtype)) in enumerate(sorted(COMPRESSED.items()))}
+    out["zeros"] = np.zeros((64, 64), np.float32)  # compresses to almost nothing
+    return out
+
+
+def empty_dir(path):
+    path.mkdir(exist_ok=True)
+    return {"TMPDIR": str(path)}
+
+
+def test_savez_compressed_read_widened_converted(tmp_path):
+    torch = pytest.importorskip("torch")
+    xxhash = pytest.importorskip("xxhash")
+    arrays = compressed_arrays()
+    np.savez_compressed(tmp_path / "c.npz", **arrays)
+    np.savez(tmp_path / "s.npz", **arrays)
+    env = empty_dir(tmp_path / "tmp")
+    doc = json.loads(run("inspect", tmp_path / "c.npz", "--json", "--hash", env=env, check=0).stdout)
+    assert doc["format"] == "npz" and doc["size"] == (tmp_path / "c.npz").stat().st_size
+    # the file's hash is of the archive as it is; each array's, of its bytes, whether stored or deflated
+    assert doc["xxh3_128"] == xxhash.xxh3_128_hexdigest((tmp_path / "c.npz").read_bytes())
+    got = {t["name"]: t for t in doc["tensors"]}
+    assert sorted(got) == sorted(arrays)
+    for name, a in arrays.items():
+        assert got[name]["shape"] == list(a.shape) and got[name]["bytes"] == a.nbytes
+        assert got[name]["xxh3_128"] == xxhash.xxh3_128_hexdigest(a.tobytes()), name
+    stored = run("hash", tmp_path / "s.npz", check=0).stdout.splitlines()[1:]
+    assert run("hash", tmp_path / "c.npz", env=env, check=0).stdout.splitlines()[1:] == stored
+    # widened on axis -2 (HWIO), to safetensors and to .pt, checked against NumPy bit for bit
+    run("apply", tmp_path / "c.npz", "-o", tmp_path / "w.safetensors", "--to", "4", env=env, check=0)
+    _, tensors, _, _ = reference.load(tmp_path / "w.safetensors")
+    k = tensors["stem/kernel"][1]
+    assert k.shape == (7, 7, 4, 16) and np.array_equal(k[..., :3, :], arrays["stem/kernel"]) and not k[..., 3, :].any()
+    for name, a in arrays.items():
+        if name != "stem/kernel":
+            assert tensors[name][1].tobytes() == a.tobytes() and tensors[name][1].shape == a.shape, name
+    assert run("verify", tmp_path / "c.npz", tmp_path / "w.safetensors", env=env).returncode == 0
+    run("apply", tmp_path / "c.npz", "-o", tmp_path / "w.pt", "--to", "4", "--manifest", tmp_path / "m.json", env=env,
+        check=0)
+    back = torch.load(tmp_path / "w.pt")
+    assert np.array_equal(back["stem/kernel"].numpy(), k)
+    for name, a in arrays.items():
+        if name != "stem/kernel":
+            assert back[name].numpy().tobytes() == a.tobytes() and tuple(back[name].shape) == a.shape, name
+    assert run("verify", tmp_path / "c.npz", tmp_path / "w.pt", "--manifest", tmp_path / "m.json",
+               env=env).returncode == 0
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_mixed_stored_and_deflated_members(tmp_path):
+    import zipfile
+    xxhash = pytest.importorskip("xxhash")
+    g = np.random.default_rng(9)
+    arrays = {"a": g.standard_normal((33, 3, 3, 3)).astype(np.float32), "b": np.arange(1000, dtype=np.int32),
+              "c": g.standard_normal(7).astype(np.float16), "d": np.zeros(0, np.float32)}
+    with zipfile.ZipFile(tmp_path / "m.npz", "w") as z:
+        for i, (name, a) in enumerate(arrays.items()):
+            data = io.BytesIO()
+            np.lib.format.write_array(data, a)
+            z.writestr(name + ".npy", data.getvalue(), zipfile.ZIP_DEFLATED if i % 2 == 0 else zipfile.ZIP_STORED)
+    assert all(np.array_equal(np.load(tmp_path / "m.npz")[n], a) for n, a in arrays.items())
+    env = empty_dir(tmp_path / "tmp")
+    doc = json.loads(run("inspect", tmp_path / "m.npz", "--json", "--hash", env=env, check=0).stdout)
+    assert {t["name"]: t["xxh3_128"] for t in doc["tensors"]} == \
+        {n: xxhash.xxh3_128_hexdigest(a.tobytes()) for n, a in arrays.items()}
+    run("apply", tmp_path / "m.npz", "-o", tmp_path / "w.safetensors", "--axis", "1", "--to", "4", env=env, check=0)
+    _, tensors, _, _ = reference.load(tmp_path / "w.safetensors")
+    assert np.array_equal(tensors["a"][1][:, :3], arrays["a"]) and not tensors["a"][1][:, 3].any()
+    assert all(np.array_equal(tensors[n][1], arrays[n]) for n in "bcd")
+    assert run("verify", tmp_path / "m.npz", tmp_path / "w.safetensors", env=env).returncode == 0
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def npy_bytes(a):
+    data = io.BytesIO()
+    np.lib.format.write_array(data, a)
+    return data.getvalue()
+
+
+def deflate(raw, level=6):
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return c.compress(raw) + c.flush()
+
+
+def zip_archive(members):
+    """A zip written byte by byte, so that its directory can say what it likes: each member a dict of
+    name, data (the bytes in the archive), method, usize, crc; ZIP64 sizes in the directory."""
+    out, central = bytearray(), bytearray()
+    for m in members:
+        name, data = m["name"].encode(), m["data"]
+        offset = len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, m["method"], 0, 0x21, m["crc"],
+                           min(len(data), 0xFFFFFFFF), min(m["usize"], 0xFFFFFFFF), len(name), 0) + name + data
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, m["method"], 0, 0x21, m["crc"],
+                               0xFFFFFFFF, 0xFFFFFFFF, len(name), 28, 0, 0, 0, 0, 0xFFFFFFFF) + name
+        central += struct.pack("<HHQQQ", 1, 24, m["usize"], len(data), offset)
+    return bytes(out + central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members),
+                                             len(central), len(out), 0))
+
+
+def deflated_member(name, raw, **changes):
+    m = {"name": name, "data": deflate(raw), "method": 8, "usize": len(raw), "crc": zlib.crc32(raw)}
+    m.update(changes)
+    return m
+
+
+def hostile_npz(case):
+    a = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    raw = npy_bytes(a)
+    good = deflated_member("ok.npy", npy_bytes(np.ones(3, np.float32)))
+    if case == "bomb":  # 10 KB that declare a terabyte: refused before a byte is inflated
+        bad = deflated_member("w.npy", raw, usize=1 << 40)
+    elif case == "bomb_in_disguise":  # declares what its header does, inflates to a gigabyte
+        head = npy_bytes(np.zeros(1000, np.uint8))[:-1000]
+        z = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = z.compress(head) + b"".join(z.compress(bytes(1 << 20)) for _ in range(1024)) + z.flush()
+        bad = {"name": "w.npy", "data": data, "method": 8, "usize": len(head) + 1000, "crc": 0}
+    elif case == "directory_shorter":  # the stream holds more than the directory says
+        bad = deflated_member("w.npy", raw + bytes(8))
+        bad["usize"] = len(raw)
+        bad["crc"] = zlib.crc32(raw)
+    elif case == "directory_longer":  # ... and less
+        bad = deflated_member("w.npy", raw[:-8], usize=len(raw), crc=zlib.crc32(raw))
+    elif case == "header_disagrees":  # the directory and the stream agree, the .npy header does not
+        bad = deflated_member("w.npy", raw + bytes(8))
+    elif case == "truncated_stream":
+        bad = deflated_member("w.npy", raw)
+        bad["data"] = bad["data"][:-40]
+    elif case == "trailing_bytes":
+        bad = deflated_member("w.npy", raw)
+        bad["data"] += b"\0" * 16
+    elif case == "damaged_stream":
+        bad = deflated_member("w.npy", raw)
+        bad["data"] = bytes([0xFF]) * 64 + bad["data"][64:]
+    elif case == "bad_crc":
+        bad = deflated_member("w.npy", raw)
+        bad["crc"] ^= 1
+    elif case == "bzip2":
+        bz = pytest.importorskip("bz2")
+        bad = {"name": "w.npy", "data": bz.compress(raw), "method": 12, "usize": len(raw), "crc": zlib.crc32(raw)}
+    elif case == "header_too_long":
+        bad = deflated_member("w.npy", b"\x93NUMPY\x02\x00" + struct.pack("<I", 1 << 20) + b" " * 100)
+    else:
+        raise AssertionError(case)
+    return zip_archive([good, bad])
+
+
+HOSTILE = ["bomb", "bomb_in_disguise", "directory_shorter", "directory_longer", "header_disagrees", "truncated_stream",
+           "trailing_bytes", "damaged_stream", "bad_crc", "bzip2", "header_too_long"]
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_deflated_members_refused(tmp_path, case):
+    import time
+    (tmp_path / "x.npz").write_bytes(hostile_npz(case))
+    env = empty_dir(tmp_path / "tmp")
+    for command in (("inspect",), ("hash",), ("apply", "-o", tmp_path / "out.safetensors", "--to", "4")):
+        began = time.monotonic()
+        r = run(command[0], tmp_path / "x.npz", *command[1:], env=env)
+        assert r.returncode == 3 and r.stderr.count("\n") == 1, r.stderr
+        assert "w.npy" in r.stderr or "deflate bomb" in r.stderr, r.stderr
+        assert time.monotonic() - began < 10
+    assert not list((tmp_path / "tmp").iterdir()) and not (tmp_path / "out.safetensors").exists()
+
+
+def test_deflate_bomb_refused_before_inflating(tmp_path):
+    (tmp_path / "x.npz").write_bytes(hostile_npz("bomb"))
+    r = run("inspect", tmp_path / "x.npz", env={"TMPDIR": str(tmp_path / "missing")})
+    # refused for what it declares: no temporary file was even tried (that would be exit 4)
+    assert r.returncode == 3 and "deflate bomb" in r.stderr, r.stderr
+
+
+def test_inflating_where_there_is_no_room(tmp_path):
+    import resource
+    import subprocess
+    np.savez_compressed(tmp_path / "c.npz", a=np.random.default_rng(0).standard_normal(1 << 18))
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
+    env.pop("LD_PRELOAD", None)
+    (tmp_path / "tmp").mkdir()
+
+    def small_files():  # a file size limit: writing past it fails as a full disk would (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+
+    r = subprocess.run([reference.WIDEN, "inspect", str(tmp_path / "c.npz")], capture_output=True, text=True, env=env,
+                       preexec_fn=small_files)
+    assert r.returncode == 4 and "TMPDIR" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = run("inspect", tmp_path / "c.npz", env={"TMPDIR": str(tmp_path / "missing")})
+    assert r.returncode == 4 and "TMPDIR" in r.stderr, r.stderr
+    assert not list((tmp_path / "tmp").iterdir())

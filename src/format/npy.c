@@ -3,9 +3,16 @@
  * evaluates with ast.literal_eval: widen parses the literals np.save writes (strings in either quote,
  * True/False, tuples of integers, trailing commas, Python 2's 3L in versions 1 and 2) and refuses
  * any other Python (an expression, a comment, a list, a repeated key). */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#define ZLIB_CONST
+#include <libdeflate.h>
+#include <zlib.h>
 
 #include "../dtype.h"
 #include "../internal.h"
@@ -245,74 +252,343 @@ widen_status widen_npy_read(widen_checkpoint *c, widen_error *err)
 /* ---------------------------------------------------------------------------------------------- */
 /* .npz: a zip of .npy members (np.savez stores them, np.savez_compressed deflates them)           */
 
+/* Deflated members are inflated at open, front to back with zlib's streaming inflate, into an
+ * unlinked temporary file that then stands for the checkpoint's data (map, fd, size): the data path
+ * reads, hashes and copies the arrays from there as from any file (random access, several passes,
+ * copy_file_range). Memory stays bounded: one buffer of this size, and the compressed bytes handed
+ * to zlib this much at a time, their pages released once used. */
+#define NPZ_CHUNK (1u << 20)
+/* The temporary file's arrays start on multiples of this, as a safetensors file's do. */
+#define NPZ_ALIGN 64u
+
 static void npz_forget(void *user, uint64_t offset, uint64_t len)
 {
     widen_release(user, offset, len);
 }
 
-static int by_offset(const void *a, const void *b)
+typedef struct npz_member {
+    const widen_zip_entry *e;
+    widen_npy_header h;
+} npz_member;
+
+static int member_by_offset(const void *a, const void *b)
 {
-    const widen_tensor_info *x = a, *y = b;
-    return x->offset < y->offset ? -1 : x->offset > y->offset;
+    const npz_member *x = a, *y = b;
+    return x->e->data_offset < y->e->data_offset ? -1 : x->e->data_offset > y->e->data_offset;
 }
 
-/* The archive's directory is needed only here: the tensors' offsets are all the rest reads (a
- * checkpoint's format state is a torch graph, which a .pt output synthesizes). */
-static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, widen_error *err);
+/* One member's raw deflate stream (zip method 8), inflated front to back. */
+typedef struct npz_inflater {
+    z_stream z;
+    const widen_mapping *file;
+    uint64_t at, end;  /* the compressed bytes not yet handed to zlib: [at, end) of the file */
+    uint64_t released; /* pages before this are released */
+    uint32_t crc;      /* of the bytes inflated so far */
+    int ended, live;
+} npz_inflater;
 
-widen_status widen_npz_read(widen_checkpoint *c, widen_error *err)
+static widen_status inflate_start(npz_inflater *f, const widen_mapping *file, const widen_zip_entry *e, widen_error *err)
 {
-    widen_zip zip = {0};
-    widen_status st = widen_zip_read(c->map, c->size, c->path, &zip, npz_forget, c, err);
-    if (!st) st = npz_members(c, &zip, err);
-    widen_zip_free(&zip);
+    memset(f, 0, sizeof *f);
+    f->file = file;
+    f->at = f->released = e->data_offset;
+    f->end = e->data_offset + e->size;
+    if (inflateInit2(&f->z, -MAX_WBITS) != Z_OK) return widen_fail(err, WIDEN_EIO, "out of memory");
+    f->live = 1;
+    return WIDEN_OK;
+}
+
+static void inflate_stop(npz_inflater *f)
+{
+    if (f->live) inflateEnd(&f->z);
+    f->live = 0;
+}
+
+/* Up to `want` (<= NPZ_CHUNK) more inflated bytes into out; *got < want only where the stream ended. */
+static widen_status inflate_some(npz_inflater *f, unsigned char *out, size_t want, size_t *got, const char *what,
+                                 widen_error *err)
+{
+    f->z.next_out = out;
+    f->z.avail_out = (uInt)want;
+    while (f->z.avail_out && !f->ended) {
+        if (!f->z.avail_in) { /* all handed so far is used: its pages go */
+            if (f->at == f->end)
+                return widen_fail(err, WIDEN_EFORMAT, "%s: its deflate stream is cut short (the member's compressed "
+                                  "bytes end before the stream does)", what);
+            widen_mapping_release(f->file, f->released, f->at - f->released);
+            f->released = f->at;
+            uint64_t n = f->end - f->at < NPZ_CHUNK ? f->end - f->at : NPZ_CHUNK;
+            f->z.next_in = f->file->data + f->at;
+            f->z.avail_in = (uInt)n;
+            f->at += n;
+        }
+        int r = inflate(&f->z, Z_NO_FLUSH);
+        if (r == Z_STREAM_END) f->ended = 1;
+        else if (r == Z_MEM_ERROR) return widen_fail(err, WIDEN_EIO, "out of memory");
+        else if (r != Z_OK && !(r == Z_BUF_ERROR && !f->z.avail_in))
+            return widen_fail(err, WIDEN_EFORMAT, "%s: its deflate stream is damaged (zlib: %s)", what,
+                              f->z.msg ? f->z.msg : "no progress");
+    }
+    *got = want - f->z.avail_out;
+    f->crc = (uint32_t)libdeflate_crc32(f->crc, out, *got);
+    return WIDEN_OK;
+}
+
+/* After the bytes the directory declares: the stream ends there, with the member's last compressed
+ * byte, and the CRC-32 agrees (what zipfile checks, and more: it ignores trailing bytes). */
+static widen_status inflate_finish(npz_inflater *f, const widen_zip_entry *e, const char *what, widen_error *err)
+{
+    if (!f->ended) {
+        unsigned char extra;
+        size_t got;
+        widen_status st = inflate_some(f, &extra, 1, &got, what, err);
+        if (st) return st;
+        if (got)
+            return widen_fail(err, WIDEN_EFORMAT, "%s: it inflates to more than the %llu bytes the zip directory "
+                              "declares", what, (unsigned long long)e->usize);
+    }
+    uint64_t left = f->z.avail_in + (f->end - f->at);
+    if (left)
+        return widen_fail(err, WIDEN_EFORMAT, "%s: its deflate stream ends %llu bytes before the member's compressed "
+                          "bytes do", what, (unsigned long long)left);
+    if (f->crc != e->crc)
+        return widen_fail(err, WIDEN_EFORMAT, "%s: the CRC-32 of its inflated bytes is %08x, the zip directory says "
+                          "%08x (the member is damaged)", what, (unsigned)f->crc, (unsigned)e->crc);
+    return WIDEN_OK;
+}
+
+static widen_status inflated_short(const widen_zip_entry *e, uint64_t got, const char *what, widen_error *err)
+{
+    return widen_fail(err, WIDEN_EFORMAT, "%s: it inflates to only %llu bytes, the zip directory declares %llu", what,
+                      (unsigned long long)got, (unsigned long long)e->usize);
+}
+
+/* The .npy header at the front of a deflated member: its first bytes inflated, no more than
+ * NumPy's header limit allows. */
+static widen_status deflated_header(const widen_mapping *file, const widen_zip_entry *e, const char *what,
+                                    widen_npy_header *h, widen_error *err)
+{
+    unsigned char head[12 + NPY_MAX_HEADER];
+    npz_inflater f;
+    size_t got = 0, more = 0;
+    uint64_t want = e->usize < 12 ? e->usize : 12;
+    widen_status st = inflate_start(&f, file, e, err);
+    if (!st) st = inflate_some(&f, head, (size_t)want, &got, what, err);
+    if (!st && got < want) st = inflated_short(e, got, what, err);
+    if (!st && got == 12 && memcmp(head, "\x93NUMPY", 6) == 0 && head[6] >= 1 && head[6] <= 3 && head[7] == 0) {
+        uint64_t start = head[6] == 1 ? 10 : 12, len = head[6] == 1 ? (uint64_t)head[8] | (uint64_t)head[9] << 8
+                                                                 : (uint64_t)head[8] | (uint64_t)head[9] << 8 |
+                                                                       (uint64_t)head[10] << 16 | (uint64_t)head[11] << 24;
+        if (len > NPY_MAX_HEADER) {
+            st = widen_fail(err, WIDEN_EFORMAT, "%s: NumPy .npy header of %llu bytes: NumPy refuses more than %u unless "
+                            "told to trust the file", what, (unsigned long long)len, NPY_MAX_HEADER);
+        } else {
+            want = (e->usize < start + len ? e->usize : start + len) - got;
+            st = inflate_some(&f, head + got, (size_t)want, &more, what, err);
+            got += more;
+            if (!st && more < want) st = inflated_short(e, got, what, err);
+        }
+    }
+    inflate_stop(&f);
+    if (!st) st = widen_npy_parse_header(head, got, what, h, err);
+    if (!st && (e->usize < h->data_offset || e->usize - h->data_offset != h->nbytes))
+        st = widen_fail(err, WIDEN_EFORMAT, "%s: its header describes %llu bytes of data, the zip directory declares "
+                        "%llu inflated bytes after it", what, (unsigned long long)h->nbytes,
+                        (unsigned long long)(e->usize - (e->usize < h->data_offset ? e->usize : h->data_offset)));
     return st;
 }
 
-static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, widen_error *err)
+static void member_what(const widen_checkpoint *c, const widen_zip_entry *e, char *what, size_t size)
+{
+    snprintf(what, size, "%s: member '%.500s'", c->path, e->name);
+}
+
+/* The unlinked temporary file in $TMPDIR (or /tmp): O_TMPFILE has no name at all; where the file
+ * system cannot, a name unlinked at once. Gone with the descriptor, whatever ends the process. */
+static widen_status temp_open(const char *dir, int *fd, widen_error *err)
+{
+    *fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (*fd >= 0) return WIDEN_OK;
+    size_t n = strlen(dir) + 32;
+    char *name = malloc(n);
+    if (!name) return widen_fail(err, WIDEN_EIO, "out of memory");
+    snprintf(name, n, "%s/.widen-npz-XXXXXX", dir);
+    *fd = mkostemp(name, O_CLOEXEC);
+    widen_status st = *fd < 0 ? widen_fail(err, WIDEN_EIO, "cannot create a temporary file in %s (TMPDIR) to inflate "
+                                           "the archive's compressed members into: %s", dir, strerror(errno))
+                              : WIDEN_OK;
+    if (*fd >= 0) unlink(name);
+    free(name);
+    return st;
+}
+
+/* Every deflated member inflated and checked whole; where one holds data, every array's bytes go into
+ * the temporary file (stored ones copied), which then becomes the checkpoint's data. */
+static widen_status npz_inflate(widen_checkpoint *c, const npz_member *m, size_t count, widen_error *err)
+{
+    uint64_t spill = 0;
+    int needed = 0;
+    for (size_t i = 0; i < count; i++) needed |= m[i].e->method == 8 && m[i].h.nbytes;
+    for (size_t i = 0; needed && i < count; i++)
+        if (m[i].h.nbytes) spill = (spill + NPZ_ALIGN - 1) / NPZ_ALIGN * NPZ_ALIGN + m[i].h.nbytes;
+    const widen_mapping file = {c->map, c->size, c->fd};
+    const char *dir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    size_t target_size = strlen(c->path) + strlen(dir) + 96;
+    char *target = malloc(target_size), what[700];
+    unsigned char *buffer = malloc(NPZ_CHUNK);
+    static const unsigned char zeros[NPZ_ALIGN];
+    int fd = -1;
+    widen_status st = target && buffer ? WIDEN_OK : widen_fail(err, WIDEN_EIO, "out of memory");
+    if (!st) snprintf(target, target_size, "%s: inflating its members into a temporary file in %s (TMPDIR)", c->path, dir);
+    if (!st && needed) st = temp_open(dir, &fd, err);
+    /* the room first, where the file system can tell: a full disk is found before the work */
+    if (!st && needed && fallocate(fd, 0, 0, (off_t)spill) != 0 && errno != EOPNOTSUPP && errno != ENOSYS)
+        st = widen_fail(err, WIDEN_EIO, "%s: %llu bytes: %s", target, (unsigned long long)spill, strerror(errno));
+    uint64_t pos = 0;
+    for (size_t i = 0; i < count && !st; i++) {
+        const widen_zip_entry *e = m[i].e;
+        widen_tensor_info *t = &c->tensors[i];
+        member_what(c, e, what, sizeof what);
+        if (needed && t->nbytes && pos % NPZ_ALIGN) {
+            st = widen_write_all(fd, zeros, NPZ_ALIGN - pos % NPZ_ALIGN, target, err);
+            pos += NPZ_ALIGN - pos % NPZ_ALIGN;
+        }
+        if (!st && e->method == 0 && needed && t->nbytes) { /* a stored member of a mixed archive */
+            st = file.fd >= 0 ? widen_copy_all(file.fd, t->offset, fd, t->nbytes, target, err) : WIDEN_EUSAGE;
+            if (st == WIDEN_EUSAGE) /* not between these file systems: through this process */
+                st = widen_write_all(fd, file.data + t->offset, (size_t)t->nbytes, target, err);
+            widen_mapping_release(&file, t->offset, t->nbytes);
+            t->offset = pos;
+            pos += t->nbytes;
+        }
+        if (st || e->method == 0) continue;
+        npz_inflater f;
+        size_t got;
+        if (!(st = inflate_start(&f, &file, e, err))) st = inflate_some(&f, buffer, (size_t)m[i].h.data_offset, &got, what, err);
+        if (!st && got < m[i].h.data_offset) st = inflated_short(e, got, what, err);
+        for (uint64_t done = 0; !st && done < t->nbytes; done += got) {
+            size_t want = t->nbytes - done < NPZ_CHUNK ? (size_t)(t->nbytes - done) : NPZ_CHUNK;
+            st = inflate_some(&f, buffer, want, &got, what, err);
+            if (!st && got < want) st = inflated_short(e, m[i].h.data_offset + done + got, what, err);
+            if (!st) st = widen_write_all(fd, buffer, got, target, err);
+        }
+        if (!st) st = inflate_finish(&f, e, what, err);
+        inflate_stop(&f);
+        t->offset = needed ? pos : e->data_offset; /* an empty array's offset, in order, inside the file */
+        pos += needed ? t->nbytes : 0;
+    }
+    if (!st && needed) {
+        void *map = mmap(NULL, (size_t)spill, PROT_READ, MAP_SHARED, fd, 0);
+        if (pos != spill) st = widen_fail(err, WIDEN_EIO, "%s: %llu bytes written of %llu", target,
+                                          (unsigned long long)pos, (unsigned long long)spill);
+        else if (map == MAP_FAILED) st = widen_fail(err, WIDEN_EIO, "%s: cannot map: %s", target, strerror(errno));
+        if (!st) {
+            c->file = file;
+            c->inflated = 1;
+            c->map = map;
+            c->size = spill;
+            c->fd = fd;
+            fd = -1;
+        } else if (map != MAP_FAILED) {
+            munmap(map, (size_t)spill);
+        }
+    }
+    if (fd >= 0) close(fd);
+    free(buffer);
+    free(target);
+    return st;
+}
+
+static const char *method_name(unsigned method)
+{
+    switch (method) {
+    case 9: return "deflate64";
+    case 12: return "bzip2";
+    case 14: return "LZMA";
+    case 93: return "zstd";
+    case 95: return "xz";
+    default: return "unknown";
+    }
+}
+
+/* The members, checked in this order: what they are (.npy, stored or deflated), the inflated bytes
+ * they declare (the work bound, before anything is inflated: a deflate bomb is refused at once),
+ * each .npy header, and only then the deflated data, inflated whole. */
+static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, uint64_t max_inflated, widen_error *err)
 {
     widen_status st = WIDEN_OK;
-    if (!(c->tensors = calloc(zip->count + 1, sizeof *c->tensors)) || !(c->names = calloc(zip->count + 1, sizeof *c->names)))
-        return widen_fail(err, WIDEN_EIO, "out of memory");
+    uint64_t declared = 0;
+    char what[700];
     for (size_t i = 0; i < zip->count; i++) {
         const widen_zip_entry *e = &zip->entries[i];
         size_t len = strlen(e->name);
         /* np.load hands a member that is not .npy back as bytes: not an array widen can carry */
         if (len <= 4 || strcmp(e->name + len - 4, ".npy") != 0 || e->directory)
             return widen_fail(err, WIDEN_EFORMAT, "%s: member '%s' of the .npz archive is not a .npy array", c->path, e->name);
-        if (e->method != 0)
-            return widen_fail(err, WIDEN_EFORMAT, "%s: member '%s' is compressed (np.savez_compressed), which widen does "
-                              "not read yet: save it with np.savez", c->path, e->name);
-        char what[700];
-        snprintf(what, sizeof what, "%s: member '%.500s'", c->path, e->name);
-        widen_npy_header h;
-        if ((st = widen_npy_parse_header(c->map + e->data_offset, e->size, what, &h, err))) return st;
-        if ((st = npy_layout(c, c->count, zip->count + 1, &h, err))) return st;
-        if (h.nbytes != e->size - h.data_offset)
-            return widen_fail(err, WIDEN_EFORMAT, "%s: its header describes %llu bytes of data, the member holds %llu", what,
-                              (unsigned long long)h.nbytes, (unsigned long long)(e->size - h.data_offset));
-        if (!(c->names[c->count] = strndup(e->name, len - 4))) return widen_fail(err, WIDEN_EIO, "out of memory");
+        if (e->method != 0 && e->method != 8)
+            return widen_fail(err, WIDEN_EFORMAT, "%s: member '%s' is compressed with zip method %u (%s), which widen does "
+                              "not read: it reads stored and deflated members (np.savez, np.savez_compressed)", c->path,
+                              e->name, (unsigned)e->method, method_name(e->method));
+        if (e->method == 8 && __builtin_add_overflow(declared, e->usize, &declared)) declared = UINT64_MAX;
+    }
+    if (declared > max_inflated)
+        return widen_fail(err, WIDEN_EFORMAT, "%s: its compressed members declare %llu bytes inflated, over %u times the "
+                          "file's size (a deflate bomb?); widen does not inflate them", c->path,
+                          (unsigned long long)declared, WIDEN_WORK_FACTOR);
+    npz_member *m = calloc(zip->count + 1, sizeof *m);
+    if (!(c->tensors = calloc(zip->count + 1, sizeof *c->tensors)) || !(c->names = calloc(zip->count + 1, sizeof *c->names)) ||
+        !m) {
+        free(m);
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    }
+    for (size_t i = 0; i < zip->count; i++) m[i].e = &zip->entries[i];
+    /* file order: the archive is read front to back, and the tensors are listed so */
+    if (zip->count) qsort(m, zip->count, sizeof *m, member_by_offset);
+    const widen_mapping file = {c->map, c->size, c->fd};
+    for (size_t i = 0; i < zip->count && !st; i++) {
+        const widen_zip_entry *e = m[i].e;
+        widen_npy_header *h = &m[i].h;
+        member_what(c, e, what, sizeof what);
+        if (e->method == 8) {
+            if ((st = deflated_header(&file, e, what, h, err))) break;
+        } else if ((st = widen_npy_parse_header(c->map + e->data_offset, e->size, what, h, err))) {
+            break;
+        }
+        if ((st = npy_layout(c, c->count, zip->count + 1, h, err))) break;
+        if (e->method == 0 && h->nbytes != e->size - h->data_offset) {
+            st = widen_fail(err, WIDEN_EFORMAT, "%s: its header describes %llu bytes of data, the member holds %llu", what,
+                            (unsigned long long)h->nbytes, (unsigned long long)(e->size - h->data_offset));
+            break;
+        }
+        size_t len = strlen(e->name);
+        if (!(c->names[c->count] = strndup(e->name, len - 4))) {
+            st = widen_fail(err, WIDEN_EIO, "out of memory");
+            break;
+        }
         widen_tensor_info *t = &c->tensors[c->count++];
         t->name = c->names[c->count - 1];
-        t->dtype = h.dtype;
-        t->rank = h.rank;
-        memcpy(t->shape, h.shape, sizeof h.shape);
-        t->offset = e->data_offset + h.data_offset;
-        t->nbytes = h.nbytes;
-        c->logical_bytes += h.nbytes;
+        t->dtype = h->dtype;
+        t->rank = h->rank;
+        memcpy(t->shape, h->shape, sizeof h->shape);
+        t->offset = e->data_offset + h->data_offset; /* a deflated member's: set once inflated */
+        t->nbytes = h->nbytes;
+        c->logical_bytes += h->nbytes;
     }
-    /* file order; the names stay with their tensors, the layouts go with them */
-    if (!c->count) return WIDEN_OK;
-    if (!c->layouts) {
-        qsort(c->tensors, c->count, sizeof *c->tensors, by_offset);
-        return WIDEN_OK;
-    }
-    typedef struct { widen_tensor_info t; widen_layout l; } pair;
-    pair *pairs = malloc(c->count * sizeof *pairs);
-    if (!pairs) return widen_fail(err, WIDEN_EIO, "out of memory");
-    for (size_t i = 0; i < c->count; i++) pairs[i] = (pair){c->tensors[i], c->layouts[i]};
-    qsort(pairs, c->count, sizeof *pairs, by_offset); /* a pair starts with its tensor */
-    for (size_t i = 0; i < c->count; i++) c->tensors[i] = pairs[i].t, c->layouts[i] = pairs[i].l;
-    free(pairs);
-    return WIDEN_OK;
+    if (!st && declared) st = npz_inflate(c, m, c->count, err);
+    free(m);
+    return st;
+}
+
+widen_status widen_npz_read_bounded(widen_checkpoint *c, uint64_t max_inflated, widen_error *err)
+{
+    widen_zip zip = {0};
+    widen_status st = widen_zip_read(c->map, c->size, c->path, &zip, npz_forget, c, err);
+    if (!st) st = npz_members(c, &zip, max_inflated, err);
+    widen_zip_free(&zip);
+    return st;
+}
+
+widen_status widen_npz_read(widen_checkpoint *c, widen_error *err)
+{
+    return widen_npz_read_bounded(c, widen_work_limit(c->size), err);
 }

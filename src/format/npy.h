@@ -27,8 +27,15 @@ widen_status widen_npy_parse_header(const unsigned char *data, uint64_t size, co
 /* Fills the checkpoint's one tensor from the mapped file. */
 widen_status widen_npy_read(widen_checkpoint *c, widen_error *err);
 
-/* An .npz archive of stored .npy members: a tensor each, named as the member less ".npy"
- * ("params/conv1/kernel"). Compressed members are refused for now. */
+/* An .npz archive of .npy members: a tensor each, named as the member less ".npy"
+ * ("params/conv1/kernel"). Stored members are read in place. Deflated ones (np.savez_compressed) are
+ * inflated at open into an unlinked temporary file in $TMPDIR (or /tmp), which then stands for the
+ * checkpoint's data (ckpt->map, fd and size; ckpt->file is the archive): their inflated size, as
+ * the zip directory declares it, must equal header plus data and may be at most `max_inflated` in
+ * all (checked before anything is inflated), and each stream must end exactly at its compressed
+ * size, with the CRC-32 the directory gives. Other zip methods are refused. widen_npz_read bounds
+ * the inflated bytes by the work bound (WIDEN_WORK_FACTOR times the file's size, plus the slack). */
+widen_status widen_npz_read_bounded(widen_checkpoint *c, uint64_t max_inflated, widen_error *err);
 widen_status widen_npz_read(widen_checkpoint *c, widen_error *err);
 
 #endif

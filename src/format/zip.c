@@ -114,6 +114,7 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
         e->data_offset = local + 30 + rd16(m + local + 26) + rd16(m + local + 28);
         if (forget) forget(forget_user, local, 30);
         e->size = csize;
+        e->usize = usize;
         e->crc = rd32(m + at + 16);
         if (e->data_offset > size || e->size > size - e->data_offset)
             st = BAD("%s: zip entry '%s' runs past the end of the file", path, e->name);

@@ -14,6 +14,7 @@ typedef struct widen_zip_entry {
     uint64_t header_offset; /* of the local header */
     uint64_t data_offset;   /* of the data: after the local header (its own name and extra lengths) */
     uint64_t size;        /* stored bytes (reading: the compressed size) */
+    uint64_t usize;       /* reading: the uncompressed size the central directory declares */
     uint32_t crc;
     uint16_t method;      /* 0: stored */
     uint8_t directory;    /* miniz takes it for a directory and reads nothing of it */

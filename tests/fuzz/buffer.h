@@ -32,7 +32,8 @@ static inline void check_tensors_inside(const widen_checkpoint *c, size_t size)
 
 static inline void buffer_close(widen_checkpoint *c)
 {
-    c->map = NULL; /* not ours to unmap */
+    if (c->inflated) c->file.data = NULL; /* not ours to unmap (the inflated arrays' file is) */
+    else c->map = NULL;
     widen_close(c);
 }
 

@@ -98,6 +98,11 @@ def main():
     import test_legacy
     with tempfile.TemporaryDirectory() as tmp:
         out("legacy", "view", test_legacy.old_style(pathlib.Path(tmp)).read_bytes())
+    # np.savez_compressed: deflated members, one compressing well and one not, an empty one and a scalar
+    data = io.BytesIO()
+    np.savez_compressed(data, **{"k": np.zeros((3, 3, 3, 4), np.float32), "r": np.arange(64, dtype=np.uint8) * 37,
+                                 "e": np.zeros((0, 2), np.int16), "s": np.float64(2.5)})
+    out("npy", "npz1", data.getvalue())
     for i, text in enumerate(["0,1,2,zero", "2,1,0", "0*0.5,mean,sum,normal:0.1:3,const:1", "timm", "cyclic",
                               "normal:0.5:7", "copy:2", "const:-1e-3", "mean", "zeros"]):
         out("map", f"map{i}", text.encode())
