@@ -654,3 +654,28 @@ def test_inflating_where_there_is_no_room(tmp_path):
     r = run("inspect", tmp_path / "c.npz", env={"TMPDIR": str(tmp_path / "missing")})
     assert r.returncode == 4 and "TMPDIR" in r.stderr, r.stderr
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_bfloat16_as_raw_records_is_refused_with_its_descr(tmp_path):
+    """ml_dtypes' bfloat16 goes through np.save as '<V2', raw 2-byte records, which np.load hands back
+    as such: no writer names it, so it is refused, and the message says why."""
+    path = tmp_path / "bf16.npy"
+    path.write_bytes(npy_with_header("{'descr': '<V2', 'fortran_order': False, 'shape': (3, 4), }"))
+    assert np.load(path).dtype == np.dtype("V2")
+    proc = run("inspect", path)
+    assert proc.returncode == 3 and "'<V2'" in proc.stderr and "bfloat16" in proc.stderr, proc.stderr
+
+
+def test_compressed_npz_with_gathered_members_to_npz(tmp_path):
+    """Deflated members in Fortran order and big-endian: inflated, gathered, widened, written as an
+    .npz that np.load reads as the expected arrays, and verified."""
+    g = np.random.default_rng(2)
+    arrays = {"f": np.asfortranarray(g.standard_normal((3, 4, 2)).astype(">f4")),
+              "p": g.standard_normal(5).astype("<f2"), "z": np.zeros((64, 64), ">f8")}
+    np.savez_compressed(tmp_path / "c.npz", **arrays)
+    run("apply", tmp_path / "c.npz", "-o", tmp_path / "w.npz", "-t", "f", "--axis", "1", "--to", "5", check=0)
+    with np.load(tmp_path / "w.npz") as out:
+        want = np.concatenate([arrays["f"], np.zeros((3, 1, 2), ">f4")], 1).astype("<f4")
+        assert out["f"].dtype == np.dtype("<f4") and out["f"].tobytes() == want.tobytes()
+        assert out["p"].tobytes() == arrays["p"].tobytes() and out["z"].tobytes() == arrays["z"].astype("<f8").tobytes()
+    run("verify", tmp_path / "c.npz", tmp_path / "w.npz", check=0)

@@ -118,7 +118,7 @@ static widen_status descr_dtype(hparser *h, const char *d, widen_dtype *out, int
     } codes[] = {{"b1", WIDEN_BOOL}, {"i1", WIDEN_I8},  {"u1", WIDEN_U8},  {"i2", WIDEN_I16}, {"u2", WIDEN_U16},
                  {"i4", WIDEN_I32},  {"u4", WIDEN_U32}, {"i8", WIDEN_I64}, {"u8", WIDEN_U64}, {"f2", WIDEN_F16},
                  {"f4", WIDEN_F32},  {"f8", WIDEN_F64}, {"c8", WIDEN_C64}};
-    char msg[160];
+    char msg[320];
     if (strchr(d, 'O')) return bad(h, "an object dtype (|O): NumPy would need to unpickle it");
     if ((d[0] == '<' || d[0] == '>' || d[0] == '|' || d[0] == '=') && strlen(d) == 3) {
         for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
@@ -129,6 +129,12 @@ static widen_status descr_dtype(hparser *h, const char *d, widen_dtype *out, int
             *big = d[0] == '>' && !one;
             return WIDEN_OK;
         }
+    }
+    if ((d[0] == '<' || d[0] == '>' || d[0] == '|') && strcmp(d + 1, "V2") == 0) {
+        snprintf(msg, sizeof msg, "dtype '%s': raw 2-byte records, which is how np.save stores ml_dtypes' bfloat16, and "
+                 "any other 2-byte record alike; nothing in the file says which, so widen does not read it (save bfloat16 "
+                 "as float32, or as safetensors)", d);
+        return bad(h, msg);
     }
     snprintf(msg, sizeof msg, "dtype '%.40s' is not one widen reads (booleans, integers, float16/32/64, complex64)", d);
     return bad(h, msg);
