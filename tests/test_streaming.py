@@ -81,3 +81,30 @@ def test_folder_memory_is_bounded_by_the_largest_step(tmp_path):
     assert peak_rss_kib("apply", src, "-o", out, "--to", "4", "--no-fsync", "--threads", "2") < LIMIT_KIB
     assert peak_rss_kib("verify", src, out) < LIMIT_KIB
     assert peak_rss_kib("hash", out) < LIMIT_KIB
+
+
+def test_legacy_torch_and_compressed_npz_memory_is_bounded(tmp_path):
+    """A legacy torch.save file and an np.savez_compressed archive, each several times the limit:
+    apply, verify and hash stream them (the archive's members inflated through a fixed buffer into
+    a temporary file), and the widened stem is what NumPy computes."""
+    import torch
+    g = np.random.default_rng(7)
+    stem = g.standard_normal((64, 3, 7, 7)).astype(np.float32)
+    block = (np.arange(32 << 20, dtype=np.int64) % 251).astype(np.float32)  # 128 MiB that deflate shrinks fast
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"stem.weight": torch.from_numpy(stem), "a": torch.from_numpy(block), "b": torch.from_numpy(block[::-1].copy())},
+               legacy, _use_new_zipfile_serialization=False)
+    npz = tmp_path / "c.npz"
+    np.savez_compressed(npz, **{"stem/weight": stem.transpose(2, 3, 1, 0), "a": block, "b": block[::-1]})
+    assert legacy.stat().st_size > 4 * LIMIT_KIB * 1024
+    for src, name, axis, fmt in ((legacy, "stem.weight", "1", "pt"), (npz, "stem/weight", "-2", "safetensors")):
+        out, manifest = tmp_path / f"out.{fmt}", tmp_path / f"{fmt}.json"
+        assert peak_rss_kib("apply", src, "-o", out, "-t", name, "--axis", axis, "--to", "4", "--no-fsync",
+                            "--manifest", manifest) < LIMIT_KIB
+        assert peak_rss_kib("verify", src, out, "--manifest", manifest) < LIMIT_KIB
+        assert peak_rss_kib("hash", src) < LIMIT_KIB
+    want = np.pad(stem, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    assert torch.load(tmp_path / "out.pt", weights_only=True)["stem.weight"].numpy().tobytes() == want.tobytes()
+    import reference
+    got = reference.load(tmp_path / "out.safetensors")[1]["stem/weight"][1]
+    assert got.tobytes() == np.ascontiguousarray(want.transpose(2, 3, 1, 0)).tobytes()
