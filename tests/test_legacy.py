@@ -138,6 +138,12 @@ class StorageView:
         self.root, self.key, self.offset, self.size = root, key, offset, size
 
 
+class RawPid:
+    """A persistent id spelled out whole (what an attacker writes)."""
+    def __init__(self, tup):
+        self.tup = tup
+
+
 class Rebuild:
     def __init__(self, fn, args):
         self.fn, self.args = fn, args
@@ -147,10 +153,12 @@ class Rebuild:
 
 
 def legacy_file(path, obj, storages, protocol=2, keys=None, counts=None, trailer=b"", magic=MAGIC, version=1001,
-                extra=()):
+                extra=(), sys_info=None):
     """Writes obj as _legacy_save lays it out; persistent ids for Storage and StorageView objects."""
     class Pickler(pickle.Pickler):
         def persistent_id(self, o):
+            if isinstance(o, RawPid):
+                return o.tup
             if isinstance(o, Storage):
                 return ("storage", o.cls, o.key, "cpu", o.values.numel(), None)
             if isinstance(o, StorageView):
@@ -161,8 +169,8 @@ def legacy_file(path, obj, storages, protocol=2, keys=None, counts=None, trailer
     f = io.BytesIO()
     pickle.dump(magic, f, protocol=protocol)
     pickle.dump(version, f, protocol=protocol)
-    pickle.dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}, f,
-                protocol=protocol)
+    Pickler(f, protocol=protocol).dump(sys_info or {"protocol_version": 1001, "little_endian": True,
+                                                    "type_sizes": {"short": 2, "int": 4, "long": 4}})
     Pickler(f, protocol=protocol).dump(obj)
     order = keys if keys is not None else sorted(s.key for s in storages)
     pickle.dump(order, f, protocol=protocol)
@@ -273,7 +281,8 @@ def test_files_still_refused_are_named(tmp_path):
     assert json.loads(run("inspect", old_style(tmp_path), "--json", check=0).stdout)["format"] == "pt"
 
 
-def test_a_legacy_file_that_also_reads_as_tar_is_refused(tmp_path):
+@pytest.mark.parametrize("spelling", ["%06o\0 ", "+%o\0", "0o%o", "%o_\0", "base256"])
+def test_a_legacy_file_that_also_reads_as_tar_is_refused(tmp_path, spelling):
     """torch.load tries the tar-era format first: a legacy file whose first block carries a valid tar
     checksum (here inside the sys_info dict, which torch ignores) is read by torch as a tar archive,
     and by widen not at all."""
@@ -294,7 +303,15 @@ def test_a_legacy_file_that_also_reads_as_tar_is_refused(tmp_path):
     data[156] = ord("0")  # a regular file ('x' would be a pax header tarfile cannot parse)
     data[148:156] = b" " * 8
     checksum = sum(data[:512])
-    data[148:156] = b"%06o\0 " % checksum
+
+    def field(value):  # every spelling Python's tarfile (int(text, 8), or base-256) reads
+        if spelling == "base256":
+            return b"\x80" + value.to_bytes(7, "big")
+        if spelling == "%o_\0":  # an underscore between two digits
+            text = b"%o" % value
+            return (text[:1] + b"_" + text[1:] + b"\0").ljust(8, b"\0")
+        return (spelling.encode() % value).ljust(8, b"\0")
+    data[148:156] = field(checksum)
     path = tmp_path / "tar.pth"
     path.write_bytes(bytes(data))
     import tarfile
@@ -304,6 +321,51 @@ def test_a_legacy_file_that_also_reads_as_tar_is_refused(tmp_path):
         torch.load(path, weights_only=False)
     proc = run("inspect", path)
     assert proc.returncode == 3 and "tar archive" in proc.stderr, proc.stderr
-    data[148:156] = b"%06o\0 " % (checksum + 1)  # without a valid checksum it is an ordinary legacy file
+    if spelling == "base256":
+        return  # its bytes are not UTF-8: the string holding them is not one torch reads either
+    data[148:156] = field(checksum + 1)  # without a valid checksum it is an ordinary legacy file
     path.write_bytes(bytes(data))
     run("inspect", path, check=0)
+
+
+def test_attacks_found_in_review(tmp_path):
+    """Each was read by widen in a way torch does not read it; each is now exit 3 (or read as torch
+    reads it)."""
+    pickles = pytest.importorskip("pickles")
+    # a view whose root numel times the element size wraps around 2^64
+    r = Storage("1", torch.FloatStorage, torch.arange(6.0))
+    wrap = RawPid(("storage", torch.FloatStorage, "1", "cpu", 6 + 2 ** 62, ("v", 2 ** 61, 2)))
+    path = legacy_file(tmp_path / "wrap.pth", {"a": Rebuild(torch._utils._rebuild_tensor, (r, 0, (6,), (1,))),
+                                               "z": Rebuild(torch._utils._rebuild_tensor, (wrap, 0, (2,), (1,)))}, [r])
+    proc = run("hash", path)
+    assert proc.returncode == 3 and "two types or sizes" in proc.stderr, proc.stderr
+    # a FRAME of the magic pickle that runs past its STOP: where torch reads on depends on its buffer
+    data = bytearray(old_style(tmp_path, name="p4.pth", protocol=4).read_bytes())
+    assert data[2] == 0x95
+    data[3:11] = struct.pack("<Q", struct.unpack("<Q", data[3:11])[0] + 5)
+    (tmp_path / "frame.pth").write_bytes(bytes(data))
+    proc = run("inspect", tmp_path / "frame.pth")
+    assert proc.returncode == 3 and "FRAME runs past its STOP" in proc.stderr, proc.stderr
+    # a storage in sys_info, which torch loads without persistent_load
+    path = old_style(tmp_path, name="sys.pth", sys_info={"x": Storage("1", torch.FloatStorage, torch.zeros(1))})
+    proc = run("inspect", path)
+    assert proc.returncode == 3 and "persistent id" in proc.stderr, proc.stderr
+    # ADDITEMS on set(L): the set grows, L does not (L is memo 2: the dict, "lst", then L)
+    obj = {"lst": [1], "conv": pickles.tensor_v2(pickles.storage("0", "F32", 3), [1, 3, 1, 1]),
+           "s": pickles.Raw(b"cbuiltins\nset\nh\x02\x85R(K\x02\x90")}
+    src = pickles.write_pt(tmp_path / "additems.pt", pickles.dumps(obj, proto=4), {"0": struct.pack("<3f", 1, 2, 3)})
+    assert torch.load(src, weights_only=False)["lst"] == [1]
+    out, manifest = tmp_path / "a.pt", tmp_path / "a.json"
+    run("apply", src, "-t", "conv", "--axis", "1", "--to", "4", "-o", out, "--manifest", manifest, check=0)
+    back = torch.load(out, weights_only=False)
+    assert back["lst"] == [1] and back["s"] == {1, 2}
+    run("verify", src, out, "--manifest", manifest, check=0)
+    # a global split as torch.save never splits it: the weights-only loader reads it, the full
+    # unpickler fails on it under protocol 2 (protocol 4 resolves dotted names); refused either way
+    obj = {"conv": pickles.Call(pickles.Global("torch", "_utils._rebuild_tensor_v2"),
+                                pickles.tensor_v2(pickles.storage("0", "F32", 3), [3]).args)}
+    src = pickles.write_pt(tmp_path / "split.pt", pickles.dumps(obj, proto=2), {"0": struct.pack("<3f", 1, 2, 3)})
+    with pytest.raises(Exception):
+        torch.load(src, weights_only=False)
+    proc = run("inspect", src)
+    assert proc.returncode == 3 and "split" in proc.stderr, proc.stderr

@@ -473,6 +473,7 @@ typedef struct vm {
     pk_walk freezing; /* freeze's stack */
     int proto;          /* the last PROTO (-1: none): torch maps Python 2 names only under protocol 2 */
     size_t memo_len;    /* distinct memo keys: where MEMOIZE stores (Python's len(memo)) */
+    const unsigned char *frame_end; /* the end of the furthest FRAME */
     widen_error *err;
     widen_status st;
 } vm;
@@ -650,7 +651,7 @@ static int freeze(vm *v, pk_node *n);
 static int changed_after_use(vm *v);
 
 /* A global by module and name, mapped from Python 2 names, then looked up by full path "module.name"
- * (so that, as in torch, the split between module and name does not matter). */
+ * as torch's weights-only loader looks it up, and then held to the split torch.save writes. */
 static int lookup_global(vm *v, const char *module, size_t mlen, const char *name, size_t nlen)
 {
     int mapped = v->proto != 2; /* torch maps only what a protocol 2 pickle names */
@@ -674,7 +675,18 @@ static int lookup_global(vm *v, const char *module, size_t mlen, const char *nam
     memcpy(full + mlen + 1, name, nlen);
     full[flen] = '\0';
     size_t g;
-    if (!widen_table_get(&v->globals, full, flen, &g)) {
+    int found = widen_table_get(&v->globals, full, flen, &g);
+    /* torch's weights-only loader looks the path up whole; its full unpickler (the reference for
+     * protocols 4 and 5 and legacy files) imports the module and fails on a split torch.save never
+     * writes ('torch' and '_utils._rebuild_tensor_v2'): refused, so that both would read it alike */
+    if (found && (strlen(pk_globals[g].module) != mlen || memcmp(pk_globals[g].module, module, mlen) != 0)) {
+        int r = FAIL("%s: pickle names %.*s split as module '%.*s' and name '%.*s', which torch.save never writes", v->what,
+                     (int)(flen > 200 ? 200 : flen), full, (int)(mlen > 100 ? 100 : mlen), module,
+                     (int)(nlen > 100 ? 100 : nlen), name);
+        free(full);
+        return r;
+    }
+    if (!found) {
         /* the path may hold any byte but a newline: shown escaped (widen_fail escapes messages) */
         int r = FAIL("%s: pickle refers to %.*s, which is not on the allowlist of torch.load(weights_only=True)", v->what,
                      (int)(flen > 200 ? 200 : flen), full);
@@ -755,12 +767,22 @@ static int add_items(vm *v)
         if (v->stack[i]->flags & PK_UNHASHABLE)
             return FAIL("%s: pickle builds a set of something Python cannot hash (torch.load fails on it)", v->what);
     if (set->mark & PK_FROZEN) return changed_after_use(v);
-    if (v->sp > from && set->kind == PK_SET) {
-        pk_node *fn = pk_global(v->arena, "builtins", "set"), *list = pk_new(v->arena, PK_LIST), *args;
-        if (!fn || !list || !(args = pk_tuple(v->arena, &list, 1))) return NOMEM();
+    if (v->sp > from && !(set->flags & PK_OWN_ITEMS)) {
+        /* the set gets a list of its own: EMPTY_SET's has none yet, and set(L)'s L is a value of the
+         * pickle, which other values may hold (the set copied it when it was made) */
+        pk_node *list = pk_new(v->arena, PK_LIST), *args;
+        if (!list || !(args = pk_tuple(v->arena, &list, 1))) return NOMEM();
         list->flags |= PK_UNHASHABLE;
-        set->kind = PK_REDUCE;
-        if (pk_append(v->arena, set, fn) || pk_append(v->arena, set, args)) return NOMEM();
+        for (uint32_t i = 0; made && i < set->items[1]->items[0]->count; i++)
+            if (pk_append(v->arena, list, set->items[1]->items[0]->items[i])) return NOMEM();
+        if (!made) {
+            pk_node *fn = pk_global(v->arena, "builtins", "set");
+            set->kind = PK_REDUCE;
+            if (!fn || pk_append(v->arena, set, fn) || pk_append(v->arena, set, args)) return NOMEM();
+        } else {
+            set->items[1] = args;
+        }
+        set->flags |= PK_OWN_ITEMS;
         made = 1;
     }
     for (size_t i = from; made && i < v->sp; i++)
@@ -980,6 +1002,7 @@ static int step(vm *v, int *stop, pk_node **result)
         uint64_t len = le(v->p, 8);
         v->p += 8;
         if ((uint64_t)(v->end - v->p) < len) return FAIL("%s: pickle ends inside a FRAME", v->what);
+        if (v->p + len > v->frame_end) v->frame_end = v->p + len;
         return 0;
     }
     case 0x94: /* MEMOIZE: memo[len(memo)] */
@@ -1045,7 +1068,7 @@ static void build_paths(void)
 widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk_arena **arena, pk_node **root,
                      size_t *used, widen_error *err)
 {
-    vm v = {.p = data, .end = data + len, .start = data, .what = what, .err = err, .proto = -1};
+    vm v = {.p = data, .end = data + len, .start = data, .frame_end = data, .what = what, .err = err, .proto = -1};
     *root = NULL;
     *arena = pk_arena_new();
     if (!*arena) return widen_fail(err, WIDEN_EIO, "out of memory");
@@ -1073,6 +1096,12 @@ widen_status pk_load(const unsigned char *data, size_t len, const char *what, pk
         pk_arena_free(*arena);
         *arena = NULL;
         return v.st;
+    }
+    if (used && v.frame_end > v.p) { /* the reader goes on after the STOP: from where? */
+        pk_arena_free(*arena);
+        *arena = NULL;
+        return widen_fail(err, WIDEN_EFORMAT, "%s: pickle FRAME runs past its STOP (where torch reads on from would "
+                          "depend on its buffering)", what);
     }
     *root = result;
     if (used) *used = (size_t)(v.p - data);

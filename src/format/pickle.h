@@ -66,6 +66,7 @@ typedef struct pk_node {
 
 enum {
     PK_UNHASHABLE = 1, /* flags: a list, dict, set or mutable object, or a tuple holding one: no dict key or set item */
+    PK_OWN_ITEMS = 2,  /* flags, while loading: a set(list) whose list is its own (ADDITEMS may fill it) */
     PK_FROZEN = 16     /* mark, while loading: given to a call (REDUCE, NEWOBJ, BUILD), which read it then */
 };
 

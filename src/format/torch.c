@@ -83,7 +83,9 @@ static widen_status legacy_view(widen_checkpoint *c, torch_state *ts, pk_node *n
                    SHOWN(root->len), root->s);
     const widen_zip_entry *base = &ts->zip.entries[index];
     const pk_global_info *g = pk_global_of(t->items[1]);
-    if (!g->size || base->crc != (uint32_t)(g - pk_globals) || base->size != numel * g->size)
+    uint64_t bytes;
+    if (!g->size || base->crc != (uint32_t)(g - pk_globals) || __builtin_mul_overflow(numel, (uint64_t)g->size, &bytes) ||
+        base->size != bytes)
         return BAD("%s: storage '%.*s' is named with two types or sizes", c->path, SHOWN(root->len), root->s);
     pk_node *items[5] = {t->items[0], t->items[1], (pk_node *)key, t->items[3], pk_int(ts->arena, (int64_t)size)};
     pk_node *plain = pk_tuple(ts->arena, items, 5);

@@ -18,21 +18,53 @@
 /* The magic number's LONG1 payload: 0x1950a86a20f9469cfc6c, little-endian. */
 static const unsigned char magic[] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
 
-/* tarfile's nti: a numeric field, base-256 (first byte 0x80 or 0xff) or octal text up to its first
- * NUL, white space stripped ("" is 0). 0 where tarfile finds it invalid. */
+static int py_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f); /* str.strip() and int() */
+}
+
+/* tarfile's nti: a numeric field as Python 3.11 reads it. Base-256 when its first byte is 0x80 or 0xff
+ * (big-endian, the latter negative); otherwise the ASCII text up to its first NUL, through int(text or
+ * "0", 8) after strip(): a sign, an optional 0o prefix, octal digits with single underscores between
+ * them (and after the prefix). 0 where tarfile finds the field invalid; *value saturates where it
+ * could only compare unequal to a block's checksum. */
 static int tar_number(const unsigned char *p, int off, int len, long *value)
 {
     *value = 0;
-    if (p[off] == 0x80 || p[off] == 0xff) return 1; /* base-256: valid, whatever it says */
+    if (p[off] == 0x80 || p[off] == 0xff) {
+        long n = 0;
+        for (int i = 1; i < len; i++) n = n > (1L << 40) ? n : (n << 8) + p[off + i];
+        *value = p[off] == 0xff ? (n > (1L << 40) ? -(1L << 41) : n - (1L << (8 * (len - 1) > 40 ? 40 : 8 * (len - 1)))) : n;
+        if (p[off] == 0xff && 8 * (len - 1) > 40) *value = -(1L << 41); /* below any checksum */
+        return 1;
+    }
     int end = off;
     while (end < off + len && p[end]) end++;
+    for (int i = off; i < end; i++)
+        if (p[i] >= 0x80) return 0; /* not ASCII: nts fails */
     int a = off, b = end;
-    while (a < b && (p[a] == ' ' || (p[a] >= '\t' && p[a] <= '\r'))) a++;
-    while (b > a && (p[b - 1] == ' ' || (p[b - 1] >= '\t' && p[b - 1] <= '\r'))) b--;
+    while (a < b && py_space(p[a])) a++;
+    while (b > a && py_space(p[b - 1])) b--;
+    if (a == b) return 1; /* "" is read as "0" */
+    int negative = 0;
+    if (p[a] == '+' || p[a] == '-') negative = p[a++] == '-';
+    int underscore_ok = 0;
+    if (b - a >= 2 && p[a] == '0' && (p[a + 1] == 'o' || p[a + 1] == 'O')) a += 2, underscore_ok = 1;
+    int digits = 0;
+    long n = 0;
     for (int i = a; i < b; i++) {
-        if (p[i] < '0' || p[i] > '7' || *value > (1L << 40)) return 0;
-        *value = *value * 8 + (p[i] - '0');
+        if (p[i] == '_') {
+            if (!underscore_ok) return 0;
+            underscore_ok = 0;
+            continue;
+        }
+        if (p[i] < '0' || p[i] > '7') return 0;
+        n = n > (1L << 40) ? n : n * 8 + (p[i] - '0');
+        digits++;
+        underscore_ok = 1;
     }
+    if (!digits || (b > a && p[b - 1] == '_')) return 0;
+    *value = negative ? -n : n;
     return 1;
 }
 
@@ -50,25 +82,34 @@ static int reads_as_tar(const unsigned char *p, uint64_t size)
     long value;
     for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++)
         if (!tar_number(p, fields[f][0], fields[f][1], &value)) return 0;
-    if (p[148] == 0x80 || p[148] == 0xff || !tar_number(p, 148, 8, &value)) return 0;
-    unsigned long sum = 0;
-    long ssum = 0;
+    if (!tar_number(p, 148, 8, &value)) return 0;
+    long sum = 0, ssum = 0;
     for (int i = 0; i < 512; i++) {
         unsigned char b = i >= 148 && i < 156 ? ' ' : p[i];
         sum += b;
         ssum += (signed char)b;
     }
-    return (unsigned long)value == sum || value == ssum;
+    return value == sum || value == ssum;
 }
 
-/* One of the five pickles at *pos: loaded, *pos moved past its STOP. */
-static widen_status load_one(widen_checkpoint *c, uint64_t *pos, const char *what, pk_arena **arena, pk_node **root,
-                             widen_error *err)
+/* One of the five pickles at *pos: loaded, *pos moved past its STOP (pk_load refuses a FRAME that
+ * runs past it: where torch's next read starts would depend on its buffering). Only the object pickle
+ * may name storages: torch loads the other four with plain pickle.load, which has no persistent_load
+ * and fails on a BINPERSID. */
+static widen_status load_one(widen_checkpoint *c, uint64_t *pos, const char *what, int object, pk_arena **arena,
+                             pk_node **root, widen_error *err)
 {
     size_t used = 0;
     widen_status st = pk_load(c->map + *pos, (size_t)(c->size - *pos), what, arena, root, &used, err);
-    if (!st) *pos += used;
-    return st;
+    if (st) return st;
+    *pos += used;
+    for (size_t id = 0, n = pk_arena_count(*arena); !object && id < n; id++)
+        if (pk_arena_node(*arena, id)->kind == PK_PERSID) {
+            pk_arena_free(*arena);
+            *arena = NULL;
+            return BAD("%s: a persistent id (torch.load reads this pickle without persistent_load, and fails)", what);
+        }
+    return WIDEN_OK;
 }
 
 /* Where the storages lie: after the key list, each key's count and bytes. The element size and count
@@ -110,7 +151,7 @@ static widen_status lay_out(widen_checkpoint *c, torch_state *ts, pk_node *keys,
         uint64_t count = 0;
         for (int i = 7; i >= 0; i--) count = count << 8 | c->map[pos + (uint64_t)i];
         if (count != numel) {
-            st = BAD("%s: storage '%.*s' holds %lld elements where its persistent id says %llu (torch.load fails on it)",
+            st = BAD("%s: storage '%.*s' holds %lld elements where its persistent id says %llu (torch.load checks the size)",
                      c->path, SHOWN(key->len), key->s, (long long)count, (unsigned long long)numel);
             break;
         }
@@ -156,26 +197,26 @@ widen_status widen_torch_legacy_read(widen_checkpoint *c, widen_error *err)
     widen_status st;
     /* (1) the magic number */
     snprintf(what, sizeof what, "%s: the legacy file's magic number", c->path);
-    if ((st = load_one(c, &pos, what, &arena, &root, err))) return st;
+    if ((st = load_one(c, &pos, what, 0, &arena, &root, err))) return st;
     int ok = root->kind == PK_BIGINT && root->len == sizeof magic && memcmp(root->s, magic, sizeof magic) == 0;
     pk_arena_free(arena);
     if (!ok) return BAD("%s: invalid magic number of a legacy torch file (torch.load: corrupt file?)", c->path);
     /* (2) the protocol version */
     snprintf(what, sizeof what, "%s: the legacy file's protocol version", c->path);
-    if ((st = load_one(c, &pos, what, &arena, &root, err))) return st;
+    if ((st = load_one(c, &pos, what, 0, &arena, &root, err))) return st;
     ok = root->kind == PK_INT && root->i == 1001;
     pk_arena_free(arena);
     if (!ok) return BAD("%s: the legacy file's protocol version is not 1001, the one torch.load reads", c->path);
     /* (3) sys_info: torch loads it (through the same unpickler) and does not look at it */
     snprintf(what, sizeof what, "%s: the legacy file's sys_info", c->path);
-    if ((st = load_one(c, &pos, what, &arena, &root, err))) return st;
+    if ((st = load_one(c, &pos, what, 0, &arena, &root, err))) return st;
     pk_arena_free(arena);
     /* (4) the object */
     snprintf(what, sizeof what, "%s: the legacy file's object pickle", c->path);
-    if ((st = load_one(c, &pos, what, &ts->arena, &ts->root, err))) return st;
+    if ((st = load_one(c, &pos, what, 1, &ts->arena, &ts->root, err))) return st;
     /* (5) the storage keys */
     snprintf(what, sizeof what, "%s: the legacy file's list of storages", c->path);
-    if ((st = load_one(c, &pos, what, &arena, &root, err))) return st;
+    if ((st = load_one(c, &pos, what, 0, &arena, &root, err))) return st;
     ok = root->kind == PK_LIST;
     for (uint32_t k = 0; ok && k < root->count; k++)
         ok = root->items[k]->kind == PK_STR && root->items[k]->len && !memchr(root->items[k]->s, '\0', root->items[k]->len);
