@@ -26,12 +26,13 @@ static int plausible_safetensors(const unsigned char *p, uint64_t size)
     return n <= size - 8 && (p[8] == '{' || p[8] == ' ' || p[8] == '\t' || p[8] == '\n' || p[8] == '\r');
 }
 
-/* A legacy torch.save file: a pickle (protocol 2 to 5) whose first value is torch's magic number. */
+/* A legacy torch.save file: a pickle whose first value is torch's magic number (after PROTO, of any
+ * number, as torch's unpickler accepts it, and from protocol 4 on a FRAME). */
 static int legacy_torch(const unsigned char *p, uint64_t size)
 {
-    if (size < 2 || p[0] != 0x80 || p[1] < 2 || p[1] > 5) return 0;
+    if (size < 2 || p[0] != 0x80) return 0;
     /* protocols 4 and 5 start with a FRAME (0x95 and an 8-byte length) before the magic */
-    size_t at = p[1] >= 4 && size >= 11 && p[2] == 0x95 ? 11 : 2;
+    size_t at = size >= 11 && p[2] == 0x95 ? 11 : 2;
     return size >= at + sizeof legacy_magic && memcmp(p + at, legacy_magic, sizeof legacy_magic) == 0;
 }
 

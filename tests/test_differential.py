@@ -188,3 +188,66 @@ def test_widen_reads_what_torch_reads(tmp_path):
             else:
                 refused_both += 1
     assert agreed >= CHECKPOINTS and refused_both > 0
+
+
+# Refusals of legacy files where torch may load (README: Legacy files): a storage read twice, one never
+# read, bytes after the last, a view cut short, a frame past its STOP, a persistent id outside the
+# object pickle (torch fails there too), a first block that reads as tar.
+LEGACY_REFUSALS = WIDEN_ONLY_REFUSALS + ["twice", "list of storages", "follow the last storage", "past the end",
+                                         "FRAME", "tar", "persistent id", "checks the size"]
+
+
+def test_widen_reads_legacy_files_as_torch_does(tmp_path):
+    """Legacy torch.save files of random checkpoints, and mutants of them (bytes flipped, inserted or
+    dropped anywhere: the pickles, the counts, the storages): what torch's weights-only loader reads,
+    widen reads alike, or refuses for a reason it names; what torch refuses, widen refuses."""
+    import json
+    rng = random.Random(int(os.environ.get("WIDEN_DIFFERENTIAL_SEED", "13")))
+    agreed = refused_both = 0
+    checkpoints, mutants = (CHECKPOINTS // 3, MUTANTS // 2)
+    for n in range(checkpoints):
+        obj = {"model": random_value(rng, 0, []), "step": n}
+        src = tmp_path / f"l{n}.pth"
+        torch.save(obj, src, _use_new_zipfile_serialization=False, pickle_protocol=rng.choice([2, 3]))
+        original = src.read_bytes()
+        for m in range(mutants + 1):
+            path = src
+            if m:
+                data = bytearray(original)
+                for _ in range(rng.randint(1, 2)):
+                    at = rng.randrange(len(data))
+                    how = rng.random()
+                    if how < 0.6:
+                        data[at] = rng.randrange(256)
+                    elif how < 0.8:
+                        data.insert(at, rng.randrange(256))
+                    else:
+                        del data[at]
+                path = tmp_path / "mutant.pth"
+                path.write_bytes(bytes(data))
+            if os.environ.get("WIDEN_DIFFERENTIAL_KEEP"):
+                with open(os.environ["WIDEN_DIFFERENTIAL_KEEP"] + f"/legacy-{n}-{m}.pth", "wb") as f:
+                    f.write(path.read_bytes())
+            loaded, result = torch_reading(path)
+            proc = widen_reading(path)
+            assert proc.returncode in (0, 3), (n, m, proc.returncode, proc.stderr)
+            if loaded and proc.returncode == 0:
+                want = torch_names(result)
+                got = {t["name"]: t["xxh3_128"] for t in json.loads(proc.stdout)["tensors"]}
+                assert sorted(got) == sorted(want), (n, m)
+                for name, t in want.items():
+                    # a mutated bool storage may hold bytes other than 0 and 1, which a copy would make 1:
+                    # the bytes torch loaded are compared, as unsigned bytes
+                    t = t.detach().view(torch.uint8) if t.dtype == torch.bool else t.detach()
+                    dense = torch.empty(t.shape, dtype=t.dtype).copy_(t)
+                    assert got[name] == xxhash.xxh3_128_hexdigest(dense.reshape(-1).view(torch.uint8).numpy().tobytes()), \
+                        (n, m, name)
+                agreed += 1
+            elif loaded:
+                assert any(w in proc.stderr for w in LEGACY_REFUSALS), (n, m, proc.stderr)
+            elif proc.returncode == 0:  # torch 2 passes _rebuild_tensor_v2 a 7th argument, its metadata
+                assert newer_than_installed(path.read_bytes()) or "takes 6 positional arguments but 7" in str(result), \
+                    (n, m, str(result)[:300])
+            else:
+                refused_both += 1
+    assert agreed >= checkpoints and refused_both > 0
