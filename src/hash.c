@@ -102,3 +102,22 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
     free(file);
     return st;
 }
+
+widen_status widen_tensor_hash(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_error *err)
+{
+    if (widen_tensor_strided(ckpt, index)) return widen_tensor_hash_strided(ckpt, index, out, err);
+    enum { STEP = 8u << 20 };
+    const widen_kernels *k = hash_kernels();
+    widen_hash_state *state = aligned_alloc(64, sizeof *state);
+    if (!state) return widen_fail(err, WIDEN_EIO, "out of memory");
+    const widen_tensor_info *t = &ckpt->tensors[index];
+    k->hash_reset(state);
+    for (uint64_t off = 0; off < t->nbytes; off += STEP) {
+        uint64_t len = t->nbytes - off < STEP ? t->nbytes - off : STEP;
+        k->hash_update(state, ckpt->map + t->offset + off, (size_t)len);
+        widen_release(ckpt, t->offset + off, len);
+    }
+    *out = k->hash_digest(state);
+    free(state);
+    return WIDEN_OK;
+}

@@ -95,6 +95,9 @@ widen_status widen_tensor_check_strided(const widen_checkpoint *ckpt, size_t ind
 /* Elements [first, first+count) in row-major order into out (count × element size bytes). */
 void widen_tensor_gather(const widen_checkpoint *ckpt, size_t index, uint64_t first, uint64_t count, void *out);
 widen_status widen_tensor_hash_strided(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_error *err);
+/* The XXH3-128 of tensor `index`'s elements in row-major order, as its reader gives them (gathered
+ * where strided), releasing its pages as it goes. */
+widen_status widen_tensor_hash(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_error *err);
 
 /* One tensor of an output, in output order. */
 typedef enum widen_plan_op {

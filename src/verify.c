@@ -628,6 +628,18 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
                    (unsigned long long)(v.out->size - cmp.base.position));
     /* 3. the records the graph names */
     if (to_pt && report->differences == before) check_sources(&v, &layout);
+    /* 4. the output read back as its reader reads it (views gathered, a .pt's storages through its
+     * graph): each tensor whose bytes the replay hashed holds exactly them. Independent of the writer:
+     * a writer that put the right hashes and the wrong bytes in a file is caught here. */
+    for (size_t i = 0; i < v.plan.count && report->differences == before && !st; i++) {
+        const widen_plan_tensor *p = &v.plan.tensors[i];
+        long at = widen_tensor_find(v.out, p->name);
+        widen_hash128 h;
+        if ((to_pt && !p->hashed) || at < 0) continue; /* (names were compared in step 1) */
+        if ((st = widen_tensor_hash(v.out, (size_t)at, &h, err))) goto done;
+        if (h.high != p->out_hash.high || h.low != p->out_hash.low)
+            difference(report, "%s: tensor '%s', read back, does not hold the transform's bytes", output, p->name);
+    }
     if (manifest) check_manifest_hashes(manifest, manifest_name, &v.plan, report);
     st = report->differences != before ? WIDEN_DIFFERENT : WIDEN_OK;
 done:

@@ -335,6 +335,10 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, w
             widen_tensor_info *v = &views[o->input];
             int copy = o->dtype == s->dtype;
             widen_dtype dtype = s->dtype == WIDEN_DTYPE_COUNT ? WIDEN_U8 : s->dtype;
+            /* a NumPy array whose bytes are not its values (Fortran order, big-endian): the storage
+             * synthesized for tensor i (storage i) holds its values, gathered as the tensor's dtype */
+            int gathered = c->layouts && c->layouts[o->input].gathered;
+            if (gathered) dtype = c->tensors[o->input].dtype;
             uint64_t numel = copy ? s->entry->size / (widen_dtype_bits(dtype) / 8) : s->numel;
             v->name = s->key;
             v->dtype = dtype;
@@ -342,7 +346,8 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, w
             v->shape[0] = numel;
             v->offset = s->entry->data_offset;
             v->nbytes = s->entry->size;
-            p->in = v;
+            p->in = gathered ? &c->tensors[o->input] : v;
+            p->strided = gathered;
             p->name = s->key;
             p->op = copy ? WIDEN_OP_COPY : WIDEN_OP_REMAP;
             p->dtype = copy ? dtype : o->dtype;

@@ -679,3 +679,23 @@ def test_compressed_npz_with_gathered_members_to_npz(tmp_path):
         assert out["f"].dtype == np.dtype("<f4") and out["f"].tobytes() == want.tobytes()
         assert out["p"].tobytes() == arrays["p"].tobytes() and out["z"].tobytes() == arrays["z"].astype("<f8").tobytes()
     run("verify", tmp_path / "c.npz", tmp_path / "w.npz", check=0)
+
+
+def test_gathered_arrays_left_alone_or_cast_into_pt(tmp_path):
+    """Big-endian and Fortran-order arrays that no channel map touches, written to .pt as they are and
+    cast: torch.load gives NumPy's values (a review found their file bytes written as they lay)."""
+    torch = pytest.importorskip("torch")
+    arrays = {"b": np.arange(4, dtype=">f4"), "f": np.asfortranarray(np.arange(6, dtype="<f4").reshape(2, 3)),
+              "i": np.arange(6, dtype=">i2").reshape(3, 2), "h": np.asfortranarray(np.arange(24, dtype=">f2").reshape(2, 3, 4)),
+              "c": np.asfortranarray((np.arange(6) + 1j).astype(">c8").reshape(2, 3))}
+    np.savez(tmp_path / "m.npz", **arrays)
+    for cast in (None, "f16"):
+        out, manifest = tmp_path / f"o{cast}.pt", tmp_path / f"m{cast}.json"
+        run("apply", tmp_path / "m.npz", "-o", out, "--manifest", manifest, *(("--cast", cast) if cast else ()), check=0)
+        back = torch.load(out, weights_only=False)
+        for k, v in arrays.items():
+            want = np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<"))
+            if cast and v.dtype.kind == "f":
+                want = want.astype("<f2")
+            assert back[k].numpy().tobytes() == want.tobytes(), (cast, k)
+        run("verify", tmp_path / "m.npz", out, "--manifest", manifest, check=0)
