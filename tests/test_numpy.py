@@ -7,6 +7,7 @@ import io
 import json
 import os
 import struct
+import zipfile
 import zlib
 
 import numpy as np
@@ -385,6 +386,22 @@ def test_npz_every_region_checked_by_verify(tmp_path):
     k_data = next(b for w, b, e in regions if w == "data k.npy")
     blob[k_data + 4 * 13] ^= 0x01  # element [0, 0, 3, 1] of the widened [3, 3, 4, 4] k: the new channel
     mutated.write_bytes(bytes(blob))
+    r = run("verify", tmp_path / "in.npz", mutated)  # its CRC-32 fails first, as np.load's would
+    assert r.returncode == 3 and "CRC-32" in r.stderr, r.stderr
+    import zlib
+    with zipfile.ZipFile(mutated) as z:  # with the CRC made right, the damage itself is named
+        info = z.getinfo("k.npy")
+        size = info.file_size
+    header = info.header_offset
+    start = header + 30 + struct.unpack("<HH", bytes(blob[header + 26:header + 30]))[0] + \
+        struct.unpack("<HH", bytes(blob[header + 26:header + 30]))[1]
+    crc = struct.pack("<I", zlib.crc32(bytes(blob[start:start + size])))
+    blob[header + 14:header + 18] = crc
+    central = bytes(blob).index(b"PK\x01\x02", start + size)
+    while bytes(blob[central + 46:central + 46 + 5]) != b"k.npy":
+        central = bytes(blob).index(b"PK\x01\x02", central + 4)
+    blob[central + 16:central + 20] = crc
+    mutated.write_bytes(bytes(blob))
     r = run("verify", tmp_path / "in.npz", mutated)
     assert r.returncode == 1 and "tensor 'k': output channel 3 (axis 2) does not hold the fill mean" in r.stderr, r.stderr
 
@@ -699,3 +716,43 @@ def test_gathered_arrays_left_alone_or_cast_into_pt(tmp_path):
                 want = want.astype("<f2")
             assert back[k].numpy().tobytes() == want.tobytes(), (cast, k)
         run("verify", tmp_path / "m.npz", out, "--manifest", manifest, check=0)
+
+
+def test_archives_pythons_zipfile_reads_otherwise_are_refused(tmp_path):
+    """Where np.load (Python's zipfile) would read other bytes or another name than the offsets and
+    bytes the records state, or would refuse: each is exit 3 (found in review)."""
+    def archive(value, name="x.npy"):
+        buf = io.BytesIO()
+        np.save(buf, np.array(value, "<f4"))
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as z:
+            z.writestr(name, buf.getvalue())
+        return bytearray(out.getvalue())
+
+    a, b = archive([1, 2, 3]), archive([4, 5, 6])
+    cases = {"concatenated": (a + b, "bytes lie"), "prefixed": (b"junk" * 8 + a, "")}  # (not even taken for a zip)
+    gap = bytearray(a)
+    eocd = gap.rindex(b"PK\x05\x06")
+    cases["gap before the end record"] = (gap[:eocd] + b"\0" * 4 + gap[eocd:], "bytes lie")
+    local = bytearray(a)
+    local[local.index(b"x.npy")] = ord("y")
+    cases["local header names another file"] = (local, "local header")
+    crc = bytearray(a)
+    crc[crc.index(b"\x00\x00\x80\x3f") + 3] ^= 1  # the element 1.0 of the stored data
+    cases["stored data failing its CRC"] = (crc, "CRC-32")
+    cp437 = archive([1, 2], name="é.npy")
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        j = cp437.index(sig)
+        struct.pack_into("<H", cp437, j + off, struct.unpack_from("<H", cp437, j + off)[0] & ~0x800)
+    cases["name not marked UTF-8"] = (cp437, "cp437")
+    for what, (data, why) in cases.items():
+        path = tmp_path / "a.npz"
+        path.write_bytes(bytes(data))
+        try:
+            with np.load(path) as z:
+                read = {k: z[k].tolist() for k in z.files}
+        except Exception:  # noqa: BLE001 - np.load refuses it
+            read = None
+        assert read != {"x": [1.0, 2.0, 3.0]}, what  # never what widen's offsets would give
+        r = run("inspect", path)
+        assert r.returncode == 3 and why in r.stderr and r.stderr.count("\n") == 1, (what, r.stderr)

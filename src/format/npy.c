@@ -277,6 +277,22 @@ typedef struct npz_member {
     widen_npy_header h;
 } npz_member;
 
+/* np.load reads a stored member through zipfile, which checks its CRC-32 at the end: a member that
+ * fails it is refused here too, read a step at a time (its pages released as they are read). */
+static widen_status stored_crc(widen_checkpoint *c, const widen_zip_entry *e, const char *what, widen_error *err)
+{
+    enum { STEP = 8u << 20 };
+    uint32_t crc = 0;
+    for (uint64_t off = 0; off < e->size; off += STEP) {
+        uint64_t len = e->size - off < STEP ? e->size - off : STEP;
+        crc = libdeflate_crc32(crc, c->map + e->data_offset + off, (size_t)len);
+        widen_release(c, e->data_offset + off, len);
+    }
+    if (crc != e->crc)
+        return widen_fail(err, WIDEN_EFORMAT, "%s: fails its CRC-32 check (np.load refuses it: a damaged file)", what);
+    return WIDEN_OK;
+}
+
 static int member_by_offset(const void *a, const void *b)
 {
     const npz_member *x = a, *y = b;
@@ -561,6 +577,7 @@ static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, uint6
             break;
         }
         if ((st = npy_layout(c, c->count, zip->count + 1, h, err))) break;
+        if (e->method == 0 && (st = stored_crc(c, e, what, err))) break;
         if (e->method == 0 && h->nbytes != e->size - h->data_offset) {
             st = widen_fail(err, WIDEN_EFORMAT, "%s: its header describes %llu bytes of data, the member holds %llu", what,
                             (unsigned long long)h->nbytes, (unsigned long long)(e->size - h->data_offset));
@@ -589,6 +606,7 @@ widen_status widen_npz_read_bounded(widen_checkpoint *c, uint64_t max_inflated, 
 {
     widen_zip zip = {0};
     widen_status st = widen_zip_read(c->map, c->size, c->path, &zip, npz_forget, c, err);
+    if (!st) st = widen_zip_check_zipfile(c->map, c->size, c->path, &zip, err);
     if (!st) st = npz_members(c, &zip, max_inflated, err);
     widen_zip_free(&zip);
     return st;

@@ -308,3 +308,71 @@ void widen_zip_writer_free(widen_zip_writer *w)
     free(w->entries);
     memset(w, 0, sizeof *w);
 }
+
+static int utf8_ok(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (!k || i + k > n || (k == 2 && c < 0xc2)) return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xc0) != 0x80) return 0;
+        if (k == 3 && ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] >= 0xa0))) return 0;
+        if (k == 4 && ((c == 0xf0 && s[i + 1] < 0x90) || c > 0xf4 || (c == 0xf4 && s[i + 1] >= 0x90))) return 0;
+        i += k;
+    }
+    return 1;
+}
+
+widen_status widen_zip_check_zipfile(const unsigned char *m, uint64_t size, const char *path, const widen_zip *zip,
+                                     widen_error *err)
+{
+    /* where zipfile finds the directory: from the end record's place, less the directory's size (and
+     * the ZIP64 records' fixed sizes), not from the offsets the records state; an archive with bytes
+     * before it (concatenated) or between the directory and the end records is read at other offsets */
+    uint64_t eocd = size - 22, floor = size > 22 + 65535 ? size - 22 - 65535 : 0;
+    while (eocd > floor && rd32(m + eocd) != EOCD) eocd--;
+    uint64_t cd_size = rd32(m + eocd + 12), cd_offset = rd32(m + eocd + 16), cd_end = eocd;
+    if (eocd >= 20 && rd32(m + eocd - 20) == LOCATOR64) {
+        uint64_t rec = rd64(m + eocd - 20 + 8);
+        if (eocd < 76 || rec != eocd - 76)
+            return BAD("%s: zip: the ZIP64 end record is not where Python's zipfile reads it (just before its "
+                       "locator)", path);
+        cd_size = rd64(m + rec + 40);
+        cd_offset = rd64(m + rec + 48);
+        cd_end = rec;
+    }
+    if (cd_offset + cd_size != cd_end)
+        return BAD("%s: zip: bytes lie between the central directory and the end record, or the archive has bytes "
+                   "before it (Python's zipfile shifts every offset by them; widen does not read such archives)", path);
+    uint64_t at = cd_offset;
+    for (size_t i = 0; i < zip->count; i++) {
+        const widen_zip_entry *e = &zip->entries[i];
+        uint16_t flags = rd16(m + at + 8), nlen = rd16(m + at + 28), xlen = rd16(m + at + 30), clen = rd16(m + at + 32);
+        const unsigned char *name = m + at + 46, *extra = name + nlen;
+        int high = 0;
+        for (size_t k = 0; k < nlen; k++) high |= name[k] >= 0x80;
+        if (high && !(flags & 0x800))
+            return BAD("%s: zip entry %zu's name is not marked UTF-8 (Python's zipfile reads it as cp437)", path, i);
+        if (high && !utf8_ok(name, nlen)) return BAD("%s: zip entry %zu's name is not valid UTF-8", path, i);
+        int zip64 = 0;
+        for (size_t x = 0; x + 4 <= xlen;) {
+            uint16_t id = rd16(extra + x), n = rd16(extra + x + 2);
+            if (x + 4 + n > xlen) return BAD("%s: zip entry '%s': corrupt extra field", path, e->name);
+            if (id == 0x0001 && zip64++) return BAD("%s: zip entry '%s': two ZIP64 extra fields", path, e->name);
+            x += 4 + (size_t)n;
+        }
+        if (zip64 && ((rd32(m + at + 24) == 0xffffffffu && e->usize == 0xffffffffu) ||
+                      (rd32(m + at + 20) == 0xffffffffu && e->size == 0xffffffffu) ||
+                      (rd32(m + at + 42) == 0xffffffffu && e->header_offset == 0xffffffffu)))
+            return BAD("%s: zip entry '%s': its ZIP64 extra field lacks a size or offset", path, e->name);
+        /* zipfile compares the local header's name with the directory's */
+        const unsigned char *local = m + e->header_offset;
+        uint16_t lnlen = rd16(local + 26);
+        if (lnlen != nlen || e->header_offset + 30 + lnlen > size || memcmp(local + 30, name, nlen) != 0 ||
+            ((rd16(local + 6) ^ flags) & 0x800))
+            return BAD("%s: zip entry '%s': the local header names another file", path, e->name);
+        at += 46 + (uint64_t)nlen + xlen + clen;
+    }
+    return WIDEN_OK;
+}

@@ -38,6 +38,12 @@ widen_status widen_zip_read(const unsigned char *map, uint64_t size, const char 
                             void (*forget)(void *user, uint64_t offset, uint64_t len), void *forget_user,
                             widen_error *err);
 void widen_zip_free(widen_zip *zip);
+/* What Python's zipfile (np.load's reader) checks on top, for an archive widen_zip_read has read: the
+ * directory where zipfile computes it (no bytes before the archive or after the directory), names
+ * marked UTF-8 where they are not ASCII (else cp437), well-formed extra fields with one ZIP64 field,
+ * each local header naming its entry. */
+widen_status widen_zip_check_zipfile(const unsigned char *map, uint64_t size, const char *path, const widen_zip *zip,
+                                     widen_error *err);
 /* The entry called `name` (len bytes), compared as torch compares names: ignoring ASCII case. */
 const widen_zip_entry *widen_zip_find(const widen_zip *zip, const char *name, size_t len);
 
