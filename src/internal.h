@@ -195,6 +195,11 @@ struct widen_transform {
 };
 
 const widen_tensor_edit *widen_transform_edit(const widen_transform *transform, const char *name);
+/* The record widen writes of a transform read from `recorded`: its JSON exactly as apply writes it,
+ * with the recorded "tool" where that names a widen version (files of other versions verify). An
+ * output whose record differs from it (another key, another order, another text) is not widen's
+ * output. malloc'ed; NULL when out of memory. */
+char *widen_transform_canonical(const widen_transform *transform, const char *recorded);
 
 /* Formats a map entry as --map syntax ("2", "zero", "const:0.5"). */
 void widen_map_entry_format(const widen_map_entry *entry, char *out, size_t size);

@@ -1026,6 +1026,11 @@ static widen_status recorded_transform(const widen_model *out, widen_transform *
         any = 1;
         widen_transform *one;
         if ((st = widen_transform_from_json(recorded, &one, err))) break;
+        char *canonical = widen_transform_canonical(one, recorded);
+        if (!canonical) st = widen_fail(err, WIDEN_EIO, "out of memory");
+        else if (strcmp(canonical, recorded) != 0)
+            difference(r, "%s: its recorded transform is not the record widen writes", c->path);
+        free(canonical);
         const char *prefix = out->components[out->files[f].component].prefix;
         for (size_t e = 0; e < one->count && !st; e++) {
             const widen_tensor_edit *edit = &one->edits[e];

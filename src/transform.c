@@ -270,10 +270,10 @@ void widen_map_entry_format(const widen_map_entry *e, char *out, size_t size)
 /* ---------------------------------------------------------------------------------------------- */
 /* JSON form: {"tool":"widen 0.1.0","cast":"F16"|null,"tensors":[{"name":..,"axis":1,"map":["0",..]}]} */
 
-char *widen_transform_to_json(const widen_transform *t)
+static char *to_json(const widen_transform *t, const char *tool)
 {
     json_t *root = json_object(), *tensors = json_array();
-    json_object_set_new(root, "tool", json_string("widen " WIDEN_VERSION_STRING));
+    json_object_set_new(root, "tool", json_string(tool));
     json_object_set_new(root, "cast", t->cast ? json_string(widen_dtype_name(t->cast_to)) : json_null());
     for (size_t i = 0; i < t->count; i++) {
         const widen_tensor_edit *e = &t->edits[i];
@@ -290,6 +290,23 @@ char *widen_transform_to_json(const widen_transform *t)
     }
     json_object_set_new(root, "tensors", tensors);
     char *text = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return text;
+}
+
+char *widen_transform_to_json(const widen_transform *t)
+{
+    return to_json(t, "widen " WIDEN_VERSION_STRING);
+}
+
+char *widen_transform_canonical(const widen_transform *t, const char *recorded)
+{
+    json_t *root = json_loads(recorded, 0, NULL);
+    const char *tool = json_string_value(json_object_get(root, "tool"));
+    int ok = tool && strncmp(tool, "widen ", 6) == 0 && strlen(tool) < 48 && strlen(tool) > 6;
+    for (const char *c = tool ? tool + 6 : ""; ok && *c; c++)
+        ok = (*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || strchr(".+-_~", *c);
+    char *text = to_json(t, ok ? tool : "widen " WIDEN_VERSION_STRING);
     json_decref(root);
     return text;
 }

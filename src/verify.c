@@ -693,12 +693,11 @@ widen_status widen_verify(const char *input, const char *output, const char *man
                      : widen_fail(err, WIDEN_EUSAGE, "%s: no transform recorded (no '%s' metadata key): pass --manifest FILE",
                                   output, WIDEN_PROVENANCE_KEY);
         } else {
-            /* the output's own record, which must be in the form widen writes (compact JSON) */
-            json_t *parsed = json_loads(recorded, JSON_REJECT_DUPLICATES, NULL);
-            provenance = parsed ? json_dumps(parsed, JSON_COMPACT) : NULL;
-            json_decref(parsed);
+            /* the output is compared with what widen writes for the transform it records: the record
+             * written again as widen writes it, which a record with other keys, order or text is not */
             st = widen_transform_from_json(recorded, &tr, err);
-            if (!st && !provenance) st = widen_fail(err, WIDEN_EIO, "out of memory");
+            if (!st && !(provenance = widen_transform_canonical(tr, recorded)))
+                st = widen_fail(err, WIDEN_EIO, "out of memory");
         }
         free(from_comment);
         widen_close(out);

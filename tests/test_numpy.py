@@ -756,3 +756,32 @@ def test_archives_pythons_zipfile_reads_otherwise_are_refused(tmp_path):
         assert read != {"x": [1.0, 2.0, 3.0]}, what  # never what widen's offsets would give
         r = run("inspect", path)
         assert r.returncode == 3 and why in r.stderr and r.stderr.count("\n") == 1, (what, r.stderr)
+
+
+def test_a_record_widen_did_not_write_fails_verify(tmp_path):
+    """The transform recorded in an output (an .npz's archive comment, a safetensors file's metadata)
+    must be the record widen writes for it: another tool text, an extra key or another key order is
+    not widen's output, even where the transform it describes is the same (found in review)."""
+    np.savez(tmp_path / "in.npz", w=np.ones((2, 3, 2, 2), np.float32))
+    for fmt in ("npz", "safetensors"):
+        out = tmp_path / f"out.{fmt}"
+        run("apply", tmp_path / "in.npz", "-o", out, "-t", "w", "--axis", "1", "--to", "4", check=0)
+        if fmt == "npz":
+            data = out.read_bytes()
+            eocd = data.rindex(b"PK\x05\x06")
+            record = data[eocd + 22:]
+        else:
+            meta, tensors = reference.load(out)[:2]
+            record = meta["widen"].encode()
+        tool = json.loads(record)["tool"].encode()
+        for forged in (record.replace(tool, b"EVIL, trust me"), record.replace(b'{"tool"', b'{"x":"y","tool"'),
+                       record.replace(b'"cast":null,', b"").replace(b'{"tool"', b'{"cast":null,"tool"')):
+            assert forged != record and json.loads(forged)
+            if fmt == "npz":
+                blob = bytearray(data[:eocd + 22]) + forged
+                struct.pack_into("<H", blob, eocd + 20, len(forged))
+                out.write_bytes(bytes(blob))
+            else:
+                reference.save(out, tensors, {**meta, "widen": forged.decode()})
+            r = run("verify", tmp_path / "in.npz", out)
+            assert r.returncode == 1 and "verified" not in r.stdout, (fmt, forged, r.stdout, r.stderr)
