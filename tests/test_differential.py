@@ -140,6 +140,21 @@ def widen_reading(path):
     return proc
 
 
+def mutate(rng, data, most):
+    """1 to `most` bytes flipped, inserted or dropped."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, most)):
+        at = rng.randrange(len(data))
+        how = rng.random()
+        if how < 0.6:
+            data[at] = rng.randrange(256)
+        elif how < 0.8:
+            data.insert(at, rng.randrange(256))
+        else:
+            del data[at]
+    return bytes(data)
+
+
 def test_widen_reads_what_torch_reads(tmp_path):
     import json
     rng = random.Random(int(os.environ.get("WIDEN_DIFFERENTIAL_SEED", "11")))
@@ -152,17 +167,7 @@ def test_widen_reads_what_torch_reads(tmp_path):
         for m in range(MUTANTS + 1):
             path, data = src, pkl
             if m:  # a mutant: bytes flipped, inserted or dropped inside the pickle
-                data = bytearray(pkl)
-                for _ in range(rng.randint(1, 3)):
-                    at = rng.randrange(len(data))
-                    how = rng.random()
-                    if how < 0.6:
-                        data[at] = rng.randrange(256)
-                    elif how < 0.8:
-                        data.insert(at, rng.randrange(256))
-                    else:
-                        del data[at]
-                data = bytes(data)
+                data = mutate(rng, pkl, 3)
                 path = tmp_path / "mutant.pt"
                 with_pickle(src, path, data)
             if os.environ.get("WIDEN_DIFFERENTIAL_KEEP"):
@@ -213,18 +218,8 @@ def test_widen_reads_legacy_files_as_torch_does(tmp_path):
         for m in range(mutants + 1):
             path = src
             if m:
-                data = bytearray(original)
-                for _ in range(rng.randint(1, 2)):
-                    at = rng.randrange(len(data))
-                    how = rng.random()
-                    if how < 0.6:
-                        data[at] = rng.randrange(256)
-                    elif how < 0.8:
-                        data.insert(at, rng.randrange(256))
-                    else:
-                        del data[at]
                 path = tmp_path / "mutant.pth"
-                path.write_bytes(bytes(data))
+                path.write_bytes(mutate(rng, original, 2))
             if os.environ.get("WIDEN_DIFFERENTIAL_KEEP"):
                 with open(os.environ["WIDEN_DIFFERENTIAL_KEEP"] + f"/legacy-{n}-{m}.pth", "wb") as f:
                     f.write(path.read_bytes())
