@@ -140,6 +140,21 @@ def widen_reading(path):
     return proc
 
 
+def assert_same_tensors(proc, result, where):
+    """widen's `hash --json` names the tensors torch loaded, each with the hash of its row-major bytes.
+    A bool is compared as the bytes torch loaded (a mutated storage may hold bytes other than 0 and
+    1, which a copy would make 1)."""
+    import json
+    want = torch_names(result)
+    got = {t["name"]: t["xxh3_128"] for t in json.loads(proc.stdout)["tensors"]}
+    assert sorted(got) == sorted(want), where
+    for name, t in want.items():
+        t = t.detach().view(torch.uint8) if t.dtype == torch.bool else t.detach()
+        dense = torch.empty(t.shape, dtype=t.dtype).copy_(t)  # row-major, standard strides
+        assert got[name] == xxhash.xxh3_128_hexdigest(dense.reshape(-1).view(torch.uint8).numpy().tobytes()), \
+            (where, name)
+
+
 def mutate(rng, data, most):
     """1 to `most` bytes flipped, inserted or dropped."""
     data = bytearray(data)
@@ -177,13 +192,7 @@ def test_widen_reads_what_torch_reads(tmp_path):
             proc = widen_reading(path)
             assert proc.returncode in (0, 3), (n, m, proc.returncode, proc.stderr)
             if loaded and proc.returncode == 0:
-                want = torch_names(result)
-                got = {t["name"]: t["xxh3_128"] for t in json.loads(proc.stdout)["tensors"]}
-                assert sorted(got) == sorted(want), (n, m)
-                for name, t in want.items():
-                    dense = torch.empty(t.shape, dtype=t.dtype).copy_(t.detach())  # row-major, standard strides
-                    raw = dense.reshape(-1).view(torch.uint8)
-                    assert got[name] == xxhash.xxh3_128_hexdigest(raw.numpy().tobytes()), (n, m, name)
+                assert_same_tensors(proc, result, (n, m))
                 agreed += 1
             elif loaded:
                 assert any(w in proc.stderr for w in WIDEN_ONLY_REFUSALS), (n, m, proc.stderr)
@@ -227,16 +236,7 @@ def test_widen_reads_legacy_files_as_torch_does(tmp_path):
             proc = widen_reading(path)
             assert proc.returncode in (0, 3), (n, m, proc.returncode, proc.stderr)
             if loaded and proc.returncode == 0:
-                want = torch_names(result)
-                got = {t["name"]: t["xxh3_128"] for t in json.loads(proc.stdout)["tensors"]}
-                assert sorted(got) == sorted(want), (n, m)
-                for name, t in want.items():
-                    # a mutated bool storage may hold bytes other than 0 and 1, which a copy would make 1:
-                    # the bytes torch loaded are compared, as unsigned bytes
-                    t = t.detach().view(torch.uint8) if t.dtype == torch.bool else t.detach()
-                    dense = torch.empty(t.shape, dtype=t.dtype).copy_(t)
-                    assert got[name] == xxhash.xxh3_128_hexdigest(dense.reshape(-1).view(torch.uint8).numpy().tobytes()), \
-                        (n, m, name)
+                assert_same_tensors(proc, result, (n, m))
                 agreed += 1
             elif loaded:
                 assert any(w in proc.stderr for w in LEGACY_REFUSALS), (n, m, proc.stderr)

@@ -91,4 +91,17 @@ static inline void round_trip(widen_checkpoint *c)
     widen_transform_free(tr);
 }
 
+/* What every torch target checks of a checkpoint its reader accepted: tensors inside the input, each
+ * strided one hashed element by element (ASan checks that it stays inside), and the round trip. */
+static inline void check_torch(widen_checkpoint *c, size_t size)
+{
+    widen_error err;
+    check_tensors_inside(c, size);
+    for (size_t i = 0; i < c->count; i++) {
+        widen_hash128 h;
+        if (widen_tensor_strided(c, i)) widen_tensor_hash_strided(c, i, &h, &err);
+    }
+    round_trip(c);
+}
+
 #endif
