@@ -82,3 +82,8 @@ widen_status widen_fail(widen_error *err, widen_status status, const char *fmt, 
     }
     return status;
 }
+
+unsigned widen_version_number(void)
+{
+    return WIDEN_VERSION_NUMBER;
+}

@@ -20,7 +20,23 @@
 extern "C" {
 #endif
 
+/* The library is built with hidden visibility: exactly the functions declared here are exported. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
+/* Versions: MAJOR.MINOR.PATCH. The shared library's SONAME is libwiden.so.MAJOR: a release that
+ * breaks the ABI (a changed struct layout or signature, a removed function) bumps MAJOR; one that only
+ * adds functions bumps MINOR; fixes bump PATCH. Before 1.0, MINOR plays MAJOR's part (SONAME
+ * libwiden.so.0.MINOR is not promised: 0.x may break the ABI in any release, and says so). */
+#define WIDEN_VERSION_MAJOR 0
+#define WIDEN_VERSION_MINOR 1
+#define WIDEN_VERSION_PATCH 0
+#define WIDEN_VERSION_NUMBER (WIDEN_VERSION_MAJOR * 10000 + WIDEN_VERSION_MINOR * 100 + WIDEN_VERSION_PATCH)
 #define WIDEN_VERSION_STRING "0.1.0"
+
+/* WIDEN_VERSION_NUMBER of the library linked at run time (the header's may be older or newer). */
+unsigned widen_version_number(void);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Status and errors                                                                                */
@@ -383,6 +399,10 @@ widen_status widen_model_apply(widen_model *model, const char *output_path, cons
  * or from the `widen` keys of the output's safetensors files. */
 widen_status widen_model_verify(const char *input_path, const char *output_path, const char *manifest_path,
                                 widen_verify_report *report, widen_error *err);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }
