@@ -195,6 +195,7 @@ static const widen_kernels *kernels_or_fail(widen_isa isa, widen_error *err)
 
 widen_status widen_remap(const widen_remap_job *job, widen_isa isa, widen_error *err)
 {
+    if (!job) return widen_fail(err, WIDEN_EUSAGE, "widen_remap needs a job");
     const widen_kernels *k = kernels_or_fail(isa, err);
     if (!k) return WIDEN_EUSAGE;
     widen_status st = check_job(job, err);
@@ -206,6 +207,7 @@ widen_status widen_remap(const widen_remap_job *job, widen_isa isa, widen_error 
 widen_status widen_cast(widen_dtype from, widen_dtype to, const void *src, void *dst, size_t n,
                         widen_isa isa, widen_error *err)
 {
+    if ((!src || !dst) && n) return widen_fail(err, WIDEN_EUSAGE, "widen_cast needs its source and destination");
     widen_map_entry identity = {.kind = WIDEN_MAP_SOURCE, .channel = 0};
     widen_remap_job job = {.src = src, .dst = dst, .src_dtype = from, .dst_dtype = to, .rows = 1,
                            .channels = 1, .inner = n, .map = &identity};

@@ -18,6 +18,7 @@
 
 void widen_apply_options_init(widen_apply_options *o)
 {
+    if (!o) return;
     memset(o, 0, sizeof *o);
     o->fsync = 1;
 }
@@ -518,6 +519,9 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
 widen_status widen_apply_checkpoint(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
                                     const widen_apply_options *options, widen_error *err)
 {
+    if (!ckpt || !output || !transform || !options)
+        return widen_fail(err, WIDEN_EUSAGE, "widen_apply_checkpoint needs a checkpoint, an output path, a transform and "
+                          "options");
     return widen_apply_file(ckpt, output, transform, options, NULL, err);
 }
 

@@ -66,6 +66,7 @@ static int first_member_is_npy(const unsigned char *p, uint64_t size)
 
 widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *err)
 {
+    if (!path || !out) return widen_fail(err, WIDEN_EUSAGE, "widen_open needs a path and somewhere to put the checkpoint");
     *out = NULL;
     widen_checkpoint *c = calloc(1, sizeof *c);
     if (!c || !(c->path = strdup(path))) {
@@ -194,15 +195,15 @@ widen_status widen_checkpoint_check_work(const widen_checkpoint *c, widen_error 
                       c->count ? c->tensors[largest].name : "");
 }
 
-const char *widen_checkpoint_path(const widen_checkpoint *c) { return c->path; }
+const char *widen_checkpoint_path(const widen_checkpoint *c) { return c ? c->path : NULL; }
 int widen_checkpoint_fd(const widen_checkpoint *c) { return c->fd; }
-const char *widen_checkpoint_format(const widen_checkpoint *c) { return c->format; }
-uint64_t widen_checkpoint_size(const widen_checkpoint *c) { return widen_checkpoint_file(c).size; }
-size_t widen_tensor_count(const widen_checkpoint *c) { return c->count; }
+const char *widen_checkpoint_format(const widen_checkpoint *c) { return c ? c->format : NULL; }
+uint64_t widen_checkpoint_size(const widen_checkpoint *c) { return c ? widen_checkpoint_file(c).size : 0; }
+size_t widen_tensor_count(const widen_checkpoint *c) { return c ? c->count : 0; }
 
 const widen_tensor_info *widen_tensor_at(const widen_checkpoint *c, size_t index)
 {
-    return index < c->count ? &c->tensors[index] : NULL;
+    return c && index < c->count ? &c->tensors[index] : NULL;
 }
 
 long widen_tensor_find(const widen_checkpoint *c, const char *name)
@@ -212,17 +213,20 @@ long widen_tensor_find(const widen_checkpoint *c, const char *name)
     return (long)index;
 }
 
-size_t widen_metadata_count(const widen_checkpoint *c) { return c->metadata_count; }
+size_t widen_metadata_count(const widen_checkpoint *c) { return c ? c->metadata_count : 0; }
 
 void widen_metadata_at(const widen_checkpoint *c, size_t index, const char **key, const char **value)
 {
-    *key = index < c->metadata_count ? c->metadata[index].key : NULL;
-    *value = index < c->metadata_count ? c->metadata[index].value : NULL;
+    if (!key || !value) return;
+    if (!c) index = SIZE_MAX;
+    *key = c && index < c->metadata_count ? c->metadata[index].key : NULL;
+    *value = c && index < c->metadata_count ? c->metadata[index].value : NULL;
 }
 
 size_t widen_find_candidates(const widen_checkpoint *c, int axis, uint64_t from, size_t *indices,
                              size_t max)
 {
+    if (!c || (!indices && max)) return 0;
     size_t found = 0;
     for (size_t i = 0; i < c->count; i++) {
         const widen_tensor_info *t = &c->tensors[i];

@@ -40,6 +40,7 @@ const char *widen_dtype_name(widen_dtype dtype)
 
 int widen_dtype_from_name(const char *name, widen_dtype *dtype)
 {
+    if (!name || !dtype) return -1;
     for (unsigned i = 0; i < WIDEN_DTYPE_COUNT; i++) {
         if (strcmp(name, dtypes[i].name) == 0) {
             *dtype = (widen_dtype)i;

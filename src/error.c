@@ -27,6 +27,7 @@ size_t widen_escape_text(const char *text, char *out, size_t size)
 {
     const unsigned char *s = (const unsigned char *)(text ? text : "");
     size_t n = strlen((const char *)s), used = 0;
+    if (!out) size = 0; /* then only the length is counted */
     for (size_t i = 0; i < n;) {
         char piece[16];
         size_t len;

@@ -13,6 +13,7 @@ static const widen_kernels *hash_kernels(void)
 
 widen_hash128 widen_hash_bytes(const void *data, size_t len)
 {
+    if (!data) len = 0; /* the hash of nothing */
     const widen_kernels *k = hash_kernels();
     widen_hash_state state;
     k->hash_reset(&state);
@@ -23,6 +24,7 @@ widen_hash128 widen_hash_bytes(const void *data, size_t len)
 void widen_hash128_hex(widen_hash128 hash, char out[33])
 {
     static const char digits[] = "0123456789abcdef";
+    if (!out) return;
     for (int i = 0; i < 16; i++) {
         uint64_t word = i < 8 ? hash.high : hash.low;
         unsigned byte = (unsigned)(word >> (56 - 8 * (i % 8))) & 0xffu;

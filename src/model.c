@@ -778,6 +778,7 @@ static void channel_notes(widen_model *m)
 
 widen_status widen_model_open(const char *path, widen_model **out, widen_error *err)
 {
+    if (!out) return widen_fail(err, WIDEN_EUSAGE, "widen_model_open needs somewhere to put the model");
     *out = NULL;
     if (!path) return widen_fail(err, WIDEN_EUSAGE, "widen_model_open needs a path");
     widen_model *m = calloc(1, sizeof *m);
@@ -852,29 +853,29 @@ void widen_model_close(widen_model *m)
 /* ---------------------------------------------------------------------------------------------- */
 /* Accessors                                                                                        */
 
-int widen_model_is_folder(const widen_model *m) { return m->root != NULL; }
-size_t widen_model_file_count(const widen_model *m) { return m->file_count; }
-widen_checkpoint *widen_model_file(const widen_model *m, size_t i) { return i < m->file_count ? m->files[i].ckpt : NULL; }
-const char *widen_model_file_name(const widen_model *m, size_t i) { return i < m->file_count ? m->files[i].rel : NULL; }
-uint64_t widen_model_size(const widen_model *m) { return m->size; }
-size_t widen_model_tensor_count(const widen_model *m) { return m->tensor_count; }
-const char *widen_model_tensor_name(const widen_model *m, size_t i) { return i < m->tensor_count ? m->names[i] : NULL; }
+int widen_model_is_folder(const widen_model *m) { return m && m->root != NULL; }
+size_t widen_model_file_count(const widen_model *m) { return m ? m->file_count : 0; }
+widen_checkpoint *widen_model_file(const widen_model *m, size_t i) { return m && i < m->file_count ? m->files[i].ckpt : NULL; }
+const char *widen_model_file_name(const widen_model *m, size_t i) { return m && i < m->file_count ? m->files[i].rel : NULL; }
+uint64_t widen_model_size(const widen_model *m) { return m ? m->size : 0; }
+size_t widen_model_tensor_count(const widen_model *m) { return m ? m->tensor_count : 0; }
+const char *widen_model_tensor_name(const widen_model *m, size_t i) { return m && i < m->tensor_count ? m->names[i] : NULL; }
 size_t widen_model_left_out_count(const widen_model *m)
 {
     size_t n = 0;
-    for (size_t i = 0; i < m->other_count; i++) n += m->others[i].kind == WIDEN_OTHER_LEFT_OUT;
+    for (size_t i = 0; m && i < m->other_count; i++) n += m->others[i].kind == WIDEN_OTHER_LEFT_OUT;
     return n;
 }
 
 const char *widen_model_left_out(const widen_model *m, size_t index)
 {
-    for (size_t i = 0; i < m->other_count; i++)
+    for (size_t i = 0; m && i < m->other_count; i++)
         if (m->others[i].kind == WIDEN_OTHER_LEFT_OUT && index-- == 0) return m->others[i].rel;
     return NULL;
 }
 
-size_t widen_model_channel_note_count(const widen_model *m) { return m->note_count; }
-const char *widen_model_channel_note(const widen_model *m, size_t i) { return i < m->note_count ? m->notes[i] : NULL; }
+size_t widen_model_channel_note_count(const widen_model *m) { return m ? m->note_count : 0; }
+const char *widen_model_channel_note(const widen_model *m, size_t i) { return m && i < m->note_count ? m->notes[i] : NULL; }
 
 size_t widen_model_local_index(const widen_model *m, size_t tensor)
 {
@@ -883,7 +884,7 @@ size_t widen_model_local_index(const widen_model *m, size_t tensor)
 
 const widen_tensor_info *widen_model_tensor_at(const widen_model *m, size_t i, size_t *file)
 {
-    if (i >= m->tensor_count) return NULL;
+    if (!m || i >= m->tensor_count) return NULL;
     if (file) *file = m->tensor_file[i];
     return &m->files[m->tensor_file[i]].ckpt->tensors[widen_model_local_index(m, i)];
 }
@@ -891,7 +892,7 @@ const widen_tensor_info *widen_model_tensor_at(const widen_model *m, size_t i, s
 long widen_model_tensor_find(const widen_model *m, const char *name)
 {
     size_t v;
-    return widen_table_get(&m->by_name, name, strlen(name), &v) ? (long)v : -1;
+    return m && name && widen_table_get(&m->by_name, name, strlen(name), &v) ? (long)v : -1;
 }
 
 static int fits(const widen_tensor_info *t, int axis, uint64_t from)
@@ -903,6 +904,7 @@ static int fits(const widen_tensor_info *t, int axis, uint64_t from)
 size_t widen_model_find_candidates(const widen_model *m, int axis, uint64_t from, size_t *indices, size_t max)
 {
     size_t n = 0;
+    if (!m || (!indices && max)) return 0;
     /* 1. what timm configs name as the first layer */
     for (size_t c = 0; m->root && c < m->component_count; c++) {
         char *names[8];

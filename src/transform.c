@@ -116,6 +116,7 @@ static widen_status parse_entry(const char *text, widen_map_entry *e, const char
 
 widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t *count, widen_error *err)
 {
+    if (!list || !entries || !count) return widen_fail(err, WIDEN_EUSAGE, "widen_parse_map needs a list and its outputs");
     *entries = NULL;
     *count = 0;
     size_t n = 1;
@@ -147,6 +148,7 @@ widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t
 
 widen_status widen_parse_init(const char *mode, widen_init *init, widen_error *err)
 {
+    if (!mode || !init) return widen_fail(err, WIDEN_EUSAGE, "widen_parse_init needs a mode and an init");
     memset(init, 0, sizeof *init);
     init->kind = WIDEN_INIT_FILL;
     if (strcmp(mode, "zeros") == 0) {
@@ -172,6 +174,7 @@ widen_status widen_parse_init(const char *mode, widen_init *init, widen_error *e
 widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, const widen_init *init, widen_map_entry *entries,
                              widen_error *err)
 {
+    if (!init || !entries) return widen_fail(err, WIDEN_EUSAGE, "widen_widen_map needs an init and its entries");
     if (init->kind != WIDEN_INIT_FILL) {
         if (c == 0) return widen_fail(err, WIDEN_EUSAGE, "--init %s needs at least one input channel",
                                       init->kind == WIDEN_INIT_TIMM ? "timm" : "cyclic");
@@ -296,6 +299,7 @@ static char *to_json(const widen_transform *t, const char *tool)
 
 char *widen_transform_to_json(const widen_transform *t)
 {
+    if (!t) return NULL;
     return to_json(t, "widen " WIDEN_VERSION_STRING);
 }
 
@@ -313,6 +317,7 @@ char *widen_transform_canonical(const widen_transform *t, const char *recorded)
 
 widen_status widen_transform_from_json(const char *text, widen_transform **out, widen_error *err)
 {
+    if (!text || !out) return widen_fail(err, WIDEN_EUSAGE, "widen_transform_from_json needs a text and an output");
     *out = NULL;
     json_error_t jerr;
     json_t *root = json_loads(text, 0, &jerr);

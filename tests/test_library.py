@@ -104,3 +104,98 @@ def test_installed_library_builds_a_program_with_pkg_config_and_cmake(tmp_path):
     assert "widen - widen the input channels" in page
     for command in ("inspect", "apply", "verify", "hash"):  # the page is the program's own help
         assert command in page and command in help_text
+
+
+NULL_CALLS = [  # (function, argtypes, restype, args, expected result); P = a pointer argument given NULL
+    ("widen_open", "PPP", ctypes.c_int, (None, None, None), 2),
+    ("widen_open", "SPP", ctypes.c_int, (b"x.safetensors", None, None), 2),
+    ("widen_close", "P", None, (None,), None),
+    ("widen_checkpoint_path", "P", ctypes.c_char_p, (None,), None),
+    ("widen_checkpoint_format", "P", ctypes.c_char_p, (None,), None),
+    ("widen_checkpoint_size", "P", ctypes.c_uint64, (None,), 0),
+    ("widen_tensor_count", "P", ctypes.c_size_t, (None,), 0),
+    ("widen_tensor_at", "PZ", ctypes.c_void_p, (None, 0), None),
+    ("widen_tensor_find", "PS", ctypes.c_long, (None, b"x"), -1),
+    ("widen_tensor_storage", "PZ", ctypes.c_char_p, (None, 0), None),
+    ("widen_tensor_strided", "PZ", ctypes.c_int, (None, 0), 0),
+    ("widen_metadata_count", "P", ctypes.c_size_t, (None,), 0),
+    ("widen_metadata_at", "PZPP", None, (None, 0, None, None), None),
+    ("widen_hash_checkpoint", "PPPPPP", ctypes.c_int, (None, None, None, None, None, None), 2),
+    ("widen_hash_bytes_len", None, None, None, None),
+    ("widen_hash128_hex", None, None, None, None),
+    ("widen_escape_text", "PPZ", ctypes.c_size_t, (None, None, 0), 0),
+    ("widen_dtype_from_name", "PP", ctypes.c_int, (None, None), -1),
+    ("widen_remap", "PiP", ctypes.c_int, (None, 0, None), 2),
+    ("widen_cast", "iiPPZiP", ctypes.c_int, (0, 0, None, None, 4, 0, None), 2),
+    ("widen_parse_map", "PPPP", ctypes.c_int, (None, None, None, None), 2),
+    ("widen_parse_init", "PPP", ctypes.c_int, (None, None, None), 2),
+    ("widen_widen_map", "IIIPPP", ctypes.c_int, (3, 4, 3, None, None, None), 2),
+    ("widen_transform_free", "P", None, (None,), None),
+    ("widen_transform_add_map", "PSiPZP", ctypes.c_int, (None, b"x", 1, None, 0, None), 2),
+    ("widen_transform_set_cast", "PiP", ctypes.c_int, (None, 0, None), 2),
+    ("widen_transform_to_json", "P", ctypes.c_void_p, (None,), None),
+    ("widen_transform_from_json", "PPP", ctypes.c_int, (None, None, None), 2),
+    ("widen_find_candidates", "PiQPZ", ctypes.c_size_t, (None, 1, 3, None, 4), 0),
+    ("widen_apply_options_init", "P", None, (None,), None),
+    ("widen_apply", "PPPPP", ctypes.c_int, (None, None, None, None, None), 2),
+    ("widen_apply_checkpoint", "PPPPP", ctypes.c_int, (None, None, None, None, None), 2),
+    ("widen_verify", "PPPPP", ctypes.c_int, (None, None, None, None, None), 2),
+    ("widen_model_open", "PPP", ctypes.c_int, (None, None, None), 2),
+    ("widen_model_close", "P", None, (None,), None),
+    ("widen_model_is_folder", "P", ctypes.c_int, (None,), 0),
+    ("widen_model_file_count", "P", ctypes.c_size_t, (None,), 0),
+    ("widen_model_file", "PZ", ctypes.c_void_p, (None, 0), None),
+    ("widen_model_file_name", "PZ", ctypes.c_char_p, (None, 0), None),
+    ("widen_model_size", "P", ctypes.c_uint64, (None,), 0),
+    ("widen_model_tensor_count", "P", ctypes.c_size_t, (None,), 0),
+    ("widen_model_tensor_name", "PZ", ctypes.c_char_p, (None, 0), None),
+    ("widen_model_tensor_at", "PZP", ctypes.c_void_p, (None, 0, None), None),
+    ("widen_model_tensor_find", "PS", ctypes.c_long, (None, b"x"), -1),
+    ("widen_model_find_candidates", "PiQPZ", ctypes.c_size_t, (None, 1, 3, None, 4), 0),
+    ("widen_model_left_out_count", "P", ctypes.c_size_t, (None,), 0),
+    ("widen_model_left_out", "PZ", ctypes.c_char_p, (None, 0), None),
+    ("widen_model_channel_note_count", "P", ctypes.c_size_t, (None,), 0),
+    ("widen_model_channel_note", "PZ", ctypes.c_char_p, (None, 0), None),
+    ("widen_model_apply", "PPPPP", ctypes.c_int, (None, None, None, None, None), 2),
+    ("widen_model_verify", "PPPPP", ctypes.c_int, (None, None, None, None, None), 2),
+]
+TYPES = {"P": ctypes.c_void_p, "S": ctypes.c_char_p, "Z": ctypes.c_size_t, "i": ctypes.c_int, "I": ctypes.c_uint32,
+         "Q": ctypes.c_uint64}
+
+CALLER = r"""
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+name, argtypes, restype, args = eval(sys.argv[2])
+if name == "widen_hash_bytes_len":  # the hash of nothing, from a NULL pointer
+    class H(ctypes.Structure):
+        _fields_ = [("high", ctypes.c_uint64), ("low", ctypes.c_uint64)]
+    lib.widen_hash_bytes.restype = H
+    a, b = lib.widen_hash_bytes(None, ctypes.c_size_t(0)), lib.widen_hash_bytes(b"", ctypes.c_size_t(0))
+    print(repr((a.high, a.low) == (b.high, b.low)))
+elif name == "widen_hash128_hex":
+    lib.widen_hash128_hex(ctypes.c_uint64(1), ctypes.c_uint64(2), None)
+    print("None")
+else:
+    f = getattr(lib, name)
+    f.argtypes = [getattr(ctypes, t) for t in argtypes]
+    f.restype = getattr(ctypes, restype) if restype else None
+    r = f(*args)
+    print(repr(r))
+"""
+
+
+@pytest.mark.parametrize("call", NULL_CALLS, ids=[f"{c[0]}-{i}" for i, c in enumerate(NULL_CALLS)])
+def test_public_functions_take_null_pointers(call):
+    """Every pointer argument NULL: the function returns WIDEN_EUSAGE (or nothing, 0, NULL, -1 for the
+    accessors), never crashes. Each call runs in a process of its own, so that a crash is a failure
+    that names the function."""
+    import sys
+    name, argtypes, restype, args, expected = call
+    spec = (name, [TYPES[t].__name__ for t in argtypes] if argtypes else None,
+            restype.__name__ if restype else None, args)
+    proc = subprocess.run([sys.executable, "-c", CALLER, LIBWIDEN, repr(spec)], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, (name, proc.returncode, proc.stderr[-500:])
+    got = proc.stdout.strip()
+    want = "True" if name == "widen_hash_bytes_len" else repr(expected)
+    assert got == want, (name, got, want)

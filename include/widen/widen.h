@@ -7,6 +7,9 @@
  *   widen_error with the same status and a one-line message that names the file and, where it applies,
  *   the tensor. The library never prints and never exits.
  * - Status values equal the exit codes of the `widen` command line (SPEC §2).
+ * - Every function checks its pointer arguments: a NULL where one is needed is WIDEN_EUSAGE (never a
+ *   crash); accessors given a NULL object answer 0, NULL or -1, and the free/close functions take NULL.
+ *   `err` may always be NULL (then no message is kept).
  * - There is no global mutable state apart from the kernel table, which is chosen once per process
  *   (see widen_isa_init) and never changes afterwards.
  */
