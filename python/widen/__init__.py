@@ -12,8 +12,9 @@ Every failure raises a ``widen.Error`` whose ``status`` is the exit code of the 
 (``UsageError`` 2, ``FormatError`` 3, ``WidenIOError`` 4, ``Interrupted`` 130, ``Different`` 1).
 
 Dtypes without a NumPy equivalent come back as their raw bit patterns: BF16 as ``uint16`` and the
-F8 types as ``uint8`` arrays of the tensor's shape (``torch.from_numpy(a).view(torch.bfloat16)``
-reinterprets them); F4 and F6 pack several elements into a byte and raise ``UsageError``.
+F8 types as ``uint8`` arrays of the tensor's shape
+(``torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)`` reinterprets BF16);
+F4 and F6 pack several elements into a byte and raise ``UsageError``.
 """
 from __future__ import annotations
 
