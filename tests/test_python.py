@@ -243,6 +243,8 @@ def test_pip_install_offline_into_a_venv(tmp_path):
     r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-build-isolation", "--no-index", str(src)],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+    if "LD_PRELOAD" in os.environ:  # a sanitized library needs its runtime first, as in this process
+        env["LD_PRELOAD"] = os.environ["LD_PRELOAD"]
     r = subprocess.run([str(venv / "bin" / "python"), "-c", "import widen, sys; print(widen.__file__); "
                         "print(widen.library_version()); print(widen.LIBRARY_PATH)"],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
