@@ -119,6 +119,8 @@ NULL_CALLS = [  # (function, argtypes, restype, args, expected result); P = a po
     ("widen_tensor_storage", "PZ", ctypes.c_char_p, (None, 0), None),
     ("widen_tensor_strided", "PZ", ctypes.c_int, (None, 0), 0),
     ("widen_metadata_count", "P", ctypes.c_size_t, (None,), 0),
+    ("widen_tensor_data", "PZPPP", ctypes.c_int, (None, 0, None, None, None), 2),
+    ("widen_tensor_read", "PZPQP", ctypes.c_int, (None, 0, None, 0, None), 2),
     ("widen_metadata_at", "PZPP", None, (None, 0, None, None), None),
     ("widen_hash_checkpoint", "PPPPPP", ctypes.c_int, (None, None, None, None, None, None), 2),
     ("widen_hash_bytes_len", None, None, None, None),

@@ -403,6 +403,27 @@ widen_status widen_model_apply(widen_model *model, const char *output_path, cons
 widen_status widen_model_verify(const char *input_path, const char *output_path, const char *manifest_path,
                                 widen_verify_report *report, widen_error *err);
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Reading tensors                                                                                  */
+
+/* The bytes of tensor `index` where the file holds them as its elements in row-major little-endian
+ * order (a safetensors tensor; a contiguous torch tensor; a C-order little-endian NumPy array):
+ * *data points into the checkpoint's read-only mapping, valid until widen_close, and *nbytes is its
+ * byte count (*data may be any non-NULL pointer when it is 0). WIDEN_EUSAGE (with *data NULL) for an
+ * index out of range, a NULL argument, or a tensor that is not one such run of bytes (a strided torch
+ * view, a Fortran-order or big-endian NumPy array: widen_tensor_strided says which): read those with
+ * widen_tensor_read. */
+widen_status widen_tensor_data(const widen_checkpoint *ckpt, size_t index, const void **data, uint64_t *nbytes,
+                               widen_error *err);
+
+/* Copies tensor `index`'s elements into out in row-major order, little-endian: the bytes it would
+ * have if contiguous (gathered for a strided view, byte-swapped for a big-endian array; the bytes its
+ * hash is of). `size` must be exactly that many bytes (widen_tensor_info.nbytes, or elements times
+ * element size for a strided tensor), else WIDEN_EUSAGE, as for an index out of range or a NULL
+ * argument (out may be NULL when size is 0). The pages read are released from the process after. */
+widen_status widen_tensor_read(const widen_checkpoint *ckpt, size_t index, void *out, uint64_t size,
+                               widen_error *err);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif
