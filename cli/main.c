@@ -716,11 +716,12 @@ static size_t edit_distance(const char *a, const char *b, size_t limit)
 }
 
 /* "; did you mean 'a', 'b' or 'c'?": up to 3 of the model's names nearest `name` in edit distance
- * (at most a third of its length, and at least 2), nearest first; "" when none is that near. */
+ * (at most a quarter of its length, and at least 2), nearest first, ties in the model's order; ""
+ * when none is that near. */
 static void suggest(const widen_model *c, const char *name, char *out, size_t size)
 {
     enum { MAX_SUGGEST = 3 };
-    size_t len = strlen(name), limit = len / 3 > 2 ? len / 3 : 2, best[MAX_SUGGEST], dist[MAX_SUGGEST], found = 0;
+    size_t len = strlen(name), limit = len / 4 > 2 ? len / 4 : 2, best[MAX_SUGGEST], dist[MAX_SUGGEST], found = 0;
     for (size_t i = 0; i < widen_model_tensor_count(c); i++) {
         size_t d = edit_distance(name, widen_model_tensor_name(c, i), limit);
         if (d > limit) continue;
