@@ -1,5 +1,6 @@
 /* main.c: the widen command line: parses arguments, calls the library, turns statuses into
  * messages and exit codes (SPEC §2). */
+#include <fnmatch.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -101,8 +103,10 @@ static const char usage_apply[] =
     "usage: widen apply INPUT -o OUTPUT [selection] [transform] [output options]\n"
     "\n"
     "selection:\n"
-    "  -t, --tensor NAME     tensor to transform (repeatable); without -t, the unique floating-point\n"
-    "                        tensor of rank >= 3 whose size along --axis is --from\n"
+    "  -t, --tensor NAME     tensor to transform (repeatable); a name with * ? [ that is no tensor's\n"
+    "                        is a glob pattern ('*.conv1.weight', quoted), every match transformed;\n"
+    "                        without -t, the unique floating-point tensor of rank >= 3 whose size\n"
+    "                        along --axis is --from\n"
     "  --from C              channel count auto-detection looks for (default 3)\n"
     "  --axis A              channel axis (default 1, and -2 for an .npz: JAX/Flax HWIO kernels;\n"
     "                        negative counts from the end)\n"
@@ -131,6 +135,11 @@ static const char usage_apply[] =
     "                        progress bar on stderr (default: when stderr is a terminal)\n"
     "  --no-fsync            skip the fsync before the output is renamed into place\n"
     "  --force               replace an existing OUTPUT file\n"
+    "  --dry-run             print the plan (tensors that change, bytes to write and to copy, the\n"
+    "                        output and its format) and write nothing\n"
+    "  -q, --quiet           no warnings (errors still print)\n"
+    "\n"
+    "At a terminal, a successful apply ends with one summary line on stderr.\n"
     "\n"
     "model folders (INPUT a folder or an *.index.json; OUTPUT a new folder):\n"
     "  --norm-fill MEAN:STD  normalisation values of new channels in the configs (default: the\n"
@@ -168,7 +177,9 @@ static const char usage_hash[] =
 
 typedef struct progress_state {
     int show;
+    int fsync; /* once every byte is written, the output is fsynced: show that phase */
     double start, last;
+    uint64_t total; /* the last total reported */
 } progress_state;
 
 static double now(void)
@@ -189,18 +200,26 @@ static void human(double bytes, char *out, size_t size)
     snprintf(out, size, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
 }
 
+static int quiet; /* -q: no warnings (errors still print) */
+
 static void on_warning(void *user, const char *message)
 {
     (void)user;
-    fprintf(stderr, "widen: warning: %s\n", message);
+    if (!quiet) fprintf(stderr, "widen: warning: %s\n", message);
 }
 
 static int on_progress(void *user, uint64_t done, uint64_t total)
 {
     progress_state *p = user;
+    p->total = total;
     if (p->show) {
         double t = now();
-        if (t - p->last >= 0.1 || done == total) {
+        if (done == total && total && p->fsync) {
+            char all[32];
+            human((double)total, all, sizeof all);
+            fprintf(stderr, "\r\033[K100.0%%  %s / %s  syncing", all, all);
+            p->last = t;
+        } else if (t - p->last >= 0.1 || done == total) {
             char d[32], all[32], rate[32];
             double secs = t - p->start, speed = secs > 0 ? done / secs : 0;
             human((double)done, d, sizeof d);
@@ -561,7 +580,7 @@ static int parse_uint(const char *text, const char *flag, unsigned long long max
 }
 
 enum { OPT_FROM = 256, OPT_AXIS, OPT_TO, OPT_AT, OPT_INIT, OPT_MAP, OPT_CAST, OPT_FORMAT, OPT_MANIFEST, OPT_THREADS,
-       OPT_PROGRESS, OPT_NO_PROGRESS, OPT_NO_FSYNC, OPT_FORCE, OPT_NORM_FILL, OPT_NO_CONFIG };
+       OPT_PROGRESS, OPT_NO_PROGRESS, OPT_NO_FSYNC, OPT_FORCE, OPT_NORM_FILL, OPT_NO_CONFIG, OPT_DRY_RUN };
 
 typedef struct apply_args {
     const char *input, *output, *init, *map, *cast, *format, *manifest;
@@ -569,7 +588,7 @@ typedef struct apply_args {
     size_t ntensors;
     unsigned long long from, to, at, threads;
     long axis;
-    int have_to, have_at, have_axis, progress, fsync, force, no_config, norm_fill;
+    int have_to, have_at, have_axis, progress, fsync, force, no_config, norm_fill, dry_run;
     double norm_mean, norm_std;
 } apply_args;
 
@@ -610,6 +629,7 @@ static int parse_apply(int argc, char **argv, apply_args *a)
         {"progress", no_argument, 0, OPT_PROGRESS}, {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
         {"no-fsync", no_argument, 0, OPT_NO_FSYNC}, {"force", no_argument, 0, OPT_FORCE},
         {"norm-fill", required_argument, 0, OPT_NORM_FILL}, {"no-config", no_argument, 0, OPT_NO_CONFIG},
+        {"dry-run", no_argument, 0, OPT_DRY_RUN}, {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     a->from = 3;
     a->axis = 1;
@@ -618,7 +638,7 @@ static int parse_apply(int argc, char **argv, apply_args *a)
     a->tensors = calloc((size_t)argc + 1, sizeof *a->tensors);
     if (!a->tensors) return fail(WIDEN_EIO, "out of memory");
     int o, rc = 0;
-    while ((o = getopt_long(argc, argv, "o:t:h", opts, NULL)) != -1 && !rc) {
+    while ((o = getopt_long(argc, argv, "o:t:qh", opts, NULL)) != -1 && !rc) {
         switch (o) {
         case 'o': a->output = optarg; break;
         case 't': a->tensors[a->ntensors++] = optarg; break;
@@ -644,6 +664,8 @@ static int parse_apply(int argc, char **argv, apply_args *a)
         case OPT_NO_FSYNC: a->fsync = 0; break;
         case OPT_FORCE: a->force = 1; break;
         case OPT_NO_CONFIG: a->no_config = 1; break;
+        case OPT_DRY_RUN: a->dry_run = 1; break;
+        case 'q': quiet = 1; break;
         case OPT_NORM_FILL: {
             char *colon = strchr(optarg, ':');
             a->norm_fill = 1;
@@ -672,8 +694,131 @@ static int parse_apply(int argc, char **argv, apply_args *a)
     return 0;
 }
 
+/* Levenshtein distance between a and b, or more than `limit` (then any value > limit). */
+static size_t edit_distance(const char *a, const char *b, size_t limit)
+{
+    size_t n = strlen(a), m = strlen(b);
+    if ((n > m ? n - m : m - n) > limit) return limit + 1;
+    size_t *row = malloc((m + 1) * sizeof *row);
+    if (!row) return limit + 1;
+    for (size_t j = 0; j <= m; j++) row[j] = j;
+    for (size_t i = 1; i <= n; i++) {
+        size_t diag = row[0], best = row[0] = i;
+        for (size_t j = 1; j <= m; j++) {
+            size_t up = row[j], v = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < v) v = up + 1;
+            if (row[j - 1] + 1 < v) v = row[j - 1] + 1;
+            row[j] = v;
+            diag = up;
+            if (v < best) best = v;
+        }
+        if (best > limit) { /* every later row is at least this far */
+            free(row);
+            return limit + 1;
+        }
+    }
+    size_t d = row[m];
+    free(row);
+    return d;
+}
+
+/* "; did you mean 'a', 'b' or 'c'?": up to 3 of the model's names nearest `name` in edit distance
+ * (at most a quarter of its length, and at least 2), nearest first, ties in the model's order; ""
+ * when none is that near. */
+static void suggest(const widen_model *c, const char *name, char *out, size_t size)
+{
+    enum { MAX_SUGGEST = 3 };
+    size_t len = strlen(name), limit = len / 4 > 2 ? len / 4 : 2, best[MAX_SUGGEST], dist[MAX_SUGGEST], found = 0;
+    for (size_t i = 0; i < widen_model_tensor_count(c); i++) {
+        size_t d = edit_distance(name, widen_model_tensor_name(c, i), limit);
+        if (d > limit) continue;
+        size_t at = found < MAX_SUGGEST ? found++ : MAX_SUGGEST;
+        if (at == MAX_SUGGEST && d >= dist[MAX_SUGGEST - 1]) continue;
+        if (at == MAX_SUGGEST) at = MAX_SUGGEST - 1;
+        while (at > 0 && dist[at - 1] > d) { /* ties keep file order */
+            best[at] = best[at - 1];
+            dist[at] = dist[at - 1];
+            at--;
+        }
+        best[at] = i;
+        dist[at] = d;
+    }
+    *out = 0;
+    size_t used = 0;
+    for (size_t k = 0; k < found && used < size; k++)
+        used += (size_t)snprintf(out + used, size - used, "%s'%s'%s", k == 0 ? "; did you mean " : k + 1 == found ? " or " : ", ",
+                                 widen_model_tensor_name(c, best[k]), k + 1 == found ? "?" : "");
+}
+
+/* The tensors -t selects: a name that is a tensor's is that tensor (even if it holds * ? or [);
+ * else a name with glob characters is an fnmatch(3) pattern, every tensor it matches selected once. */
+typedef struct selection {
+    struct selected {
+        size_t index;
+        const char *pattern; /* the pattern that matched it, NULL for a name */
+    } *items;
+    size_t count;
+} selection;
+
+/* 1 if tensor `index` is selected already; *by_pattern: whether a pattern selected it. */
+static int selected_already(const selection *sel, size_t index, int *by_pattern)
+{
+    for (size_t i = 0; i < sel->count; i++)
+        if (sel->items[i].index == index) return *by_pattern = sel->items[i].pattern != NULL, 1;
+    return 0;
+}
+
+static int select_tensors(const apply_args *a, const widen_model *c, const char **names, size_t count, selection *sel)
+{
+    size_t n = widen_model_tensor_count(c), cap = count + 16;
+    sel->items = malloc(cap * sizeof *sel->items);
+    if (!sel->items) return fail(WIDEN_EIO, "out of memory");
+    for (size_t i = 0; i < count; i++) {
+        long k = widen_model_tensor_find(c, names[i]);
+        int pattern = k < 0 && strpbrk(names[i], "*?[") != NULL;
+        if (k < 0 && !pattern) {
+            char hint[1024];
+            suggest(c, names[i], hint, sizeof hint);
+            return fail(WIDEN_EUSAGE, "%s: no tensor named '%s'%s", a->input, names[i], hint);
+        }
+        size_t matched = 0;
+        for (size_t j = pattern ? 0 : (size_t)k; j < (pattern ? n : (size_t)k + 1); j++) {
+            if (pattern && fnmatch(names[i], widen_model_tensor_name(c, j), 0) != 0) continue;
+            matched++;
+            /* a tensor two patterns (or a pattern and its name) select is selected once; a name given
+             * twice is the library's error, as before */
+            int by_pattern = 0;
+            if (selected_already(sel, j, &by_pattern) && (pattern || by_pattern)) continue;
+            if (sel->count == cap) {
+                struct selected *grown = realloc(sel->items, (cap *= 2) * sizeof *grown);
+                if (!grown) return fail(WIDEN_EIO, "out of memory");
+                sel->items = grown;
+            }
+            sel->items[sel->count++] = (struct selected){.index = j, .pattern = pattern ? names[i] : NULL};
+        }
+        if (pattern && matched == 0) return fail(WIDEN_EUSAGE, "%s: no tensor matches the pattern '%s'", a->input, names[i]);
+    }
+    return 0;
+}
+
+/* For --dry-run: what planning the file would refuse, checked before anything is printed. */
+static int plan_check(const apply_args *a, const widen_tensor_info *t, const char *name, int axis,
+                      const widen_map_entry *map, size_t count)
+{
+    uint64_t channels = t->shape[axis];
+    for (size_t k = 0; map && k < count; k++) {
+        if ((map[k].kind == WIDEN_MAP_SOURCE || map[k].kind == WIDEN_MAP_SCALE) && map[k].channel >= channels)
+            return fail(WIDEN_EUSAGE, "%s: tensor '%s' has %llu channels on axis %d: no channel %u", a->input, name,
+                        (unsigned long long)channels, axis, map[k].channel);
+        if (map[k].kind > WIDEN_MAP_ZERO && !widen_dtype_is_computable(t->dtype))
+            return fail(WIDEN_EUSAGE, "%s: tensor '%s' is %s: --map entry %zu needs an F32, F16 or BF16 tensor", a->input,
+                        name, widen_dtype_name(t->dtype), k);
+    }
+    return 0;
+}
+
 /* Adds the map of every selected tensor to the transform. */
-static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr)
+static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr, int plan)
 {
     widen_error err;
     size_t count = a->ntensors;
@@ -708,7 +853,7 @@ static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr)
             size_t used = strlen(list);
             if (others++ < 4) snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", widen_model_tensor_name(c, i));
         }
-        if (others)
+        if (others && !quiet)
             fprintf(stderr, "widen: warning: %s: widening %s, which the folder's configs name; %zu other tensor%s %s %llu "
                     "channels on axis %ld and %s not widened: %s%s (add -t for each to widen %s too)\n", shown(a->input, 0),
                     shown(detected, 1), others, others == 1 ? "" : "s", others == 1 ? "has" : "have", a->from, a->axis,
@@ -722,21 +867,24 @@ static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr)
         free(given);
         return fail(WIDEN_EUSAGE, "--map has %zu entries but --to asks for %llu channels", given_n, a->to);
     }
-    if (a->init && widen_parse_init(a->init, &init, &err)) return fail_err(&err);
-    int rc = 0;
-    for (size_t i = 0; i < count && !rc; i++) {
-        long k = widen_model_tensor_find(c, names[i]);
-        if (k < 0) {
-            rc = fail(WIDEN_EUSAGE, "%s: no tensor named '%s'", a->input, names[i]);
-            break;
-        }
+    if (a->init && widen_parse_init(a->init, &init, &err)) {
+        free(given);
+        return fail_err(&err);
+    }
+    selection sel = {0};
+    int rc = select_tensors(a, c, names, count, &sel);
+    for (size_t i = 0; i < sel.count && !rc; i++) {
+        long k = (long)sel.items[i].index;
+        const char *pattern = sel.items[i].pattern;
         const widen_tensor_info *t = widen_model_tensor_at(c, (size_t)k, NULL);
         const char *name = widen_model_tensor_name(c, (size_t)k);
         int axis = (int)(a->axis < 0 ? a->axis + t->rank : a->axis);
         if (axis < 0 || axis >= t->rank) {
-            rc = fail(WIDEN_EUSAGE, "%s: tensor '%s' has rank %d: no axis %ld", a->input, name, t->rank, a->axis);
+            rc = fail(WIDEN_EUSAGE, "%s: tensor '%s'%s%s%s has rank %d: no axis %ld", a->input, name,
+                      pattern ? " (matched by '" : "", pattern ? pattern : "", pattern ? "')" : "", t->rank, a->axis);
             break;
         }
+        if (plan && (rc = plan_check(a, t, name, axis, a->map ? given : NULL, given_n))) break;
         if (a->have_to && !a->map) {
             widen_map_entry *m = calloc(a->to ? a->to : 1, sizeof *m);
             if (!m) {
@@ -754,12 +902,119 @@ static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr)
             rc = fail_err(&err);
         }
     }
+    free(sel.items);
     free(given);
     return rc;
 }
 
+/* The output format apply would write: --format, else OUTPUT's extension, else the input's. */
+static const char *output_format(const apply_args *a, const widen_model *c)
+{
+    if (a->format) return a->format;
+    const char *dot = strrchr(a->output, '.');
+    if (dot && strchr(dot, '/') == NULL) {
+        if (strcasecmp(dot, ".safetensors") == 0) return "safetensors";
+        if (strcasecmp(dot, ".pt") == 0 || strcasecmp(dot, ".pth") == 0 || strcasecmp(dot, ".bin") == 0) return "pt";
+        if (strcasecmp(dot, ".npz") == 0) return "npz";
+    }
+    return widen_checkpoint_format(widen_model_file(c, 0));
+}
+
+/* --dry-run: each tensor that changes (old and new shape and dtype), the bytes written through the
+ * kernels and the bytes copied untouched, the output and its format, on stdout. Writes nothing. */
+static int print_plan(const apply_args *a, widen_model *c, const widen_transform *tr, int cast, widen_dtype cast_to)
+{
+    struct stat st;
+    int folder = widen_model_is_folder(c);
+    if (lstat(a->output, &st) == 0 && (folder || !a->force))
+        return fail(WIDEN_EUSAGE, "%s: exists (%s)", a->output,
+                    folder ? "a model folder is written to a new folder" : "use --force to replace it");
+    char *text = widen_transform_to_json(tr);
+    json_t *root = text ? json_loads(text, 0, NULL) : NULL, *by_name = json_object();
+    free(text);
+    if (!root || !by_name) {
+        json_decref(root);
+        json_decref(by_name);
+        return fail(WIDEN_EIO, "out of memory");
+    }
+    json_t *edit;
+    size_t k;
+    json_array_foreach(json_object_get(root, "tensors"), k, edit)
+        json_object_set(by_name, json_string_value(json_object_get(edit, "name")), edit);
+    printf("plan: %s -> %s (%s%s), nothing written (--dry-run)\n", shown(a->input, 0), shown(a->output, 1),
+           folder ? "a model folder; weight files as " : "", folder && !a->format ? "the input's" : output_format(a, c));
+    size_t n = widen_model_tensor_count(c), changed = 0;
+    uint64_t written = 0, copied = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t f;
+        const widen_tensor_info *t = widen_model_tensor_at(c, i, &f);
+        const widen_checkpoint *ck = widen_model_file(c, f);
+        const char *name = widen_model_tensor_name(c, i);
+        widen_tensor_info out = *t;
+        json_t *e = json_object_get(by_name, name);
+        if (e) {
+            int axis = (int)json_integer_value(json_object_get(e, "axis"));
+            out.shape[axis < 0 ? axis + t->rank : axis] = json_array_size(json_object_get(e, "map"));
+        }
+        if (cast && widen_dtype_is_computable(t->dtype)) out.dtype = cast_to;
+        if (!e && out.dtype == t->dtype) {
+            copied += tensor_bytes(ck, (size_t)(t - widen_tensor_at(ck, 0)));
+            continue;
+        }
+        uint64_t elements = 1;
+        for (int d = 0; d < out.rank; d++) elements *= out.shape[d];
+        written += elements * widen_dtype_bits(out.dtype) / 8;
+        changed++;
+        char from[512], to[512];
+        shape_text(t, from, sizeof from);
+        shape_text(&out, to, sizeof to);
+        printf("  %s: %s %s -> %s %s\n", shown(name, 0), widen_dtype_name(t->dtype), from, widen_dtype_name(out.dtype), to);
+    }
+    char w[32], cp[32];
+    human((double)written, w, sizeof w);
+    human((double)copied, cp, sizeof cp);
+    printf("tensors: %zu changed, %zu copied\n", changed, n - changed);
+    printf("bytes: %llu to write (%s, transformed), %llu to copy (%s, untouched)\n", (unsigned long long)written, w,
+           (unsigned long long)copied, cp);
+    if (a->manifest) printf("manifest: %s\n", shown(a->manifest, 0));
+    for (size_t i = 0; folder && !a->no_config && i < widen_model_channel_note_count(c); i++)
+        printf("config: %s\n", shown(widen_model_channel_note(c, i), 0));
+    json_decref(by_name);
+    json_decref(root);
+    return 0;
+}
+
+/* One line on success, for a person at a terminal. */
+static void print_summary(const apply_args *a, widen_model *c, const widen_transform *tr, int cast, widen_dtype cast_to,
+                          uint64_t total, double elapsed)
+{
+    char *text = widen_transform_to_json(tr);
+    json_t *root = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    size_t n = widen_model_tensor_count(c), changed = json_array_size(json_object_get(root, "tensors"));
+    json_t *by_name = json_object(), *edit;
+    size_t k;
+    json_array_foreach(json_object_get(root, "tensors"), k, edit)
+        json_object_set(by_name, json_string_value(json_object_get(edit, "name")), edit);
+    for (size_t i = 0; cast && i < n; i++) {
+        const widen_tensor_info *t = widen_model_tensor_at(c, i, NULL);
+        if (widen_dtype_is_computable(t->dtype) && t->dtype != cast_to &&
+            !json_object_get(by_name, widen_model_tensor_name(c, i)))
+            changed++;
+    }
+    json_decref(by_name);
+    json_decref(root);
+    struct stat st;
+    if (stat(a->output, &st) == 0 && S_ISREG(st.st_mode)) total = (uint64_t)st.st_size;
+    char bytes[32];
+    human((double)total, bytes, sizeof bytes);
+    fprintf(stderr, "widen: wrote %s: %zu tensor%s changed, %zu copied, %s in %.1f s\n", shown(a->output, 0), changed,
+            changed == 1 ? "" : "s", n - changed, bytes, elapsed);
+}
+
 static int cmd_apply(int argc, char **argv)
 {
+    double started = now();
     apply_args a = {0};
     int rc = parse_apply(argc, argv, &a);
     if (rc) {
@@ -774,8 +1029,8 @@ static int cmd_apply(int argc, char **argv)
         strcmp(a.format, "npz") != 0)
         rc = fail(WIDEN_EUSAGE, "--format: '%s' is not safetensors, pt or npz", a.format);
     if (!rc && widen_isa_init(&err)) rc = fail_err(&err);
+    widen_dtype to = WIDEN_F32;
     if (!rc && a.cast) {
-        widen_dtype to;
         const char *names[] = {"f32", "f16", "bf16"};
         const widen_dtype dts[] = {WIDEN_F32, WIDEN_F16, WIDEN_BF16};
         int ok = 0;
@@ -788,11 +1043,13 @@ static int cmd_apply(int argc, char **argv)
     /* JAX/Flax kernels (HWIO) come as .npz: their input channels are axis -2 */
     if (!rc && !a.have_axis && !widen_model_is_folder(c) && strcmp(widen_checkpoint_format(widen_model_file(c, 0)), "npz") == 0)
         a.axis = -2;
-    if (!rc && (a.have_to || a.map)) rc = build_maps(&a, c, tr);
-    if (!rc) {
+    if (!rc && (a.have_to || a.map)) rc = build_maps(&a, c, tr, a.dry_run);
+    if (!rc && a.dry_run) {
+        rc = print_plan(&a, c, tr, a.cast != NULL, to);
+    } else if (!rc) {
         widen_apply_options o;
         widen_apply_options_init(&o);
-        progress_state ps = {.show = a.progress < 0 ? isatty(2) : a.progress, .start = now()};
+        progress_state ps = {.show = a.progress < 0 ? isatty(2) : a.progress, .fsync = a.fsync, .start = now()};
         o.threads = (unsigned)a.threads;
         o.fsync = a.fsync;
         o.overwrite = a.force;
@@ -800,17 +1057,18 @@ static int cmd_apply(int argc, char **argv)
         o.format = a.format;
         o.progress = on_progress;
         o.progress_user = &ps;
-        o.warning = on_warning;
+        o.warning = quiet ? NULL : on_warning;
         o.no_config = a.no_config;
         o.norm_fill = a.norm_fill;
         o.norm_fill_mean = a.norm_mean;
         o.norm_fill_std = a.norm_std;
-        if ((a.norm_fill || a.no_config) && !widen_model_is_folder(c))
+        if ((a.norm_fill || a.no_config) && !widen_model_is_folder(c) && !quiet)
             fprintf(stderr, "widen: warning: %s: --norm-fill and --no-config are for model folders; a file has no configs\n",
                     shown(a.input, 0));
         widen_status st = widen_model_apply(c, a.output, tr, &o, &err);
         progress_end(&ps);
         if (st) rc = fail_err(&err);
+        else if (isatty(2)) print_summary(&a, c, tr, a.cast != NULL, to, ps.total, now() - started);
     }
     widen_model_close(c);
     widen_transform_free(tr);

@@ -119,12 +119,28 @@ typedef struct copy_job {
     widen_error err;
 } copy_job;
 
-/* Part 0 moves the run (the kernel copies), part 1 hashes it from the mapping, side by side. */
+/* Part 0 moves the run (the kernel copies), part 1 hashes it from the mapping, side by side. The
+ * copy goes in steps of COPY_STEP with progress after each, so that a long untouched run does not
+ * show as one jump (the progress callback is then called from the copying thread). */
+enum { COPY_STEP = 64u << 20 };
+
 static void copy_part(void *user, size_t part)
 {
     copy_job *j = user;
     if (part == 0) {
-        j->st = j->s->opt->copy(j->s->sink_user, j->first, 0, j->plan->tensors[j->first].in->offset, j->bytes, &j->err);
+        exec_state *s = j->s;
+        uint64_t in_offset = j->plan->tensors[j->first].in->offset;
+        j->st = WIDEN_OK;
+        for (uint64_t at = 0; at < j->bytes && !j->st; at += COPY_STEP) {
+            size_t len = (size_t)(j->bytes - at < COPY_STEP ? j->bytes - at : COPY_STEP);
+            j->st = s->opt->copy(s->sink_user, j->first, at, in_offset + at, len, &j->err);
+            /* "cannot copy here" only means so before the first byte; later, the input ended */
+            if (j->st == WIDEN_EUSAGE && at > 0)
+                j->st = widen_fail(&j->err, WIDEN_EIO, "the input ended early (it changed while widen read it)");
+            else if (!j->st && at + len < j->bytes && s->opt->progress &&
+                     s->opt->progress(s->opt->progress_user, s->done + at + len, s->total))
+                j->st = widen_fail(&j->err, WIDEN_EINTERRUPTED, "interrupted");
+        }
         return;
     }
     for (size_t i = j->first; i <= j->last; i++) hash_copied(j->s, &j->plan->tensors[i], j->s->opt->copied ? &j->crc : NULL);

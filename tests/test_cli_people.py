@@ -1,0 +1,292 @@
+"""The command line for people (issue 14): did-you-mean for a misspelt -t, -t glob patterns, --dry-run,
+-q/--quiet, the summary line on a terminal, and progress that advances through long copies."""
+import ctypes
+import os
+import pty
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+import folders
+import reference
+from reference import load, run, save
+
+
+def two_stems(rng):
+    return {
+        "model.conv1.weight": ("F32", rng.standard_normal((8, 3, 3, 3)).astype(np.float32)),
+        "aux.conv1.weight": ("F32", rng.standard_normal((8, 3, 3, 3)).astype(np.float32)),
+        "model.bn1.weight": ("F32", rng.standard_normal(8).astype(np.float32)),
+        "model.bn1.bias": ("F32", rng.standard_normal(8).astype(np.float32)),
+        "model.fc.weight": ("F16", rng.standard_normal((10, 8)).astype(np.float16)),
+        "odd[name]*.weight": ("F32", rng.standard_normal((4, 3, 2, 2)).astype(np.float32)),
+        "mask": ("BOOL", rng.random((3, 5)) > 0.5),
+    }
+
+
+@pytest.fixture
+def model(tmp_path):
+    tensors = two_stems(np.random.default_rng(7))
+    path = tmp_path / "in.safetensors"
+    save(str(path), tensors, {})
+    return path, tensors
+
+
+def listing(folder):
+    return sorted(os.listdir(folder))
+
+
+# ---- did you mean -------------------------------------------------------------------------------
+
+def test_misspelt_name_suggests_the_nearest_names(tmp_path, model):
+    path, _ = model
+    p = run("apply", path, "-o", tmp_path / "o.safetensors", "-t", "model.conv1.weigth", "--to", "4", check=2)
+    assert p.stderr == ("widen: error: " + str(path) + ": no tensor named 'model.conv1.weigth'; "
+                        "did you mean 'model.conv1.weight'?\n")
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_suggestions_are_at_most_three_nearest_first(tmp_path, model):
+    path, _ = model
+    p = run("apply", path, "-o", tmp_path / "o.safetensors", "-t", "model.bn1.weigh", "--to", "4", check=2)
+    assert p.stderr.endswith(": no tensor named 'model.bn1.weigh'; did you mean 'model.bn1.weight'?\n")
+    blocks = tmp_path / "blocks.safetensors"
+    save(str(blocks), {f"block.{k}.w": ("F32", np.zeros((2, 3, 1), np.float32)) for k in (10, 4, 3, 2, 1)}, {})
+    assert [l.split()[0] for l in run("inspect", blocks, check=0).stdout.splitlines()[2:]] == [
+        "block.1.w", "block.10.w", "block.2.w", "block.3.w", "block.4.w"]  # the model's order
+    # four names at distance 1, block.10.w at 2: the first three at 1, in the model's order
+    p = run("apply", blocks, "-o", tmp_path / "o.safetensors", "-t", "block.5.w", "--to", "4", check=2)
+    assert p.stderr.endswith("did you mean 'block.1.w', 'block.2.w' or 'block.3.w'?\n")
+    # two at 1, then the first of those at 2
+    p = run("apply", blocks, "-o", tmp_path / "o.safetensors", "-t", "block.1.ww", "--to", "4", check=2)
+    assert p.stderr.endswith("did you mean 'block.1.w', 'block.10.w' or 'block.2.w'?\n")
+
+
+def test_no_suggestion_for_a_name_like_none(tmp_path, model):
+    path, _ = model
+    p = run("apply", path, "-o", tmp_path / "o.safetensors", "-t", "decoder.head.kernel", "--to", "4", check=2)
+    assert p.stderr == "widen: error: " + str(path) + ": no tensor named 'decoder.head.kernel'\n"
+
+
+# ---- glob patterns ------------------------------------------------------------------------------
+
+def test_pattern_widens_every_match(tmp_path, model):
+    path, tensors = model
+    out = tmp_path / "o.safetensors"
+    run("apply", path, "-o", out, "-t", "*.conv1.weight", "--to", "4", check=0)
+    _, got, _, _ = load(str(out))
+    for name in ("model.conv1.weight", "aux.conv1.weight"):
+        w = tensors[name][1]
+        assert got[name][1].tobytes() == np.pad(w, ((0, 0), (0, 1), (0, 0), (0, 0))).tobytes(), name
+    for name in ("model.bn1.weight", "model.fc.weight", "odd[name]*.weight", "mask"):
+        assert got[name][1].tobytes() == np.ascontiguousarray(tensors[name][1]).tobytes(), name
+    assert "2 transformed" in run("verify", path, out, check=0).stdout
+
+
+def test_pattern_matching_nothing_is_a_usage_error(tmp_path, model):
+    path, _ = model
+    p = run("apply", path, "-o", tmp_path / "o.safetensors", "-t", "*.conv9.*", "--to", "4", check=2)
+    assert p.stderr == "widen: error: " + str(path) + ": no tensor matches the pattern '*.conv9.*'\n"
+    assert listing(tmp_path) == ["in.safetensors"]
+
+
+def test_pattern_matching_a_tensor_without_the_axis_names_the_pattern(tmp_path, model):
+    path, _ = model
+    p = run("apply", path, "-o", tmp_path / "o.safetensors", "-t", "model.*.weight", "--to", "4", check=2)
+    assert "tensor 'model.bn1.weight' (matched by 'model.*.weight') has rank 1: no axis 1" in p.stderr
+    assert listing(tmp_path) == ["in.safetensors"]
+
+
+def test_exact_name_with_glob_characters_wins(tmp_path, model):
+    path, tensors = model
+    out = tmp_path / "o.safetensors"
+    # as a pattern 'odd[name]*.weight' would match 'oddn...' names, not itself
+    run("apply", path, "-o", out, "-t", "odd[name]*.weight", "--map", "2,1,0", check=0)
+    _, got, _, _ = load(str(out))
+    assert got["odd[name]*.weight"][1].tobytes() == tensors["odd[name]*.weight"][1][:, ::-1].tobytes()
+    assert got["model.conv1.weight"][1].tobytes() == tensors["model.conv1.weight"][1].tobytes()
+
+
+def test_overlapping_patterns_select_a_tensor_once(tmp_path, model):
+    path, tensors = model
+    out = tmp_path / "o.safetensors"
+    run("apply", path, "-o", out, "-t", "*.conv1.weight", "-t", "model.conv1.*", "-t", "aux.conv1.weight",
+        "--map", "0,1,2,mean", check=0)
+    _, got, _, _ = load(str(out))
+    w = tensors["aux.conv1.weight"][1]
+    assert got["aux.conv1.weight"][1].shape == (8, 4, 3, 3)
+    assert got["model.conv1.weight"][1].shape == (8, 4, 3, 3)
+    assert got["aux.conv1.weight"][1][:, :3].tobytes() == w.tobytes()
+    # a name given twice stays an error
+    run("apply", path, "-o", tmp_path / "p.safetensors", "-t", "aux.conv1.weight", "-t", "aux.conv1.weight",
+        "--to", "4", check=2)
+
+
+# ---- --dry-run ----------------------------------------------------------------------------------
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, model):
+    path, _ = model
+    before = listing(tmp_path)
+    p = run("apply", path, "-o", tmp_path / "o.pt", "-t", "*.conv1.weight", "--to", "5", "--manifest",
+            tmp_path / "m.json", "--dry-run", check=0)
+    assert listing(tmp_path) == before
+    lines = p.stdout.splitlines()
+    assert lines[0] == f"plan: {path} -> {tmp_path / 'o.pt'} (pt), nothing written (--dry-run)"
+    changed = [l for l in lines if l.startswith("  ")]
+    assert sorted(changed) == ["  aux.conv1.weight: F32 [8, 3, 3, 3] -> F32 [8, 5, 3, 3]",
+                               "  model.conv1.weight: F32 [8, 3, 3, 3] -> F32 [8, 5, 3, 3]"]
+    assert "tensors: 2 changed, 5 copied" in lines
+    written = 2 * 8 * 5 * 3 * 3 * 4
+    copied = 8 * 4 + 8 * 4 + 10 * 8 * 2 + 4 * 3 * 2 * 2 * 4 + 15
+    assert f"bytes: {written} to write (2.8 KiB, transformed), {copied} to copy ({copied} B, untouched)" in lines
+    assert f"manifest: {tmp_path / 'm.json'}" in lines
+    assert p.stderr == ""
+
+
+def test_dry_run_with_cast(tmp_path, model):
+    path, _ = model
+    p = run("apply", path, "-o", tmp_path / "o.safetensors", "--cast", "f16", "--dry-run", check=0)
+    changed = sorted(l for l in p.stdout.splitlines() if l.startswith("  "))
+    assert changed == ["  aux.conv1.weight: F32 [8, 3, 3, 3] -> F16 [8, 3, 3, 3]",
+                       "  model.bn1.bias: F32 [8] -> F16 [8]",
+                       "  model.bn1.weight: F32 [8] -> F16 [8]",
+                       "  model.conv1.weight: F32 [8, 3, 3, 3] -> F16 [8, 3, 3, 3]",
+                       "  odd[name]*.weight: F32 [4, 3, 2, 2] -> F16 [4, 3, 2, 2]"]
+    assert "tensors: 5 changed, 2 copied" in p.stdout
+    assert listing(tmp_path) == ["in.safetensors"]
+
+
+def test_dry_run_refuses_what_apply_refuses(tmp_path, model):
+    path, _ = model
+    p = run("apply", path, "-o", tmp_path / "o.safetensors", "-t", "aux.conv1.weight", "--map", "0,1,5",
+            "--dry-run", check=2)
+    assert "no channel 5" in p.stderr and p.stdout == ""
+    (tmp_path / "o.safetensors").write_bytes(b"x")
+    p = run("apply", path, "-o", tmp_path / "o.safetensors", "--to", "4", "-t", "aux.conv1.weight", "--dry-run",
+            check=2)
+    assert "exists" in p.stderr
+    assert (tmp_path / "o.safetensors").read_bytes() == b"x"
+
+
+def test_dry_run_of_a_model_folder(tmp_path):
+    src = tmp_path / "vit"
+    folders.sharded_vit(str(src))
+    p = run("apply", src, "-o", tmp_path / "out", "--to", "4", "--dry-run", check=0)
+    assert not (tmp_path / "out").exists()
+    assert listing(tmp_path) == ["vit"]
+    assert f"  {folders.PATCH}: F32 [32, 3, 4, 4] -> F32 [32, 4, 4, 4]" in p.stdout.splitlines()
+    assert "tensors: 1 changed," in p.stdout
+
+
+# ---- -q/--quiet ---------------------------------------------------------------------------------
+
+def test_quiet_silences_warnings_not_errors(tmp_path, model):
+    path, _ = model
+    p = run("apply", path, "-o", tmp_path / "a.safetensors", "--cast", "bf16", "--no-config", check=0)
+    assert "widen: warning:" in p.stderr
+    p = run("apply", path, "-o", tmp_path / "b.safetensors", "--cast", "bf16", "--no-config", "-q", check=0)
+    assert p.stderr == ""
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    p = run("apply", path, "-o", tmp_path / "c.safetensors", "--quiet", "-t", "nope", "--to", "4", check=2)
+    assert p.stderr.startswith("widen: error:")
+
+
+# ---- the summary line, on a terminal ------------------------------------------------------------
+
+def run_on_terminal(*args):
+    """Runs widen with stderr on a pseudo-terminal; returns (exit status, what the terminal got)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([reference.WIDEN, *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
+                            stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait()
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode()
+
+
+def test_summary_line_on_a_terminal_only(tmp_path, model):
+    path, _ = model
+    rc, text = run_on_terminal("apply", path, "-o", tmp_path / "o.safetensors", "-t", "*.conv1.weight", "--to", "4",
+                               "--no-progress")
+    assert rc == 0
+    size = (tmp_path / "o.safetensors").stat().st_size
+    line = text.strip()
+    assert re.fullmatch(re.escape(f"widen: wrote {tmp_path / 'o.safetensors'}: 2 tensors changed, 5 copied, "
+                                  f"{size / 1024:.1f} KiB in ") + r"\d+\.\d s", line), line
+    # not a terminal: nothing
+    p = run("apply", path, "-o", tmp_path / "p.safetensors", "--to", "4", "-t", "aux.conv1.weight", check=0)
+    assert p.stderr == ""
+
+
+def test_progress_shows_syncing_not_eta_at_the_end(tmp_path, model):
+    path, _ = model
+    rc, text = run_on_terminal("apply", path, "-o", tmp_path / "o.safetensors", "-t", "aux.conv1.weight", "--to", "4")
+    assert rc == 0
+    assert "  syncing" in text and "ETA 0s" not in text.split("  syncing")[-1]
+    rc, text = run_on_terminal("apply", path, "-o", tmp_path / "p.safetensors", "-t", "aux.conv1.weight", "--to", "4",
+                               "--no-fsync")
+    assert rc == 0 and "  syncing" not in text
+
+
+# ---- progress through long copies (the library) -------------------------------------------------
+
+PROGRESS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)
+WARNING = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
+
+
+class ApplyOptions(ctypes.Structure):
+    _fields_ = [("threads", ctypes.c_uint), ("fsync", ctypes.c_int), ("overwrite", ctypes.c_int),
+                ("manifest_path", ctypes.c_char_p), ("format", ctypes.c_char_p), ("progress", PROGRESS),
+                ("progress_user", ctypes.c_void_p), ("warning", WARNING), ("warning_user", ctypes.c_void_p),
+                ("no_config", ctypes.c_int), ("norm_fill", ctypes.c_int), ("norm_fill_mean", ctypes.c_double),
+                ("norm_fill_std", ctypes.c_double)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_long_untouched_run_reports_progress_every_64_mib(tmp_path, threads):
+    big = 150 << 20
+    path = tmp_path / "big.safetensors"
+    save(str(path), {"a.weight": ("F32", np.zeros((8, 3, 3, 3), np.float32)),
+                     "big": ("U8", (np.arange(big) % 251).astype(np.uint8))}, {})
+    lib = ctypes.CDLL(reference.LIBWIDEN)
+    lib.widen_transform_new.restype = ctypes.c_void_p
+    tr = lib.widen_transform_new()
+    entries, count = ctypes.c_void_p(), ctypes.c_size_t()
+    err = ctypes.create_string_buffer(4096)
+    assert lib.widen_parse_map(b"0,1,2,zero", ctypes.byref(entries), ctypes.byref(count), err) == 0
+    assert lib.widen_transform_add_map(ctypes.c_void_p(tr), b"a.weight", 1, entries, count, err) == 0
+    libc = ctypes.CDLL(None)
+    libc.free(entries)
+    opts = ApplyOptions()
+    lib.widen_apply_options_init(ctypes.byref(opts))
+    seen = []
+
+    def on_progress(user, done, total):
+        seen.append((done, total))
+        return 0
+
+    opts.progress = PROGRESS(on_progress)
+    opts.threads = threads
+    opts.fsync = 0
+    st = lib.widen_apply(str(path).encode(), str(tmp_path / "o.safetensors").encode(), ctypes.c_void_p(tr),
+                         ctypes.byref(opts), err)
+    lib.widen_transform_free(ctypes.c_void_p(tr))
+    assert st == 0, err.raw[4:200]
+    total = seen[-1][1]
+    assert seen[-1][0] == total and total >= big
+    steps = [b - a for (a, _), (b, _) in zip([(0, 0)] + seen, seen)]
+    assert max(steps) <= 64 << 20, steps
+    assert all(b >= a for a, b in zip(seen, seen[1:]))
+    _, got, _, _ = load(str(tmp_path / "o.safetensors"))
+    assert got["big"][1].tobytes() == (np.arange(big) % 251).astype(np.uint8).tobytes()
