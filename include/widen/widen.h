@@ -222,7 +222,10 @@ int widen_tensor_strided(const widen_checkpoint *ckpt, size_t index);
 size_t widen_metadata_count(const widen_checkpoint *ckpt);
 void widen_metadata_at(const widen_checkpoint *ckpt, size_t index, const char **key, const char **value);
 
-typedef int (*widen_progress_fn)(void *user, uint64_t done, uint64_t total); /* nonzero: stop */
+/* Progress: `done` of `total` bytes, reported at least every 64 MiB of data moved; nonzero stops the
+ * run (WIDEN_EINTERRUPTED). It may be called from one of the library's worker threads, never from two
+ * at once, and never after the call that started the run has returned. */
+typedef int (*widen_progress_fn)(void *user, uint64_t done, uint64_t total);
 
 /* Hashes the whole file and each tensor's bytes in one pass. tensor_hashes has widen_tensor_count
  * entries (or is NULL). */
@@ -286,8 +289,8 @@ typedef struct widen_apply_options {
     int fsync;                 /* fsync the output before the rename (recommended) */
     int overwrite;             /* replace an existing output (never the input) */
     const char *manifest_path; /* NULL: no manifest */
-    const char *format;        /* "safetensors" or "pt"; NULL: from the output's extension (.pt, .pth,
-                                  .bin: pt; .safetensors: safetensors), else the input's format */
+    const char *format;        /* "safetensors", "pt" or "npz"; NULL: from the output's extension (.pt,
+                                  .pth, .bin: pt; .safetensors: safetensors; .npz: npz), else the input's */
     widen_progress_fn progress;
     void *progress_user;
     /* one-line notices (values a conversion drops, storages it unshares); NULL: none */
