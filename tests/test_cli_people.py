@@ -5,13 +5,14 @@ import os
 import pty
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import folders
 import reference
-from reference import load, run, save
+from reference import ROOT, load, run, save
 
 
 def two_stems(rng):
@@ -241,16 +242,8 @@ def test_progress_shows_syncing_not_eta_at_the_end(tmp_path, model):
 
 # ---- progress through long copies (the library) -------------------------------------------------
 
-PROGRESS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)
-WARNING = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
-
-
-class ApplyOptions(ctypes.Structure):
-    _fields_ = [("threads", ctypes.c_uint), ("fsync", ctypes.c_int), ("overwrite", ctypes.c_int),
-                ("manifest_path", ctypes.c_char_p), ("format", ctypes.c_char_p), ("progress", PROGRESS),
-                ("progress_user", ctypes.c_void_p), ("warning", WARNING), ("warning_user", ctypes.c_void_p),
-                ("no_config", ctypes.c_int), ("norm_fill", ctypes.c_int), ("norm_fill_mean", ctypes.c_double),
-                ("norm_fill_std", ctypes.c_double)]
+sys.path.insert(0, os.path.join(ROOT, "python"))
+from widen._lib import PROGRESS, ApplyOptions  # noqa: E402  (the header's layout, written once)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
