@@ -519,9 +519,8 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
 widen_status widen_apply_checkpoint(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
                                     const widen_apply_options *options, widen_error *err)
 {
-    if (!ckpt || !output || !transform || !options)
-        return widen_fail(err, WIDEN_EUSAGE, "widen_apply_checkpoint needs a checkpoint, an output path, a transform and "
-                          "options");
+    if (!ckpt || !output || !transform) /* options may be NULL: the defaults */
+        return widen_fail(err, WIDEN_EUSAGE, "widen_apply_checkpoint needs a checkpoint, an output path and a transform");
     return widen_apply_file(ckpt, output, transform, options, NULL, err);
 }
 
