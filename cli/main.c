@@ -147,15 +147,16 @@ static const char usage_apply[] =
     "  --no-config           leave config.json and preprocessor_config.json as they are\n";
 
 static const char usage_inspect[] =
-    "usage: widen inspect FILE [--json] [--hash]\n"
+    "usage: widen inspect FILE [--json] [--hash] [--threads N] [--progress|--no-progress]\n"
     "\n"
     "Lists every tensor: name, dtype, shape, byte size, and its XXH3-128 with --hash. For a model\n"
     "folder: its weight files, what its configs say about input channels, and the model's tensors.\n"
     "  --json    print one JSON document\n"
-    "  --hash    hash every tensor (reads the whole file)\n";
+    "  --hash    hash every tensor (reads the whole file)\n"
+    "  --threads N, --progress, --no-progress: as for widen hash\n";
 
 static const char usage_verify[] =
-    "usage: widen verify INPUT OUTPUT [--manifest FILE] [--json]\n"
+    "usage: widen verify INPUT OUTPUT [--manifest FILE] [--json] [--threads N] [--progress|--no-progress]\n"
     "\n"
     "Proves OUTPUT is INPUT with the transform applied: untouched tensors byte-identical (or equal\n"
     "after the recorded cast), every transformed channel equal to its source bit for bit, every\n"
@@ -164,13 +165,17 @@ static const char usage_verify[] =
     "recorded hashes are checked too.\n"
     "For model folders: every shard, the index, every config change, every other file\n"
     "byte-identical, nothing extra or missing.\n"
-    "Exit 0 when it holds, 1 when something differs.\n";
+    "Exit 0 when it holds, 1 when something differs.\n"
+    "  --threads N    worker threads (default: online CPUs; the verdict does not depend on it)\n"
+    "  --progress     a progress line on stderr (default: when stderr is a terminal)\n";
 
 static const char usage_hash[] =
-    "usage: widen hash FILE [--json]\n"
+    "usage: widen hash FILE [--json] [--threads N] [--progress|--no-progress]\n"
     "\n"
     "Prints the XXH3-128 of the whole file (as xxhsum -H2) and of each tensor's bytes; for a model\n"
-    "folder, of each weight file and of each of the model's tensors.\n";
+    "folder, of each weight file and of each of the model's tensors.\n"
+    "  --threads N    worker threads (default: online CPUs; the hashes do not depend on it)\n"
+    "  --progress     a progress line on stderr (default: when stderr is a terminal)\n";
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Progress                                                                                         */
@@ -277,13 +282,42 @@ static int print_json(json_t *root)
     return 0;
 }
 
+/* hash, inspect --hash and verify: --threads, --progress / --no-progress (-1: at a terminal) */
+static unsigned read_threads;
+static int read_progress = -1;
+
+static int parse_uint(const char *text, const char *flag, unsigned long long max, unsigned long long *out);
+
+/* The options hash, inspect and verify share; 0, or the exit status of a bad one. */
+static int read_option(int o, const char *arg, const char *command)
+{
+    unsigned long long n = 0;
+    if (o == 'T') {
+        if (parse_uint(arg, "--threads", 1024, &n)) return WIDEN_EUSAGE;
+        read_threads = (unsigned)n;
+    } else if (o == 'P' || o == 'N') {
+        read_progress = o == 'P';
+    } else {
+        return fail(WIDEN_EUSAGE, "%s: bad option (see widen %s --help)", command, command);
+    }
+    return 0;
+}
+
+#define READ_OPTIONS {"threads", required_argument, 0, 'T'}, {"progress", no_argument, 0, 'P'}, \
+                     {"no-progress", no_argument, 0, 'N'}
+
 static int hash_all(widen_checkpoint *c, widen_hash128 *file, widen_hash128 **tensors)
 {
     widen_error err;
     *tensors = calloc(widen_tensor_count(c) + 1, sizeof **tensors);
     if (!*tensors) return fail(WIDEN_EIO, "out of memory");
-    progress_state ps = {.show = isatty(2), .start = now()};
-    widen_status st = widen_hash_checkpoint(c, file, *tensors, on_progress, &ps, &err);
+    progress_state ps = {.show = read_progress < 0 ? isatty(2) : read_progress, .start = now()};
+    widen_hash_options o;
+    widen_hash_options_init(&o, sizeof o);
+    o.threads = read_threads;
+    o.progress = on_progress;
+    o.progress_user = &ps;
+    widen_status st = widen_hash_checkpoint(c, file, *tensors, &o, &err);
     progress_end(&ps);
     if (st) {
         free(*tensors);
@@ -455,14 +489,17 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
 {
     int json = 0, want_hash = is_hash;
     static const struct option opts[] = {
-        {"json", no_argument, 0, 'j'}, {"hash", no_argument, 0, 'H'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int o;
+        {"json", no_argument, 0, 'j'}, {"hash", no_argument, 0, 'H'}, {"help", no_argument, 0, 'h'}, READ_OPTIONS,
+        {0, 0, 0, 0}};
+    int o, rc;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'j') json = 1;
         else if (o == 'H' && !is_hash) want_hash = 1;
         else if (o == 'h') return fputs(is_hash ? usage_hash : usage_inspect, stdout), 0;
-        else return fail(WIDEN_EUSAGE, "%s: unknown option (see widen %s --help)", is_hash ? "hash" : "inspect",
-                         is_hash ? "hash" : "inspect");
+        else if (o == '?' || (o == 'H' && is_hash))
+            return fail(WIDEN_EUSAGE, "%s: unknown option (see widen %s --help)", is_hash ? "hash" : "inspect",
+                        is_hash ? "hash" : "inspect");
+        else if ((rc = read_option(o, optarg, is_hash ? "hash" : "inspect"))) return rc;
     }
     if (argc - optind != 1)
         return fail(WIDEN_EUSAGE, "%s takes one FILE (see widen %s --help)", is_hash ? "hash" : "inspect",
@@ -478,7 +515,7 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
     }
     widen_checkpoint *c = widen_model_file(model, 0);
     widen_hash128 file_hash = {0}, *hashes = NULL;
-    int rc = 0;
+    rc = 0;
     if (want_hash && (rc = hash_all(c, &file_hash, &hashes))) goto done;
     size_t n = widen_tensor_count(c);
     char hex[33], shape[512];
@@ -1048,7 +1085,7 @@ static int cmd_apply(int argc, char **argv)
         rc = print_plan(&a, c, tr, a.cast != NULL, to);
     } else if (!rc) {
         widen_apply_options o;
-        widen_apply_options_init(&o);
+        widen_apply_options_init(&o, sizeof o);
         progress_state ps = {.show = a.progress < 0 ? isatty(2) : a.progress, .fsync = a.fsync, .start = now()};
         o.threads = (unsigned)a.threads;
         o.fsync = a.fsync;
@@ -1084,20 +1121,30 @@ static int cmd_verify(int argc, char **argv)
     static const struct option opts[] = {{"manifest", required_argument, 0, 'm'},
                                          {"json", no_argument, 0, 'j'},
                                          {"help", no_argument, 0, 'h'},
+                                         READ_OPTIONS,
                                          {0, 0, 0, 0}};
     const char *manifest = NULL;
-    int json = 0, o;
+    int json = 0, o, rc;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'm') manifest = optarg;
         else if (o == 'j') json = 1;
         else if (o == 'h') return fputs(usage_verify, stdout), 0;
-        else return fail(WIDEN_EUSAGE, "verify: bad option (see widen verify --help)");
+        else if ((rc = read_option(o, optarg, "verify"))) return rc;
     }
     if (argc - optind != 2) return fail(WIDEN_EUSAGE, "verify takes INPUT and OUTPUT (see widen verify --help)");
     const char *in = argv[optind], *out = argv[optind + 1];
     widen_verify_report r;
+    widen_verify_report_init(&r, sizeof r);
+    widen_verify_options vo;
+    widen_verify_options_init(&vo, sizeof vo);
+    progress_state ps = {.show = read_progress < 0 ? isatty(2) : read_progress, .start = now()};
+    vo.manifest_path = manifest;
+    vo.threads = read_threads;
+    vo.progress = on_progress;
+    vo.progress_user = &ps;
     widen_error err;
-    widen_status st = widen_model_verify(in, out, manifest, &r, &err);
+    widen_status st = widen_model_verify(in, out, &vo, &r, &err);
+    progress_end(&ps);
     if (st != WIDEN_OK && st != WIDEN_DIFFERENT) return fail_err(&err);
     if (json) {
         json_t *root = json_object();

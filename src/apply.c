@@ -5,6 +5,7 @@
 #include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,11 +17,19 @@
 #include "format/torch.h"
 #include "write.h"
 
-void widen_apply_options_init(widen_apply_options *o)
+void widen_apply_options_init(widen_apply_options *o, size_t size)
 {
-    if (!o) return;
-    memset(o, 0, sizeof *o);
-    o->fsync = 1;
+    const widen_apply_options defaults = {.size = sizeof defaults, .fsync = 1};
+    widen_options_init(o, size, &defaults, sizeof defaults);
+}
+
+/* The first published layout ends with norm_fill_std: no caller's struct is shorter. */
+enum { APPLY_OPTIONS_V1 = offsetof(widen_apply_options, norm_fill_std) + sizeof(double) };
+
+widen_status widen_apply_options_read(const widen_apply_options *given, widen_apply_options *out, widen_error *err)
+{
+    widen_apply_options_init(out, sizeof *out);
+    return widen_options_read(out, sizeof *out, APPLY_OPTIONS_V1, given, "widen_apply_options", err);
 }
 
 /* The temporary files and folders of applies in progress, for widen_remove_temporaries. The only
@@ -508,8 +517,10 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
     if (!input || !output || !transform)
         return widen_fail(err, WIDEN_EUSAGE, "widen_apply needs an input path, an output path and a transform");
     widen_checkpoint *ckpt = NULL;
-    widen_status st = widen_isa_init(err);
-    if (st || (st = check_target(input, output, "output", options ? options->overwrite : 0, err))) return st;
+    widen_apply_options given;
+    widen_status st = widen_apply_options_read(options, &given, err);
+    if (st || (st = widen_isa_init(err))) return st;
+    if ((st = check_target(input, output, "output", given.overwrite, err))) return st;
     if ((st = widen_open(input, &ckpt, err))) return st;
     st = widen_apply_checkpoint(ckpt, output, transform, options, err);
     widen_close(ckpt);
@@ -546,16 +557,14 @@ void widen_apply_record_sizes(widen_apply_record *record, const widen_plan *plan
 widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
                               const widen_apply_options *options, widen_apply_record *record, widen_error *err)
 {
-    widen_apply_options defaults;
+    widen_apply_options given;
     if (!ckpt || !output || !transform)
         return widen_fail(err, WIDEN_EUSAGE, "widen_apply_checkpoint needs a checkpoint, an output path and a transform");
-    if (!options) {
-        widen_apply_options_init(&defaults);
-        options = &defaults;
-    }
-    const char *input = ckpt->path;
-    widen_status st = widen_isa_init(err);
+    widen_status st = widen_apply_options_read(options, &given, err);
     if (st) return st;
+    options = &given;
+    const char *input = ckpt->path;
+    if ((st = widen_isa_init(err))) return st;
     if ((st = check_target(input, output, "output", options->overwrite, err))) return st;
     if (options->manifest_path) {
         if ((st = check_target(input, options->manifest_path, "manifest", options->overwrite, err))) return st;

@@ -23,6 +23,9 @@ typedef struct widen_apply_record {
  * and verify as it replays). */
 void widen_apply_record_sizes(widen_apply_record *record, const widen_plan *plan);
 
+/* The caller's options (NULL: the defaults) read into `out` as widen.h's growth rules say. */
+widen_status widen_apply_options_read(const widen_apply_options *given, widen_apply_options *out, widen_error *err);
+
 widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
                               const widen_apply_options *options, widen_apply_record *record, widen_error *err);
 
@@ -30,12 +33,32 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
 void widen_manifest_tensor(widen_text *t, const widen_plan_tensor *p, const char *prefix, const char *file);
 json_t *widen_manifest_load(const char *path, widen_error *err);
 
+/* How a verify runs: threads for the replay, and its progress (fn NULL: none). */
+typedef struct widen_verify_work {
+    unsigned threads;
+    widen_progress_fn progress;
+    void *progress_user;
+} widen_verify_work;
+
 /* Verifies one output file against its input with `transform`, whose JSON a safetensors output must
  * record as `provenance`; `manifest` (an object with "tensors", or NULL) is checked too. Adds to the
- * report (differences counted from what it held), and the plan's sizes to `record` (or NULL). */
+ * report (differences counted from what it held), and the plan's sizes to `record` (or NULL).
+ * Progress goes from 0 to its own total (the bytes replayed, then read back). */
 widen_status widen_verify_run(const char *input, const char *output, const widen_transform *transform,
                               const char *provenance, json_t *manifest, const char *manifest_name,
-                              widen_apply_record *record, widen_verify_report *report, widen_error *err);
+                              const widen_verify_work *work, widen_apply_record *record,
+                              widen_verify_report *report, widen_error *err);
+
+/* The public verify functions' checks of their arguments: options read into `options` (the
+ * defaults for NULL), a report whose size this library can fill. */
+widen_status widen_verify_begin(const char *what, const char *input, const char *output,
+                                const widen_verify_options *given, widen_verify_report *report,
+                                widen_verify_options *options, widen_error *err);
+/* Copies the full report into the caller's, as far as its size goes. */
+void widen_verify_end(const widen_verify_report *full, widen_verify_report *report);
+/* widen_verify with its options read and a full report. */
+widen_status widen_verify_file(const char *input, const char *output, const widen_verify_options *options,
+                               widen_verify_report *report, widen_error *err);
 
 /* Counts a difference in the report, and keeps the first one's message (escaped). */
 void widen_verify_difference(widen_verify_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

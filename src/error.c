@@ -88,3 +88,29 @@ unsigned widen_version_number(void)
 {
     return WIDEN_VERSION_NUMBER;
 }
+
+void widen_options_init(void *out, size_t size, const void *defaults, size_t known)
+{
+    if (!out || size < sizeof size) return; /* then the struct is refused where it is used */
+    memset(out, 0, size);
+    memcpy(out, defaults, size < known ? size : known);
+    memcpy(out, &size, sizeof size);
+}
+
+widen_status widen_options_read(void *out, size_t size, size_t min_size, const void *given, const char *what,
+                                widen_error *err)
+{
+    if (!given) return WIDEN_OK;
+    size_t given_size;
+    memcpy(&given_size, given, sizeof given_size);
+    if (given_size < min_size)
+        return widen_fail(err, WIDEN_EUSAGE, "%s.size is %zu, not a size this library knows (%zu): fill the struct "
+                          "with %s_init first", what, given_size, size, what);
+    for (size_t i = size; i < given_size; i++)
+        if (((const unsigned char *)given)[i])
+            return widen_fail(err, WIDEN_EUSAGE, "%s sets fields this library (%s) does not know: it is older "
+                              "than the header the program was built with", what, WIDEN_VERSION_STRING);
+    memcpy((unsigned char *)out + sizeof given_size, (const unsigned char *)given + sizeof given_size,
+           (given_size < size ? given_size : size) - sizeof given_size);
+    return WIDEN_OK;
+}

@@ -12,4 +12,15 @@ widen_status widen_fail(widen_error *err, widen_status status, const char *fmt, 
  * controls, line separators and bidirectional overrides become \n, \x1b, \u202e ... */
 void widen_escape(char *text, size_t size);
 
+/* Fills a caller's struct of `size` bytes (size as the caller's header has it) from `defaults`, this
+ * library's `known` bytes: what this library does not know is zeroed, nothing past `size` is written. */
+void widen_options_init(void *out, size_t size, const void *defaults, size_t known);
+
+/* Reads a caller's options struct (widen.h, "Options structs that can grow") into `out`, which holds
+ * the defaults and is `size` bytes: the caller's first `given->size` bytes replace them where this
+ * library knows the fields. WIDEN_EUSAGE (naming `what`) for a size under `min_size`, or for nonzero
+ * bytes past `size` (fields of a newer header). given NULL: the defaults stay. */
+widen_status widen_options_read(void *out, size_t size, size_t min_size, const void *given, const char *what,
+                                widen_error *err);
+
 #endif

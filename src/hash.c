@@ -1,7 +1,11 @@
 /* hash.c: XXH3-128 in the canonical form xxhsum -H2 prints, and hashing a whole checkpoint, through
  * the active ISA's hash kernels. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../kernels/kernels.h"
 #include "internal.h"
@@ -34,48 +38,169 @@ void widen_hash128_hex(widen_hash128 hash, char out[33])
     out[32] = '\0';
 }
 
-/* Tensors are contiguous and in file order, so one sequential walk feeds both the file state and
- * the state of the tensor that owns each byte. */
-widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_hash,
-                                   widen_hash128 *tensor_hashes, widen_progress_fn progress,
-                                   void *progress_user, widen_error *err)
+void widen_hash_options_init(widen_hash_options *o, size_t size)
 {
-    enum { STEP = 8u << 20 };
+    const widen_hash_options defaults = {.size = sizeof defaults};
+    widen_options_init(o, size, &defaults, sizeof defaults);
+}
+
+enum { HASH_OPTIONS_V1 = offsetof(widen_hash_options, progress_user) + sizeof(void *), STEP = 8u << 20 };
+
+/* A file's hashes on several threads: the file is one stream and each tensor another; workers take
+ * streams in order (the file first) and hash them in steps of STEP, releasing the pages behind them.
+ * Whichever thread ends a step reports progress, under a lock: never two at once. */
+typedef struct hash_run {
+    const widen_checkpoint *ckpt;
+    const widen_kernels *k;
+    widen_mapping file;
+    widen_hash128 *file_hash, *tensor_hashes;
+    widen_progress_fn progress;
+    void *progress_user;
+    uint64_t total;
+    int count_tensors; /* 0: a safetensors file, whose tensors are its bytes: progress counts the file alone */
+    _Atomic uint64_t done;
+    _Atomic size_t next;
+    _Atomic int stop; /* 1: interrupted, 2: failed (status in st) */
+    pthread_mutex_t report_lock;
+    pthread_mutex_t error_lock;
+    widen_status st;
+    widen_error err;
+} hash_run;
+
+static void hash_moved(hash_run *r, uint64_t len)
+{
+    atomic_fetch_add(&r->done, len);
+    if (!r->progress) return;
+    pthread_mutex_lock(&r->report_lock); /* what is reported is read under the lock: it never goes back */
+    if (!atomic_load(&r->stop) && r->progress(r->progress_user, atomic_load(&r->done), r->total))
+        atomic_store(&r->stop, 1);
+    pthread_mutex_unlock(&r->report_lock);
+}
+
+static int hash_tick(void *user, uint64_t done, uint64_t total)
+{
+    (void)done, (void)total;
+    hash_run *r = user;
+    return atomic_load(&r->stop) != 0;
+}
+
+static void hash_stream(void *user, size_t part)
+{
+    (void)part;
+    hash_run *r = user;
+    widen_hash_state *state = aligned_alloc(64, sizeof *state);
+    for (size_t item; state && !atomic_load(&r->stop) && (item = atomic_fetch_add(&r->next, 1)) <= r->ckpt->count;) {
+        size_t t = item - 1;
+        if (item > 0 && widen_tensor_strided(r->ckpt, t)) {
+            widen_error err;
+            widen_hash128 h;
+            uint64_t bytes = widen_tensor_elements(r->ckpt, t) * widen_dtype_bits(r->ckpt->tensors[t].dtype) / 8;
+            widen_status st = widen_tensor_hash_strided(r->ckpt, t, &h, hash_tick, r, &err);
+            if (st && st != WIDEN_EINTERRUPTED) {
+                pthread_mutex_lock(&r->error_lock);
+                if (!r->st) r->st = st, r->err = err;
+                pthread_mutex_unlock(&r->error_lock);
+                atomic_store(&r->stop, 2);
+            } else if (!st) {
+                if (r->tensor_hashes) r->tensor_hashes[t] = h;
+                hash_moved(r, r->count_tensors ? bytes : 0);
+            }
+            continue;
+        }
+        const unsigned char *base = item == 0 ? r->file.data : r->ckpt->map + r->ckpt->tensors[t].offset;
+        uint64_t len = item == 0 ? r->file.size : r->ckpt->tensors[t].nbytes;
+        uint64_t origin = item == 0 ? 0 : r->ckpt->tensors[t].offset;
+        r->k->hash_reset(state);
+        for (uint64_t off = 0; off < len && !atomic_load(&r->stop); off += STEP) {
+            uint64_t n = len - off < STEP ? len - off : STEP;
+            r->k->hash_update(state, base + off, (size_t)n);
+            if (item == 0) widen_mapping_release(&r->file, off, n);
+            else widen_release(r->ckpt, origin + off, n);
+            hash_moved(r, item == 0 || r->count_tensors ? n : 0);
+        }
+        if (item == 0 && r->file_hash) *r->file_hash = r->k->hash_digest(state);
+        else if (item > 0 && r->tensor_hashes) r->tensor_hashes[t] = r->k->hash_digest(state);
+    }
+    if (!state) {
+        pthread_mutex_lock(&r->error_lock);
+        if (!r->st) r->st = widen_fail(&r->err, WIDEN_EIO, "out of memory");
+        pthread_mutex_unlock(&r->error_lock);
+        atomic_store(&r->stop, 2);
+    }
+    free(state);
+}
+
+static widen_status hash_parallel(widen_checkpoint *ckpt, widen_hash128 *file_hash, widen_hash128 *tensor_hashes,
+                                  const widen_hash_options *o, unsigned threads, uint64_t total, widen_error *err)
+{
+    hash_run r = {.ckpt = ckpt, .k = hash_kernels(), .file = widen_checkpoint_file(ckpt), .file_hash = file_hash,
+                  .tensor_hashes = tensor_hashes, .progress = o->progress, .progress_user = o->progress_user,
+                  .total = total, .count_tensors = strcmp(ckpt->format, "safetensors") != 0};
+    pthread_mutex_init(&r.report_lock, NULL);
+    pthread_mutex_init(&r.error_lock, NULL);
+    widen_pool *pool = widen_pool_new(threads);
+    widen_status st = WIDEN_OK;
+    if (!pool) st = widen_fail(err, WIDEN_EIO, "out of memory");
+    else widen_pool_run(pool, widen_pool_threads(pool), hash_stream, &r);
+    widen_pool_free(pool);
+    if (!st && r.st) {
+        st = r.st;
+        if (err) *err = r.err;
+    } else if (!st && atomic_load(&r.stop)) {
+        st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", ckpt->path);
+    } else if (!st && r.progress && r.progress(r.progress_user, total, total)) {
+        st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", ckpt->path); /* the last step's report */
+    }
+    pthread_mutex_destroy(&r.report_lock);
+    pthread_mutex_destroy(&r.error_lock);
+    return st;
+}
+
+/* One thread: a safetensors file's tensors are contiguous and in file order, so one sequential walk
+ * feeds both the file state and the state of the tensor that owns each byte. Other formats: the file,
+ * then each tensor, from where it lies (an .npz's deflated arrays were inflated out of the file). */
+widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_hash,
+                                   widen_hash128 *tensor_hashes, const widen_hash_options *options,
+                                   widen_error *err)
+{
+    widen_hash_options o;
+    widen_hash_options_init(&o, sizeof o);
     if (!ckpt) return widen_fail(err, WIDEN_EUSAGE, "widen_hash_checkpoint needs a checkpoint");
-    widen_status st0 = widen_checkpoint_check_work(ckpt, err); /* every name is hashed: views count each time */
-    if (st0) return st0;
+    widen_status st = widen_options_read(&o, sizeof o, HASH_OPTIONS_V1, options, "widen_hash_options", err);
+    if (st || (st = widen_isa_init(err))) return st;
+    if ((st = widen_checkpoint_check_work(ckpt, err))) return st; /* every name is hashed: views count each time */
+    int ordered = strcmp(ckpt->format, "safetensors") == 0;
+    widen_mapping input = widen_checkpoint_file(ckpt);
+    uint64_t total = input.size;
+    for (size_t t = 0; t < ckpt->count && !ordered; t++)
+        total += widen_tensor_strided(ckpt, t) ? widen_tensor_elements(ckpt, t) * widen_dtype_bits(ckpt->tensors[t].dtype) / 8
+                                               : ckpt->tensors[t].nbytes;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned threads = o.threads ? o.threads : (unsigned)(cpus > 0 ? cpus : 1);
+    if (threads > ckpt->count + 1) threads = (unsigned)ckpt->count + 1;
+    if (threads > 1) return hash_parallel(ckpt, file_hash, tensor_hashes, &o, threads, total, err);
     const widen_kernels *k = hash_kernels();
     widen_hash_state *file = aligned_alloc(64, 2 * sizeof *file), *tensor = file + 1;
     if (!file) return widen_fail(err, WIDEN_EIO, "out of memory");
     k->hash_reset(file);
-    widen_status st = WIDEN_OK;
-    uint64_t pos = 0, size = ckpt->size;
+    uint64_t pos = 0, size = ckpt->size, done = 0;
     size_t t = 0;
-    if (strcmp(ckpt->format, "safetensors") != 0) {
-        /* tensors may share storages and come in any order: the file first, then each tensor (from
-         * where they lie: an .npz's deflated arrays were inflated out of the file) */
-        widen_mapping input = widen_checkpoint_file(ckpt);
+    if (!ordered) {
         for (size = input.size; pos < size && !st; pos += STEP) {
             uint64_t len = size - pos < STEP ? size - pos : STEP;
             k->hash_update(file, input.data + pos, (size_t)len);
             widen_mapping_release(&input, pos, len);
-            if (progress && progress(progress_user, pos + len, size))
+            if (o.progress && o.progress(o.progress_user, done += len, total))
                 st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", ckpt->path);
         }
+        widen_meter meter = {.fn = o.progress, .user = o.progress_user, .total = total, .base = done};
         for (; t < ckpt->count && !st; t++) {
-            const widen_tensor_info *cur = &ckpt->tensors[t];
-            if (widen_tensor_strided(ckpt, t)) {
-                widen_hash128 h;
-                if (!(st = widen_tensor_hash_strided(ckpt, t, &h, err)) && tensor_hashes) tensor_hashes[t] = h;
-                continue;
-            }
-            k->hash_reset(tensor);
-            for (uint64_t off = 0; off < cur->nbytes; off += STEP) {
-                uint64_t len = cur->nbytes - off < STEP ? cur->nbytes - off : STEP;
-                k->hash_update(tensor, ckpt->map + cur->offset + off, (size_t)len);
-                widen_release(ckpt, cur->offset + off, len);
-            }
-            if (tensor_hashes) tensor_hashes[t] = k->hash_digest(tensor);
+            widen_hash128 h;
+            widen_meter_next(&meter, widen_tensor_strided(ckpt, t) ? widen_tensor_elements(ckpt, t) *
+                             widen_dtype_bits(ckpt->tensors[t].dtype) / 8 : ckpt->tensors[t].nbytes);
+            if (!(st = widen_tensor_hash(ckpt, t, &h, o.progress ? widen_meter_progress : NULL, &meter, err)) &&
+                tensor_hashes)
+                tensor_hashes[t] = h;
         }
         pos = size;
     }
@@ -93,11 +218,11 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
         if (cur && pos == cur->offset + cur->nbytes) {
             if (tensor_hashes) tensor_hashes[t] = k->hash_digest(tensor);
             t++;
-            continue;
         }
-        if (progress && progress(progress_user, pos, size)) {
-            st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", ckpt->path);
-            break;
+        /* every STEP bytes, however many tensors they hold, and at the end */
+        if (o.progress && (pos - done >= STEP || (pos == size && t == ckpt->count))) {
+            done = pos;
+            if (o.progress(o.progress_user, pos, size)) st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", ckpt->path);
         }
     }
     if (!st && file_hash) *file_hash = k->hash_digest(file);
@@ -105,21 +230,27 @@ widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_h
     return st;
 }
 
-widen_status widen_tensor_hash(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_error *err)
+widen_status widen_tensor_hash(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_progress_fn progress,
+                               void *progress_user, widen_error *err)
 {
-    if (widen_tensor_strided(ckpt, index)) return widen_tensor_hash_strided(ckpt, index, out, err);
-    enum { STEP = 8u << 20 };
+    if (widen_tensor_strided(ckpt, index))
+        return widen_tensor_hash_strided(ckpt, index, out, progress, progress_user, err);
     const widen_kernels *k = hash_kernels();
     widen_hash_state *state = aligned_alloc(64, sizeof *state);
     if (!state) return widen_fail(err, WIDEN_EIO, "out of memory");
     const widen_tensor_info *t = &ckpt->tensors[index];
+    widen_status st = WIDEN_OK;
     k->hash_reset(state);
-    for (uint64_t off = 0; off < t->nbytes; off += STEP) {
+    for (uint64_t off = 0; off < t->nbytes && !st; off += STEP) {
         uint64_t len = t->nbytes - off < STEP ? t->nbytes - off : STEP;
         k->hash_update(state, ckpt->map + t->offset + off, (size_t)len);
         widen_release(ckpt, t->offset + off, len);
+        if (progress && progress(progress_user, off + len, t->nbytes))
+            st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", ckpt->path);
     }
-    *out = k->hash_digest(state);
+    if (!st && progress && t->nbytes == 0 && progress(progress_user, 0, 0))
+        st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", ckpt->path);
+    if (!st) *out = k->hash_digest(state);
     free(state);
-    return WIDEN_OK;
+    return st;
 }

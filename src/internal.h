@@ -94,10 +94,13 @@ uint64_t widen_tensor_span(const widen_checkpoint *ckpt, size_t index);
 widen_status widen_tensor_check_strided(const widen_checkpoint *ckpt, size_t index, widen_error *err);
 /* Elements [first, first+count) in row-major order into out (count × element size bytes). */
 void widen_tensor_gather(const widen_checkpoint *ckpt, size_t index, uint64_t first, uint64_t count, void *out);
-widen_status widen_tensor_hash_strided(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_error *err);
+widen_status widen_tensor_hash_strided(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out,
+                                       widen_progress_fn progress, void *progress_user, widen_error *err);
 /* The XXH3-128 of tensor `index`'s elements in row-major order, as its reader gives them (gathered
- * where strided), releasing its pages as it goes. */
-widen_status widen_tensor_hash(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_error *err);
+ * where strided), releasing its pages as it goes. progress (or NULL) gets the bytes hashed of the
+ * tensor's, every 8 MiB; nonzero from it stops: WIDEN_EINTERRUPTED. */
+widen_status widen_tensor_hash(const widen_checkpoint *ckpt, size_t index, widen_hash128 *out, widen_progress_fn progress,
+                               void *progress_user, widen_error *err);
 
 /* One tensor of an output, in output order. */
 typedef enum widen_plan_op {
@@ -209,6 +212,19 @@ void widen_map_entry_format(const widen_map_entry *entry, char *out, size_t size
 widen_status widen_safetensors_header(const widen_plan *plan, const widen_checkpoint *in,
                                       const char *provenance, unsigned char **header, size_t *len,
                                       widen_error *err);
+
+/* A run's progress over steps: widen_meter_progress (a widen_progress_fn over a step's own done and
+ * total) reports base + share * done / total of the run's fixed `total` to fn, never less than it
+ * reported before. widen_meter_next ends the step (its share counts as done) and starts the next. */
+typedef struct widen_meter {
+    widen_progress_fn fn; /* NULL: nothing reported, nothing stops */
+    void *user;
+    uint64_t total;
+    uint64_t base, share, reported;
+} widen_meter;
+
+void widen_meter_next(widen_meter *m, uint64_t share);
+int widen_meter_progress(void *meter, uint64_t done, uint64_t total);
 
 /* Thread pool: runs fn(user, part) for part in [0, parts) on up to `threads` threads (the caller
  * included) and returns when all are done. */

@@ -36,6 +36,7 @@ typedef struct plan_file {
     size_t component;         /* PLAN_DOC: the index's component, or SIZE_MAX for a config */
     widen_json_edits edits;
     widen_apply_record record; /* PLAN_REWRITE: the sizes it wrote */
+    uint64_t verify_share;     /* verify: its part of the progress */
 } plan_file;
 
 typedef struct folder_plan {
@@ -863,14 +864,13 @@ static widen_status check_folder_target(const widen_model *m, const char *output
 widen_status widen_model_apply(widen_model *m, const char *output, const widen_transform *tr,
                                const widen_apply_options *options, widen_error *err)
 {
-    widen_apply_options defaults;
+    widen_apply_options given;
     if (!m || !output || !tr) return widen_fail(err, WIDEN_EUSAGE, "widen_model_apply needs a model, an output path and a transform");
-    if (!options) {
-        widen_apply_options_init(&defaults);
-        options = &defaults;
-    }
+    widen_status st = widen_apply_options_read(options, &given, err);
+    if (st) return st;
+    options = &given;
     if (!m->root) return widen_apply_checkpoint(m->files[0].ckpt, output, tr, options, err);
-    widen_status st = widen_isa_init(err);
+    st = widen_isa_init(err);
     if (!st && options->norm_fill && (!isfinite(options->norm_fill_mean) || !isfinite(options->norm_fill_std)))
         st = widen_fail(err, WIDEN_EUSAGE, "the normalisation fill must be two finite numbers");
     const char *format = st ? NULL : folder_format(options, err, &st);
@@ -978,8 +978,10 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
 
 #define difference widen_verify_difference
 
-/* 1 if the file at `path` holds exactly `len` bytes equal to data (data NULL: equal to file `other`). */
-static int same_bytes(const char *path, const void *data, size_t len, const char *other)
+/* 1 if the file at `path` holds exactly `len` bytes equal to data (data NULL: equal to file `other`),
+ * 0 if not, -1 when progress (or NULL: none; called every 8 MiB) asked to stop. */
+static int same_bytes(const char *path, const void *data, size_t len, const char *other, widen_progress_fn progress,
+                      void *progress_user)
 {
     int a = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), b = other ? open(other, O_RDONLY | O_CLOEXEC | O_NONBLOCK) : -1;
     struct stat sa, sb;
@@ -1000,6 +1002,7 @@ static int same_bytes(const char *path, const void *data, size_t len, const char
                        : memcmp(x, (const char *)data + at, n) != 0)
             same = 0;
         at += n;
+        if (same && progress && (at % (8 * chunk) == 0 || at == len) && progress(progress_user, at, len)) same = -1;
     }
     free(x);
     free(y);
@@ -1213,9 +1216,10 @@ static void check_manifest_files(json_t *manifest, const char *name, const folde
     }
 }
 
-static widen_status verify_folder(const char *input, const char *output, const char *manifest_path,
+static widen_status verify_folder(const char *input, const char *output, const widen_verify_options *o,
                                   widen_verify_report *r, widen_error *err)
 {
+    const char *manifest_path = o->manifest_path;
     widen_model *in = NULL, *out = NULL;
     widen_transform *tr = NULL;
     json_t *manifest = NULL;
@@ -1245,7 +1249,7 @@ static widen_status verify_folder(const char *input, const char *output, const c
     /* the output format: each file's own, or one for all (a conversion) */
     static const char *const formats[] = {NULL, "safetensors", "pt"};
     widen_apply_options quiet, files_only;
-    widen_apply_options_init(&quiet);
+    widen_apply_options_init(&quiet, sizeof quiet);
     files_only = quiet;
     files_only.no_config = 1; /* which files there are does not depend on the configs' edits */
     int found = 0, chosen = 0;
@@ -1336,9 +1340,9 @@ static widen_status verify_folder(const char *input, const char *output, const c
             if (!pf->doc || pf->component != SIZE_MAX) continue;
             char *from = join(in->root, pf->in_rel), *to = join(out->root, pf->out_rel), *text = NULL;
             size_t len = 0;
-            if (pf->op == PLAN_COPY) match = from && to && same_bytes(to, NULL, 0, from);
+            if (pf->op == PLAN_COPY) match = from && to && same_bytes(to, NULL, 0, from, NULL, NULL) == 1;
             else match = to && (text = widen_json_apply(pf->doc->text, pf->doc->size, &pf->edits, &len)) &&
-                         same_bytes(to, text, len, NULL);
+                         same_bytes(to, text, len, NULL, NULL, NULL) == 1;
             free(text);
             free(from);
             free(to);
@@ -1351,15 +1355,32 @@ static widen_status verify_folder(const char *input, const char *output, const c
         plan_free(&q);
     }
     if (manifest) check_manifest_files(manifest, manifest_path, &p, r);
+    /* progress: each rewritten file's share is twice its size (replayed, then read back), each copied
+     * file's its size (compared) */
+    widen_meter meter = {.fn = o->progress, .user = o->progress_user};
+    for (size_t i = 0; i < p.count; i++) {
+        plan_file *pf = &p.files[i];
+        char *to = pf->op == PLAN_DOC ? NULL : join(out->root, pf->out_rel);
+        struct stat sb;
+        pf->verify_share = to && stat(to, &sb) == 0 ? (uint64_t)sb.st_size * (pf->op == PLAN_REWRITE ? 2 : 1) : 0;
+        meter.total += pf->verify_share;
+        free(to);
+    }
+    widen_verify_work work = {.threads = o->threads, .progress = meter.fn ? widen_meter_progress : NULL,
+                              .progress_user = &meter};
     for (int pass = 0; pass < 2 && !st; pass++) {
         for (size_t i = 0; i < p.count && !st; i++) {
             plan_file *pf = &p.files[i];
             if ((pf->op == PLAN_REWRITE) != (pass == 0)) continue;
+            widen_meter_next(&meter, pf->verify_share);
             char *from = join(in->root, pf->in_rel), *to = join(out->root, pf->out_rel);
             if (!from || !to) st = widen_fail(err, WIDEN_EIO, "out of memory");
             else if (pf->op == PLAN_COPY) {
                 r->tensors += pf->part != SIZE_MAX ? in->files[pf->part].ckpt->count : 0;
-                if (!same_bytes(to, NULL, 0, from))
+                int same = same_bytes(to, NULL, 0, from, meter.fn ? widen_meter_progress : NULL, &meter);
+                if (same < 0)
+                    st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", output);
+                else if (!same)
                     difference(r, "%s: %s differs from the input's%s", output, pf->out_rel,
                                pf->part != SIZE_MAX && !manifest_path ? " (no transform recorded for it)" : "");
             } else if (pf->op == PLAN_REWRITE) {
@@ -1369,8 +1390,8 @@ static widen_status verify_folder(const char *input, const char *output, const c
                 if (!provenance) st = widen_fail(err, WIDEN_EIO, "out of memory");
                 else {
                     /* the sizes the index needs, as apply counted them */
-                    widen_status s = widen_verify_run(from, to, pf->share, provenance, share, manifest_path, &pf->record,
-                                                      r, err);
+                    widen_status s = widen_verify_run(from, to, pf->share, provenance, share, manifest_path, &work,
+                                                      &pf->record, r, err);
                     if (s != WIDEN_OK && s != WIDEN_DIFFERENT) st = s;
                 }
                 json_decref(share);
@@ -1381,7 +1402,7 @@ static widen_status verify_folder(const char *input, const char *output, const c
                 if (pf->component != SIZE_MAX) st = index_text(in, &p, pf, out->root, &text, &len, err);
                 else if (!(text = widen_json_apply(pf->doc->text, pf->doc->size, &pf->edits, &len)))
                     st = widen_fail(err, WIDEN_EIO, "out of memory");
-                if (!st && !same_bytes(to, text, len, NULL))
+                if (!st && same_bytes(to, text, len, NULL, NULL, NULL) != 1)
                     difference(r, "%s: %s is not the input's with the edits the transform makes (%s)", output,
                                pf->out_rel, pf->component != SIZE_MAX ? "shard names, total_size" : "the input layer's "
                                "channels and normalisation");
@@ -1405,18 +1426,25 @@ done:
     return st;
 }
 
-widen_status widen_model_verify(const char *input, const char *output, const char *manifest_path,
+widen_status widen_model_verify(const char *input, const char *output, const widen_verify_options *options,
                                 widen_verify_report *report, widen_error *err)
 {
-    if (!input || !output || !report)
-        return widen_fail(err, WIDEN_EUSAGE, "widen_model_verify needs an input path, an output path and a report");
-    memset(report, 0, sizeof *report);
+    widen_verify_options o;
+    widen_verify_report full;
+    widen_verify_report_init(&full, sizeof full);
+    widen_status st = widen_verify_begin("widen_model_verify", input, output, options, report, &o, err);
+    if (st) return st;
+    if (!o.threads) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        o.threads = cpus > 0 ? (unsigned)cpus : 1;
+    }
     struct stat a, b;
     size_t ni = strlen(input), no = strlen(output), k = strlen(".index.json");
     int in_folder = stat(input, &a) == 0 && (S_ISDIR(a.st_mode) || (ni >= k && strcmp(input + ni - k, ".index.json") == 0));
     int out_folder = stat(output, &b) == 0 && (S_ISDIR(b.st_mode) || (no >= k && strcmp(output + no - k, ".index.json") == 0));
-    widen_status st = widen_isa_init(err);
-    if (st) return st;
-    if (!in_folder && !out_folder) return widen_verify(input, output, manifest_path, report, err);
-    return verify_folder(input, output, manifest_path, report, err);
+    if (!(st = widen_isa_init(err)))
+        st = !in_folder && !out_folder ? widen_verify_file(input, output, &o, &full, err)
+                                       : verify_folder(input, output, &o, &full, err);
+    widen_verify_end(&full, report);
+    return st;
 }

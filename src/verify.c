@@ -13,8 +13,10 @@
  * reading its headers. */
 #include <jansson.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "format/torch.h"
 #include "write.h"
@@ -561,8 +563,8 @@ static json_t *load_manifest(const char *path, widen_error *err)
 }
 
 widen_status widen_verify_run(const char *input, const char *output, const widen_transform *tr, const char *provenance,
-                              json_t *manifest, const char *manifest_name, widen_apply_record *record,
-                              widen_verify_report *report, widen_error *err)
+                              json_t *manifest, const char *manifest_name, const widen_verify_work *work,
+                              widen_apply_record *record, widen_verify_report *report, widen_error *err)
 {
     verifier v = {.report = report, .err = err, .tr = tr};
     widen_torch_layout layout = {0};
@@ -601,10 +603,24 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
         st = WIDEN_DIFFERENT;
         goto done;
     }
-    /* 2. bytes: written again through the scalar kernels, one thread */
+    /* progress: the replay's bytes, then the bytes read back */
+    uint64_t read_back = 0;
+    for (size_t i = 0; i < v.plan.count; i++) {
+        const widen_plan_tensor *p = &v.plan.tensors[i];
+        long at = widen_tensor_find(v.out, p->name);
+        if ((!to_pt || p->hashed) && at >= 0)
+            read_back += widen_tensor_strided(v.out, (size_t)at) ? widen_tensor_elements(v.out, (size_t)at) *
+                         widen_dtype_bits(v.out->tensors[at].dtype) / 8 : v.out->tensors[at].nbytes;
+    }
+    widen_meter meter = {.fn = work ? work->progress : NULL, .user = work ? work->progress_user : NULL,
+                         .total = v.plan.data_bytes + read_back};
+    widen_meter_next(&meter, v.plan.data_bytes);
+    /* 2. bytes: written again through the scalar kernels (on any number of threads: the bytes do not
+     * depend on it) */
     compare_output cmp = {.base = {.write = compare_write, .reserve = compare_reserve, .patch = compare_patch},
                           .out = v.out};
-    widen_exec_options eo = {.threads = 1, .isa = WIDEN_ISA_SCALAR};
+    widen_exec_options eo = {.threads = work && work->threads ? work->threads : 1, .isa = WIDEN_ISA_SCALAR,
+                             .progress = meter.fn ? widen_meter_progress : NULL, .progress_user = &meter};
     if (to_pt) {
         st = widen_torch_write(v.in, tr, &v.plan, &cmp.base, &eo, &layout, err);
         if (!st && manifest) st = widen_torch_hash_views(v.in, &v.plan, &eo, err);
@@ -613,7 +629,15 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
     } else {
         st = widen_safetensors_write(v.in, &v.plan, v.provenance, &cmp.base, &eo, err);
     }
-    if (st) goto done;
+    if (st) {
+        if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted", output);
+        goto done;
+    }
+    widen_meter_next(&meter, read_back);
+    if (meter.fn && widen_meter_progress(&meter, 0, read_back)) {
+        st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", output);
+        goto done;
+    }
     if (cmp.base.position != v.out->size && cmp.count < 64)
         cmp.mismatches[cmp.count++] = cmp.base.position < v.out->size ? cmp.base.position : v.out->size;
     for (size_t i = 0; i < cmp.count; i++) {
@@ -631,12 +655,16 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
     /* 4. the output read back as its reader reads it (views gathered, a .pt's storages through its
      * graph): each tensor whose bytes the replay hashed holds exactly them. Independent of the writer:
      * a writer that put the right hashes and the wrong bytes in a file is caught here. */
+    widen_meter tensors = {.fn = meter.fn ? widen_meter_progress : NULL, .user = &meter, .total = read_back};
     for (size_t i = 0; i < v.plan.count && report->differences == before && !st; i++) {
         const widen_plan_tensor *p = &v.plan.tensors[i];
         long at = widen_tensor_find(v.out, p->name);
         widen_hash128 h;
         if ((to_pt && !p->hashed) || at < 0) continue; /* (names were compared in step 1) */
-        if ((st = widen_tensor_hash(v.out, (size_t)at, &h, err))) goto done;
+        widen_meter_next(&tensors, widen_tensor_strided(v.out, (size_t)at) ? widen_tensor_elements(v.out, (size_t)at) *
+                         widen_dtype_bits(v.out->tensors[at].dtype) / 8 : v.out->tensors[at].nbytes);
+        if ((st = widen_tensor_hash(v.out, (size_t)at, &h, tensors.fn ? widen_meter_progress : NULL, &tensors, err)))
+            goto done;
         if (h.high != p->out_hash.high || h.low != p->out_hash.low)
             difference(report, "%s: tensor '%s', read back, does not hold the transform's bytes", output, p->name);
     }
@@ -662,17 +690,65 @@ json_t *widen_manifest_load(const char *path, widen_error *err)
     return load_manifest(path, err);
 }
 
-widen_status widen_verify(const char *input, const char *output, const char *manifest_path,
-                          widen_verify_report *report, widen_error *err)
+void widen_verify_options_init(widen_verify_options *o, size_t size)
+{
+    const widen_verify_options defaults = {.size = sizeof defaults};
+    widen_options_init(o, size, &defaults, sizeof defaults);
+}
+
+void widen_verify_report_init(widen_verify_report *r, size_t size)
+{
+    const widen_verify_report empty = {.size = sizeof empty};
+    widen_options_init(r, size, &empty, sizeof empty);
+}
+
+/* The first published layouts end with progress_user and first. */
+enum { VERIFY_OPTIONS_V1 = offsetof(widen_verify_options, progress_user) + sizeof(void *),
+       VERIFY_REPORT_V1 = offsetof(widen_verify_report, first) + sizeof(((widen_verify_report *)0)->first) };
+
+widen_status widen_verify_begin(const char *what, const char *input, const char *output,
+                                const widen_verify_options *given, widen_verify_report *report,
+                                widen_verify_options *options, widen_error *err)
 {
     if (!input || !output || !report)
-        return widen_fail(err, WIDEN_EUSAGE, "widen_verify needs an input path, an output path and a report");
-    memset(report, 0, sizeof *report);
+        return widen_fail(err, WIDEN_EUSAGE, "%s needs an input path, an output path and a report", what);
+    if (report->size < VERIFY_REPORT_V1)
+        return widen_fail(err, WIDEN_EUSAGE, "widen_verify_report.size is %zu, not a size this library knows (%zu): "
+                          "fill the report with widen_verify_report_init first", report->size, sizeof *report);
+    widen_verify_options_init(options, sizeof *options);
+    return widen_options_read(options, sizeof *options, VERIFY_OPTIONS_V1, given, "widen_verify_options", err);
+}
+
+void widen_verify_end(const widen_verify_report *full, widen_verify_report *report)
+{
+    size_t size = report->size < sizeof *full ? report->size : sizeof *full;
+    memcpy((unsigned char *)report + sizeof report->size, (const unsigned char *)full + sizeof full->size,
+           size - sizeof full->size);
+}
+
+widen_status widen_verify(const char *input, const char *output, const widen_verify_options *options,
+                          widen_verify_report *given_report, widen_error *err)
+{
+    widen_verify_options o;
+    widen_verify_report full;
+    widen_verify_report_init(&full, sizeof full);
+    widen_status st = widen_verify_begin("widen_verify", input, output, options, given_report, &o, err);
+    if (st) return st;
+    st = widen_verify_file(input, output, &o, &full, err);
+    widen_verify_end(&full, given_report);
+    return st;
+}
+
+widen_status widen_verify_file(const char *input, const char *output, const widen_verify_options *o,
+                               widen_verify_report *report, widen_error *err)
+{
+    const char *manifest_path = o->manifest_path;
     widen_transform *tr = NULL;
     json_t *manifest = NULL;
     char *provenance = NULL;
     widen_checkpoint *out = NULL;
-    widen_status st = WIDEN_OK;
+    widen_status st = widen_isa_init(err);
+    if (st) return st;
     if (manifest_path) {
         if (!(manifest = load_manifest(manifest_path, err))) return err ? err->status : WIDEN_EFORMAT;
         /* apply records the transform's JSON in the manifest as it writes it into a safetensors
@@ -702,7 +778,12 @@ widen_status widen_verify(const char *input, const char *output, const char *man
         free(from_comment);
         widen_close(out);
     }
-    if (!st) st = widen_verify_run(input, output, tr, provenance, manifest, manifest_path, NULL, report, err);
+    widen_verify_work work = {.threads = o->threads, .progress = o->progress, .progress_user = o->progress_user};
+    if (!work.threads) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        work.threads = cpus > 0 ? (unsigned)cpus : 1;
+    }
+    if (!st) st = widen_verify_run(input, output, tr, provenance, manifest, manifest_path, &work, NULL, report, err);
     free(provenance);
     widen_transform_free(tr);
     json_decref(manifest);

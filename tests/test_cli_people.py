@@ -271,7 +271,7 @@ def test_long_untouched_run_reports_progress_every_64_mib(tmp_path, big_file, th
     libc = ctypes.CDLL(None)
     libc.free(entries)
     opts = ApplyOptions()
-    lib.widen_apply_options_init(ctypes.byref(opts))
+    lib.widen_apply_options_init(ctypes.byref(opts), ctypes.sizeof(opts))
     seen = []
 
     def on_progress(user, done, total):

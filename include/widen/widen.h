@@ -222,16 +222,39 @@ int widen_tensor_strided(const widen_checkpoint *ckpt, size_t index);
 size_t widen_metadata_count(const widen_checkpoint *ckpt);
 void widen_metadata_at(const widen_checkpoint *ckpt, size_t index, const char **key, const char **value);
 
-/* Progress: `done` of `total` bytes, reported at least every 64 MiB of data moved; nonzero stops the
- * run (WIDEN_EINTERRUPTED). It may be called from one of the library's worker threads, never from two
- * at once, and never after the call that started the run has returned. */
+/* Progress: `done` of `total` bytes of work, reported at least every 64 MiB of data moved, read or
+ * compared; `total` is fixed for the run and `done` never decreases and ends at `total`. Nonzero stops
+ * the run (WIDEN_EINTERRUPTED) before it moves another 64 MiB. It may be called from one of the
+ * library's worker threads, never from two at once, and never after the call that started the run has
+ * returned. */
 typedef int (*widen_progress_fn)(void *user, uint64_t done, uint64_t total);
 
-/* Hashes the whole file and each tensor's bytes in one pass. tensor_hashes has widen_tensor_count
- * entries (or is NULL). */
+/* Structs that can grow (options, reports). Each begins with `size`: its size in the header the caller
+ * was built with, which the caller passes to the matching *_init function (`widen_apply_options_init(
+ * &o, sizeof o)`): that fills the defaults, zeroes what this library does not know, sets `size`, and
+ * writes no byte past it. The library reads (and, for a report, writes) only that many bytes: fields
+ * a newer library added keep their defaults for an older caller. It refuses with WIDEN_EUSAGE a size
+ * smaller than the first published layout, or a larger one whose bytes past what this library knows
+ * are not all zero (a newer caller asking for something this library cannot do). Always call the
+ * *_init function, then set fields by name. */
+
+typedef struct widen_hash_options {
+    size_t size;
+    unsigned threads; /* 0: online CPUs. The hashes do not depend on it. */
+    widen_progress_fn progress;
+    void *progress_user;
+} widen_hash_options;
+
+/* Fills options with the defaults: all CPUs, no progress. */
+void widen_hash_options_init(widen_hash_options *options, size_t size);
+
+/* Hashes the whole file and each tensor's bytes (a strided tensor's elements in row-major order).
+ * tensor_hashes has widen_tensor_count entries (or is NULL); options may be NULL (the defaults).
+ * Progress counts the file's bytes and then, for a checkpoint whose tensors are not simply the file's
+ * runs in order (PyTorch, NumPy), the tensors' bytes. */
 widen_status widen_hash_checkpoint(widen_checkpoint *ckpt, widen_hash128 *file_hash,
-                                   widen_hash128 *tensor_hashes, widen_progress_fn progress,
-                                   void *progress_user, widen_error *err);
+                                   widen_hash128 *tensor_hashes, const widen_hash_options *options,
+                                   widen_error *err);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Transforms                                                                                       */
@@ -285,6 +308,7 @@ size_t widen_find_candidates(const widen_checkpoint *ckpt, int axis, uint64_t fr
 /* Apply and verify                                                                                 */
 
 typedef struct widen_apply_options {
+    size_t size;               /* sizeof(widen_apply_options), as widen_apply_options_init sets it */
     unsigned threads;          /* 0: online CPUs */
     int fsync;                 /* fsync the output before the rename (recommended) */
     int overwrite;             /* replace an existing output (never the input) */
@@ -305,7 +329,7 @@ typedef struct widen_apply_options {
 } widen_apply_options;
 
 /* Fills options with the defaults: all CPUs, fsync on, no overwrite, no manifest, no progress. */
-void widen_apply_options_init(widen_apply_options *options);
+void widen_apply_options_init(widen_apply_options *options, size_t size);
 
 /* Writes `output_path` (safetensors or a torch.save zip checkpoint) = the input with `transform`
  * applied; with an empty transform, only a conversion to the other format. The input is read-only;
@@ -327,20 +351,36 @@ widen_status widen_apply_checkpoint(widen_checkpoint *input, const char *output_
  * Async-signal-safe; the process is expected to exit right after. */
 void widen_remove_temporaries(void);
 
+typedef struct widen_verify_options {
+    size_t size;               /* sizeof(widen_verify_options), as widen_verify_options_init sets it */
+    const char *manifest_path; /* NULL: the transform the output records */
+    unsigned threads;          /* 0: online CPUs. The verdict does not depend on it. */
+    widen_progress_fn progress;
+    void *progress_user;
+} widen_verify_options;
+
+/* Fills options with the defaults: no manifest, all CPUs, no progress. */
+void widen_verify_options_init(widen_verify_options *options, size_t size);
+
 typedef struct widen_verify_report {
+    size_t size;         /* sizeof(widen_verify_report): set by widen_verify_report_init; the library
+                            fills only that many bytes */
     size_t tensors;      /* tensors compared */
     size_t transformed;  /* of which remapped or cast */
     size_t differences;  /* tensors (or metadata entries) that differ */
     char first[1024];    /* the first difference, one line */
 } widen_verify_report;
 
+/* Zeroes a report (`size` bytes) and sets its size: call it before widen_verify or widen_model_verify. */
+void widen_verify_report_init(widen_verify_report *report, size_t size);
+
 /* Proves that `output_path` is `input_path` with the recorded transform applied: the transform
- * comes from the manifest if manifest_path is not NULL (whose hashes are then checked too), else
- * from the output's `widen` metadata key. Untouched tensors must be byte-identical (or equal after
+ * comes from the manifest if options->manifest_path is not NULL (whose hashes are then checked too),
+ * else from the output's `widen` metadata key (options may be NULL: the defaults). Untouched tensors must be byte-identical (or equal after
  * the recorded cast); every transformed output channel must equal its source channel bit for bit,
  * and every filled channel hold exactly the fill (checked with the scalar reference kernels).
  * Returns WIDEN_OK or WIDEN_DIFFERENT (report filled in either case), or an error status. */
-widen_status widen_verify(const char *input_path, const char *output_path, const char *manifest_path,
+widen_status widen_verify(const char *input_path, const char *output_path, const widen_verify_options *options,
                           widen_verify_report *report, widen_error *err);
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -403,8 +443,8 @@ widen_status widen_model_apply(widen_model *model, const char *output_path, cons
 /* widen_verify for models: two files, or two folders (every shard, the index, every config change,
  * every other file byte-identical, no file extra or missing). The transform comes from the manifest,
  * or from the `widen` keys of the output's safetensors files. */
-widen_status widen_model_verify(const char *input_path, const char *output_path, const char *manifest_path,
-                                widen_verify_report *report, widen_error *err);
+widen_status widen_model_verify(const char *input_path, const char *output_path,
+                                const widen_verify_options *options, widen_verify_report *report, widen_error *err);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Reading tensors                                                                                  */

@@ -364,7 +364,7 @@ def apply(src: PathLike, dst: PathLike, tensors: Union[None, str, Sequence[str]]
         if to is not None or map is not None:
             _add_maps(model, tr, os.fspath(src), names, to, init, at or 0, map, axis, channels_from)
         options = _lib.ApplyOptions()
-        lib.widen_apply_options_init(ctypes.byref(options))
+        lib.widen_apply_options_init(ctypes.byref(options), ctypes.sizeof(options))
         callbacks = _Callbacks(progress, warning)
         options.threads = threads
         options.fsync = int(fsync)
@@ -452,15 +452,27 @@ class VerifyReport:
 
 
 def verify(input: PathLike, output: PathLike, manifest: Optional[PathLike] = None,  # noqa: A002
-           check: bool = False) -> VerifyReport:
+           check: bool = False, threads: int = 0,
+           progress: Optional[Callable[[int, int], object]] = None) -> VerifyReport:
     """Proves that ``output`` is ``input`` with the recorded transform applied (files or model
     folders; the transform from ``manifest`` when given, whose hashes are then checked too, else the
     output's ``widen`` metadata). Returns the report; with ``check=True`` a difference raises
-    ``Different`` (status 1) instead. Errors (unreadable files, ...) always raise."""
+    ``Different`` (status 1) instead. Errors (unreadable files, ...) always raise. ``threads`` (0:
+    all CPUs) does not change the verdict; ``progress(done, total)`` as for apply: a true result
+    stops the run (``Interrupted``)."""
     err = _lib.Error_()
     r = _lib.VerifyReport()
-    status = lib.widen_model_verify(_path(input), _path(output), _path(manifest) if manifest is not None else None,
-                                    ctypes.byref(r), ctypes.byref(err))
+    lib.widen_verify_report_init(ctypes.byref(r), ctypes.sizeof(r))
+    options = _lib.VerifyOptions()
+    lib.widen_verify_options_init(ctypes.byref(options), ctypes.sizeof(options))
+    options.manifest_path = _path(manifest) if manifest is not None else None
+    options.threads = threads
+    callbacks = _Callbacks(progress, None)
+    options.progress = callbacks.c_progress
+    status = lib.widen_model_verify(_path(input), _path(output), ctypes.byref(options), ctypes.byref(r),
+                                    ctypes.byref(err))
+    if callbacks.exception is not None:
+        raise callbacks.exception
     if status not in (0, 1):
         _raise(status, err)
     report = VerifyReport(status == 0, r.tensors, r.transformed, r.differences,
@@ -492,21 +504,26 @@ def _hex(h: _lib.Hash128) -> str:
     return out.value.decode()
 
 
-def hash(path: PathLike, progress: Optional[Callable[[int, int], object]] = None) -> Hashes:  # noqa: A001
-    """Hashes a checkpoint file or model folder in one pass per file: each file and each tensor.
-    ``progress(done, total)`` as for apply (per file)."""
+def hash(path: PathLike, progress: Optional[Callable[[int, int], object]] = None,  # noqa: A001
+         threads: int = 0) -> Hashes:
+    """Hashes a checkpoint file or model folder: each file and each tensor. ``progress(done, total)``
+    as for apply (per file); ``threads`` (0: all CPUs) does not change the hashes."""
     err = _lib.Error_()
     model = ctypes.c_void_p()
     _check(lib.widen_model_open(_path(path), ctypes.byref(model), ctypes.byref(err)), err)
     try:
         callbacks = _Callbacks(progress, None)
+        options = _lib.HashOptions()
+        lib.widen_hash_options_init(ctypes.byref(options), ctypes.sizeof(options))
+        options.threads = threads
+        options.progress = callbacks.c_progress
         files, per_file = {}, []
         for f in range(lib.widen_model_file_count(model)):
             ckpt = lib.widen_model_file(model, f)
             n = lib.widen_tensor_count(ckpt)
             file_hash, tensor_hashes = _lib.Hash128(), (_lib.Hash128 * max(n, 1))()
-            status = lib.widen_hash_checkpoint(ckpt, ctypes.byref(file_hash), tensor_hashes, callbacks.c_progress,
-                                               None, ctypes.byref(err))
+            status = lib.widen_hash_checkpoint(ckpt, ctypes.byref(file_hash), tensor_hashes, ctypes.byref(options),
+                                               ctypes.byref(err))
             if callbacks.exception is not None:
                 raise callbacks.exception
             _check(status, err)

@@ -49,16 +49,28 @@ PROGRESS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctyp
 WARNING = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
 
 
+# The structs that can grow begin with their size: the library reads (and fills) only what this
+# mirror of the header's layout holds, so an older or newer libwiden works with it (widen.h).
 class ApplyOptions(ctypes.Structure):
-    _fields_ = [("threads", ctypes.c_uint), ("fsync", ctypes.c_int), ("overwrite", ctypes.c_int),
+    _fields_ = [("size", ctypes.c_size_t), ("threads", ctypes.c_uint), ("fsync", ctypes.c_int), ("overwrite", ctypes.c_int),
                 ("manifest_path", ctypes.c_char_p), ("format", ctypes.c_char_p), ("progress", PROGRESS),
                 ("progress_user", ctypes.c_void_p), ("warning", WARNING), ("warning_user", ctypes.c_void_p),
                 ("no_config", ctypes.c_int), ("norm_fill", ctypes.c_int), ("norm_fill_mean", ctypes.c_double),
                 ("norm_fill_std", ctypes.c_double)]
 
 
+class HashOptions(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("threads", ctypes.c_uint), ("progress", PROGRESS),
+                ("progress_user", ctypes.c_void_p)]
+
+
+class VerifyOptions(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("manifest_path", ctypes.c_char_p), ("threads", ctypes.c_uint),
+                ("progress", PROGRESS), ("progress_user", ctypes.c_void_p)]
+
+
 class VerifyReport(ctypes.Structure):
-    _fields_ = [("tensors", ctypes.c_size_t), ("transformed", ctypes.c_size_t), ("differences", ctypes.c_size_t),
+    _fields_ = [("size", ctypes.c_size_t), ("tensors", ctypes.c_size_t), ("transformed", ctypes.c_size_t), ("differences", ctypes.c_size_t),
                 ("first", ctypes.c_char * 1024)]
 
 
@@ -106,7 +118,10 @@ _sigs = {
     "widen_metadata_count": (ctypes.c_size_t, [c_ckpt]),
     "widen_metadata_at": (None, [c_ckpt, ctypes.c_size_t, P(ctypes.c_char_p), P(ctypes.c_char_p)]),
     "widen_hash128_hex": (None, [Hash128, ctypes.c_char * 33]),
-    "widen_hash_checkpoint": (ctypes.c_int, [c_ckpt, P(Hash128), P(Hash128), PROGRESS, ctypes.c_void_p, P(Error_)]),
+    "widen_hash_checkpoint": (ctypes.c_int, [c_ckpt, P(Hash128), P(Hash128), P(HashOptions), P(Error_)]),
+    "widen_hash_options_init": (None, [P(HashOptions), ctypes.c_size_t]),
+    "widen_verify_options_init": (None, [P(VerifyOptions), ctypes.c_size_t]),
+    "widen_verify_report_init": (None, [P(VerifyReport), ctypes.c_size_t]),
     "widen_transform_new": (ctypes.c_void_p, []),
     "widen_transform_free": (None, [ctypes.c_void_p]),
     "widen_parse_map": (ctypes.c_int, [ctypes.c_char_p, P(P(MapEntry)), P(ctypes.c_size_t), P(Error_)]),
@@ -116,7 +131,7 @@ _sigs = {
     "widen_transform_add_map": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, P(MapEntry),
                                                ctypes.c_size_t, P(Error_)]),
     "widen_transform_set_cast": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, P(Error_)]),
-    "widen_apply_options_init": (None, [P(ApplyOptions)]),
+    "widen_apply_options_init": (None, [P(ApplyOptions), ctypes.c_size_t]),
     "widen_isa_init": (ctypes.c_int, [P(Error_)]),
     "widen_remap": (ctypes.c_int, [P(RemapJob), ctypes.c_int, P(Error_)]),
     "widen_model_open": (ctypes.c_int, [ctypes.c_char_p, P(ctypes.c_void_p), P(Error_)]),
@@ -133,7 +148,7 @@ _sigs = {
                                                       P(ctypes.c_size_t), ctypes.c_size_t]),
     "widen_model_apply": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, P(ApplyOptions),
                                          P(Error_)]),
-    "widen_model_verify": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, P(VerifyReport),
+    "widen_model_verify": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, P(VerifyOptions), P(VerifyReport),
                                           P(Error_)]),
 }
 for _name, (_res, _args) in _sigs.items():

@@ -919,7 +919,8 @@ static void gather_elements(const unsigned char *base, const widen_tensor_info *
     }
 }
 
-widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, widen_hash128 *out, widen_error *err)
+widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, widen_hash128 *out,
+                                       widen_progress_fn progress, void *progress_user, widen_error *err)
 {
     widen_status st = widen_tensor_check_strided(c, index, err);
     if (st) return st;
@@ -934,16 +935,20 @@ widen_status widen_tensor_hash_strided(const widen_checkpoint *c, size_t index, 
         return NOMEM();
     }
     k->hash_reset(state);
-    uint64_t numel = widen_tensor_elements(c, index), per = BUFFER / esize;
-    for (uint64_t n = 0; n < numel; n += per) {
+    uint64_t numel = widen_tensor_elements(c, index), per = BUFFER / esize, step = (8u << 20) / esize;
+    st = WIDEN_OK;
+    for (uint64_t n = 0; n < numel && !st; n += per) {
         uint64_t count = numel - n < per ? numel - n : per;
         widen_tensor_gather(c, index, n, count, buffer);
         k->hash_update(state, buffer, (size_t)(count * esize));
+        if (progress && ((n + count) % step < count || n + count == numel) &&
+            progress(progress_user, (n + count) * esize, numel * esize))
+            st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", c->path);
     }
-    *out = k->hash_digest(state);
+    if (!st) *out = k->hash_digest(state);
     free(buffer);
     free(state);
-    return WIDEN_OK;
+    return st;
 }
 
 void widen_torch_conversion_notes(const widen_checkpoint *c, const char *to,

@@ -105,12 +105,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                  : widen_widen_map(3, 5, 1, &init, map, &err)) == WIDEN_OK &&
         widen_transform_add_map(tr, name, 1, map, reorder ? 3 : 5, &err) == WIDEN_OK) {
         widen_apply_options o;
-        widen_apply_options_init(&o);
+        widen_apply_options_init(&o, sizeof o);
         o.fsync = 0;
         o.threads = 1;
         if (widen_model_apply(m, output, tr, &o, &err) == WIDEN_OK) {
             widen_verify_report r;
-            widen_status st = widen_model_verify(folder, output, NULL, &r, &err);
+            widen_verify_report_init(&r, sizeof r);
+            widen_verify_options vo;
+            widen_verify_options_init(&vo, sizeof vo);
+            vo.threads = 1;
+            widen_status st = widen_model_verify(folder, output, &vo, &r, &err);
             if (st != WIDEN_OK) {
                 fprintf(stderr, "verify of an apply output: %d %s %s\n", st, r.first, st == WIDEN_DIFFERENT ? "" : err.message);
                 abort();

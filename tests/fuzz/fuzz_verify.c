@@ -80,7 +80,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         snprintf(outputs[k], sizeof outputs[k], "%s/out%d.%s", folder, k, ext[k]);
         snprintf(manifests[k], sizeof manifests[k], "%s/m%d.json", folder, k);
         widen_apply_options o;
-        widen_apply_options_init(&o);
+        widen_apply_options_init(&o, sizeof o);
         o.fsync = 0;
         o.manifest_path = manifests[k];
         o.threads = 1;
@@ -108,8 +108,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int k = data[0] % VARIANTS;
     write_file(outputs[k], data + 1, size - 1);
     widen_verify_report report;
+    widen_verify_report_init(&report, sizeof report);
+    widen_verify_options options;
+    widen_verify_options_init(&options, sizeof options);
+    options.manifest_path = manifests[k];
+    options.threads = 1;
     widen_error err;
-    widen_status st = widen_verify(inputs[k], outputs[k], manifests[k], &report, &err);
+    widen_status st = widen_verify(inputs[k], outputs[k], &options, &report, &err);
     if (st == WIDEN_OK && (size - 1 != canonical_len[k] || memcmp(data + 1, canonical[k], size - 1) != 0)) abort();
     if (st != WIDEN_OK && st != WIDEN_DIFFERENT && st != WIDEN_EFORMAT) abort(); /* nothing else can happen here */
     return 0;
