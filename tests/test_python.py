@@ -173,6 +173,37 @@ def test_typed_errors_carry_statuses(tmp_path):
     assert widen.IOError is widen.WidenIOError
 
 
+def test_errors_name_no_cli_flags_and_say_the_argument(tmp_path):
+    """The library's messages name no flag of the widen command; where its hint says which setting
+    would change the outcome, the exception names this package's argument."""
+    path, _ = make(tmp_path)
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"keep")
+    cases = [
+        (lambda: widen.apply(path, str(out), tensors="conv.weight", to=4), f"{out}: exists (overwrite=True replaces it)"),
+        (lambda: widen.apply(path, str(tmp_path / "p.safetensors"), tensors="conv.weight", map="0,x"),
+         "map entry 'x' is not K, K*S, zero, const:V, mean, sum or normal:STD[:SEED]"),
+        (lambda: widen.apply(path, str(tmp_path / "p.safetensors"), tensors="conv.weight", to=4, init="median"),
+         "unknown init mode 'median' (use zeros, const:V, mean, copy:K, normal:STD[:SEED], timm or cyclic)"),
+        (lambda: widen.apply(path, str(tmp_path / "p.safetensors"), tensors="conv.weight", to=2),
+         f"{path}: tensor 'conv.weight': 2 channels are fewer than the tensor's 3: widening does not narrow"),
+        (lambda: widen.apply(path, str(tmp_path / "p.npz"), tensors="conv.weight", to=4),
+         f"{path}: tensor 'half' is BF16 in the output, which NumPy has no dtype for (np.savez would store raw "
+         "bytes): write safetensors or .pt, or cast it to F32 (cast='f32')"),
+    ]
+    for fn, message in cases:
+        with pytest.raises(widen.UsageError) as e:
+            fn()
+        assert str(e.value) == message and "--" not in str(e.value)
+    pt = tmp_path / "o.pt"
+    widen.apply(path, str(pt), tensors="conv.weight", to=4, warning=lambda message: None)
+    with pytest.raises(widen.UsageError) as e:
+        widen.verify(path, str(pt))
+    assert str(e.value) == (f"{pt}: no transform recorded (no 'widen' metadata key): a manifest is needed to verify "
+                            "it (pass manifest=PATH)")
+    assert out.read_bytes() == b"keep"
+
+
 def test_c_read_api_checks_its_arguments(tmp_path):
     path, tensors = make(tmp_path)
     lib = widen._lib.lib
