@@ -73,9 +73,31 @@ static const char *shown(const char *text, int slot)
     return buffers[slot];
 }
 
+/* The library's messages name what an option is (the map, overwrite, a manifest), never a flag: C and
+ * Python programs embed it, and they have no --force. The command adds its flags to the lines it
+ * prints, without reading English out of them: where it knows which call failed (parsing --map or
+ * --init, widening to --to at --at), fail_flag puts the flag in front; where the cause lies deep in
+ * apply or verify (an output that exists, configs that cannot follow), the library's err->hint says
+ * which setting would change the outcome, and fail_err names its flag after the message. */
 static int fail_err(const widen_error *err)
 {
+    static const char *const flags[] = {
+        [WIDEN_HINT_OVERWRITE] = "use --force to replace it",
+        [WIDEN_HINT_FORMAT] = "--format sets it",
+        [WIDEN_HINT_CAST] = "--cast f32",
+        [WIDEN_HINT_NO_CONFIG] = "--no-config leaves the configs as they are",
+        [WIDEN_HINT_MANIFEST] = "pass --manifest FILE",
+    };
+    size_t hint = (size_t)err->hint;
+    if (hint > 0 && hint < sizeof flags / sizeof flags[0] && flags[hint])
+        return fail(err->status, "%s (%s)", err->message, flags[hint]);
     return fail(err->status, "%s", err->message);
+}
+
+/* The library's message about a value the command took from `flag`, which the line names first. */
+static int fail_flag(const char *flag, const widen_error *err)
+{
+    return fail(err->status, "%s: %s", flag, err->message);
 }
 
 static const char usage_main[] =
@@ -899,14 +921,14 @@ static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr, 
     widen_map_entry *given = NULL;
     widen_init init = {.kind = WIDEN_INIT_FILL, .fill = {.kind = WIDEN_MAP_ZERO}};
     size_t given_n = 0;
-    if (a->map && widen_parse_map(a->map, &given, &given_n, &err)) return fail_err(&err);
+    if (a->map && widen_parse_map(a->map, &given, &given_n, &err)) return fail_flag("--map", &err);
     if (a->map && a->have_to && given_n != a->to) {
         free(given);
         return fail(WIDEN_EUSAGE, "--map has %zu entries but --to asks for %llu channels", given_n, a->to);
     }
     if (a->init && widen_parse_init(a->init, &init, &err)) {
         free(given);
-        return fail_err(&err);
+        return fail_flag("--init", &err);
     }
     selection sel = {0};
     int rc = select_tensors(a, c, names, count, &sel);
@@ -929,9 +951,14 @@ static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr, 
                 break;
             }
             uint64_t ch = t->shape[axis];
-            if (ch > UINT32_MAX || widen_widen_map((uint32_t)ch, (uint32_t)a->to, (uint32_t)a->at, &init, m, &err))
-                rc = ch > UINT32_MAX ? fail(WIDEN_EUSAGE, "tensor '%s' has too many channels", name)
-                                     : fail(WIDEN_EUSAGE, "%s: tensor '%s': %s", a->input, name, err.message);
+            /* widen_widen_map refuses an init mode (timm, cyclic) with no channel to copy, a width below
+             * the tensor's, or a position past it: the line names the flag that asked for it */
+            if (ch > UINT32_MAX)
+                rc = fail(WIDEN_EUSAGE, "tensor '%s' has too many channels", name);
+            else if (widen_widen_map((uint32_t)ch, (uint32_t)a->to, (uint32_t)a->at, &init, m, &err))
+                rc = fail(WIDEN_EUSAGE, "%s: tensor '%s': %s: %s%s", a->input, name,
+                          init.kind != WIDEN_INIT_FILL ? "--init" : a->to < ch ? "--to" : "--at", err.message,
+                          init.kind == WIDEN_INIT_FILL && a->to < ch ? " (--map narrows)" : "");
             else if (widen_transform_add_map(tr, name, (int)a->axis, m, a->to, &err))
                 rc = fail_err(&err);
             free(m);
@@ -1074,7 +1101,7 @@ static int cmd_apply(int argc, char **argv)
         for (int i = 0; i < 3; i++)
             if (strcasecmp(a.cast, names[i]) == 0) to = dts[i], ok = 1;
         if (!ok) rc = fail(WIDEN_EUSAGE, "--cast: '%s' is not f32, f16 or bf16", a.cast);
-        else if (widen_transform_set_cast(tr, to, &err)) rc = fail_err(&err);
+        else if (widen_transform_set_cast(tr, to, &err)) rc = fail_flag("--cast", &err);
     }
     if (!rc && widen_model_open(a.input, &c, &err)) rc = fail_err(&err);
     /* JAX/Flax kernels (HWIO) come as .npz: their input channels are axis -2 */

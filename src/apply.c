@@ -459,7 +459,7 @@ static char *resolved(const char *path)
 }
 
 /* Refuses an output that is empty, "-", the input (by inode, so links count), or that exists without
- * overwrite, or exists and is not a regular file (a link, a FIFO, a device: --force replaces files). */
+ * overwrite, or exists and is not a regular file (a link, a FIFO, a device: overwrite replaces files). */
 static widen_status check_target(const char *input, const char *output, const char *what, int overwrite,
                                  widen_error *err)
 {
@@ -475,7 +475,7 @@ static widen_status check_target(const char *input, const char *output, const ch
         return widen_fail(err, WIDEN_EUSAGE, "%s: exists and is not a regular file (%s); widen replaces only files",
                           output, S_ISLNK(out.st_mode) ? "a symbolic link" : S_ISFIFO(out.st_mode) ? "a FIFO"
                           : S_ISCHR(out.st_mode) || S_ISBLK(out.st_mode) ? "a device" : "a special file");
-    if (!overwrite) return widen_fail(err, WIDEN_EUSAGE, "%s: exists (use --force to replace it)", output);
+    if (!overwrite) return widen_fail_hint(err, WIDEN_HINT_OVERWRITE, WIDEN_EUSAGE, "%s: exists", output);
     return WIDEN_OK;
 }
 
@@ -576,8 +576,8 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
     }
     const char *format = output_format(options->format, output, ckpt->format);
     if (strcmp(format, "npy") == 0)
-        return widen_fail(err, WIDEN_EUSAGE, "%s: widen does not write .npy files: name an .npz, .safetensors or .pt "
-                          "output, or pass --format", output);
+        return widen_fail_hint(err, WIDEN_HINT_FORMAT, WIDEN_EUSAGE, "%s: widen does not write .npy files: name an "
+                               ".npz, .safetensors or .pt output, or choose one of those formats", output);
     if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0 && strcmp(format, "npz") != 0)
         return widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors, pt or npz", format);
     int to_pt = strcmp(format, "pt") == 0, to_npz = strcmp(format, "npz") == 0;
@@ -599,8 +599,8 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
     }
     if (to_npz && !widen_npz_comment_for(provenance) && !options->manifest_path && options->warning) {
         char line[600];
-        snprintf(line, sizeof line, "%s: the transform is too long for the archive comment that records it: verify "
-                 "will need a manifest (pass --manifest FILE)", output);
+        snprintf(line, sizeof line, "%s: the transform is too long for the archive comment that records it, and no "
+                 "manifest is written: verify will need one", output);
         widen_escape(line, sizeof line);
         options->warning(options->warning_user, line);
     }

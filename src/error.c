@@ -71,16 +71,32 @@ void widen_escape(char *text, size_t size)
     free(copy);
 }
 
-widen_status widen_fail(widen_error *err, widen_status status, const char *fmt, ...)
+static widen_status fail_v(widen_error *err, widen_hint hint, widen_status status, const char *fmt, va_list ap)
 {
     if (err) {
-        va_list ap;
-        va_start(ap, fmt);
         vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
         widen_escape(err->message, sizeof err->message);
         err->status = status;
+        err->hint = hint;
     }
+    return status;
+}
+
+widen_status widen_fail(widen_error *err, widen_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail_v(err, WIDEN_HINT_NONE, status, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+widen_status widen_fail_hint(widen_error *err, widen_hint hint, widen_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail_v(err, hint, status, fmt, ap);
+    va_end(ap);
     return status;
 }
 

@@ -266,9 +266,9 @@ static widen_status input_layer(const widen_model *m, size_t k, const widen_tran
         }
         if (!is_input) continue;
         if (input && (channels != ch || !same_map(input, edit)))
-            st = widen_fail(err, WIDEN_EUSAGE, "%sconfig.json: '%s' and '%s' both look like the input layer, but are "
-                            "remapped differently: the configs cannot follow both (--no-config leaves them as they are)",
-                            c->prefix, input_name, edit->name);
+            st = widen_fail_hint(err, WIDEN_HINT_NO_CONFIG, WIDEN_EUSAGE, "%sconfig.json: '%s' and '%s' both look "
+                                 "like the input layer, but are remapped differently: the configs cannot follow both",
+                                 c->prefix, input_name, edit->name);
         input = edit;
         input_name = edit->name;
         channels = ch;
@@ -304,7 +304,8 @@ static widen_status config_edits(const widen_model *m, size_t k, const widen_tra
         if (t >= 0 && (widen_model_tensor_at(m, (size_t)t, &file), m->files[file].component == k)) input = &tr->edits[e];
     }
     if (broken && input)
-        return widen_fail(err, WIDEN_EFORMAT, "%s (--no-config leaves the configs as they are)", broken->error);
+        return widen_fail_hint(err, WIDEN_HINT_NO_CONFIG, WIDEN_EFORMAT, "%s; the configs cannot follow the transform",
+                               broken->error);
     if (!input) {
         /* no config says this layer is the input: say so, when a kernel's input channels changed
          * count in a component that has configs (they may describe it under a name widen does not
@@ -733,8 +734,8 @@ static const char *folder_format(const widen_apply_options *o, widen_error *err,
     *st = WIDEN_OK;
     if (!o->format) return NULL;
     if (strcmp(o->format, "npz") == 0)
-        *st = widen_fail(err, WIDEN_EUSAGE, "--format npz: widen writes .npz files, not model folders; a folder's "
-                         "weights are written as safetensors or pt");
+        *st = widen_fail_hint(err, WIDEN_HINT_FORMAT, WIDEN_EUSAGE, "output format npz: widen writes .npz files, not "
+                              "model folders; a folder's weights are written as safetensors or pt");
     else if (strcmp(o->format, "safetensors") != 0 && strcmp(o->format, "pt") != 0)
         *st = widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors or pt", o->format);
     return o->format;
@@ -852,7 +853,7 @@ static widen_status check_folder_target(const widen_model *m, const char *output
         else if (lstat(man, &s) == 0 && !S_ISREG(s.st_mode))
             st = widen_fail(err, WIDEN_EUSAGE, "%s: exists and is not a regular file; widen replaces only files", man);
         else if (lstat(man, &s) == 0 && !o->overwrite)
-            st = widen_fail(err, WIDEN_EUSAGE, "%s: exists (use --force to replace it)", man);
+            st = widen_fail_hint(err, WIDEN_HINT_OVERWRITE, WIDEN_EUSAGE, "%s: exists", man);
         free(out_abs);
         free(man_abs);
     }
@@ -888,8 +889,8 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     for (size_t i = 0; i < p.count; i++)
         unrecorded |= p.files[i].op == PLAN_REWRITE && strcmp(p.files[i].format, "pt") == 0;
     if (unrecorded && !options->manifest_path)
-        warn(options, "%s: its .bin/.pt files have no place to record the transform: verify will need a manifest "
-             "(pass --manifest FILE)", output);
+        warn(options, "%s: its .bin/.pt files have no place to record the transform, and no manifest is written: "
+             "verify will need one", output);
     widen_temp_folder tf = {.slot = -1};
     widen_temp_file man = {.fd = -1, .slot = -1};
     widen_text tensors = {0};
@@ -1056,8 +1057,9 @@ static widen_status recorded_transform(const widen_model *out, widen_transform *
         widen_transform_free(one);
     }
     if (!st && !any)
-        st = widen_fail(err, WIDEN_EUSAGE, "%s: no transform recorded (none of its safetensors files has a '%s' "
-                        "metadata key): pass --manifest FILE", out->path, WIDEN_PROVENANCE_KEY);
+        st = widen_fail_hint(err, WIDEN_HINT_MANIFEST, WIDEN_EUSAGE, "%s: no transform recorded (none of its "
+                             "safetensors files has a '%s' metadata key): a manifest is needed to verify it", out->path,
+                             WIDEN_PROVENANCE_KEY);
     if (st) {
         widen_transform_free(all);
         return st;

@@ -83,9 +83,11 @@ static widen_status parse_normal(const char *text, widen_map_entry *e, const cha
     return WIDEN_OK;
 }
 
-/* One map entry; `what` names the option in messages. */
-static widen_status parse_entry(const char *text, widen_map_entry *e, const char *what, widen_error *err)
+/* One map entry; `kind` says what it is in messages ("map entry"), which name it with its text. */
+static widen_status parse_entry(const char *text, widen_map_entry *e, const char *kind, widen_error *err)
 {
+    char what[160];
+    snprintf(what, sizeof what, "%s '%.100s%s'", kind, text, strlen(text) > 100 ? "..." : "");
     memset(e, 0, sizeof *e);
     if (strcmp(text, "zero") == 0) {
         e->kind = WIDEN_MAP_ZERO;
@@ -110,8 +112,7 @@ static widen_status parse_entry(const char *text, widen_map_entry *e, const char
             return *end ? parse_float(end + 1, &e->value, what, err) : WIDEN_OK;
         }
     }
-    return widen_fail(err, WIDEN_EUSAGE,
-                      "%s: cannot read entry '%s' (use K, K*S, zero, const:V, mean, sum or normal:STD[:SEED])", what, text);
+    return widen_fail(err, WIDEN_EUSAGE, "%s is not K, K*S, zero, const:V, mean, sum or normal:STD[:SEED]", what);
 }
 
 widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t *count, widen_error *err)
@@ -133,7 +134,7 @@ widen_status widen_parse_map(const char *list, widen_map_entry **entries, size_t
     for (size_t i = 0; i < n && !st; i++) {
         char *comma = strchr(cursor, ',');
         if (comma) *comma = '\0';
-        st = parse_entry(cursor, &m[i], "--map", err);
+        st = parse_entry(cursor, &m[i], "map entry", err);
         cursor = comma ? comma + 1 : cursor + strlen(cursor);
     }
     free(copy);
@@ -161,14 +162,14 @@ widen_status widen_parse_init(const char *mode, widen_init *init, widen_error *e
     }
     /* copy:K is the map entry K; const:V, mean and normal:STD[:SEED] are map entries as they are */
     if (strncmp(mode, "copy:", 5) == 0) {
-        if (parse_entry(mode + 5, &init->fill, "--init copy:K", err) || init->fill.kind != WIDEN_MAP_SOURCE)
-            return widen_fail(err, WIDEN_EUSAGE, "--init copy:K: '%s' is not a channel index", mode + 5);
+        if (parse_entry(mode + 5, &init->fill, "init mode", err) || init->fill.kind != WIDEN_MAP_SOURCE)
+            return widen_fail(err, WIDEN_EUSAGE, "init mode copy:K: '%s' is not a channel index", mode + 5);
         return WIDEN_OK;
     }
     if (strncmp(mode, "const:", 6) == 0 || strncmp(mode, "normal:", 7) == 0 || strcmp(mode, "mean") == 0)
-        return parse_entry(mode, &init->fill, "--init", err);
+        return parse_entry(mode, &init->fill, "init mode", err);
     return widen_fail(err, WIDEN_EUSAGE,
-                      "--init: unknown mode '%s' (use zeros, const:V, mean, copy:K, normal:STD[:SEED], timm or cyclic)", mode);
+                      "unknown init mode '%s' (use zeros, const:V, mean, copy:K, normal:STD[:SEED], timm or cyclic)", mode);
 }
 
 widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, const widen_init *init, widen_map_entry *entries,
@@ -176,7 +177,7 @@ widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, const widen_in
 {
     if (!init || !entries) return widen_fail(err, WIDEN_EUSAGE, "widen_widen_map needs an init and its entries");
     if (init->kind != WIDEN_INIT_FILL) {
-        if (c == 0) return widen_fail(err, WIDEN_EUSAGE, "--init %s needs at least one input channel",
+        if (c == 0) return widen_fail(err, WIDEN_EUSAGE, "init mode %s needs at least one input channel",
                                       init->kind == WIDEN_INIT_TIMM ? "timm" : "cyclic");
         /* timm's adapt_input_conv: the scale is C/N in double, applied as an fp32 number */
         float scale = (float)((double)c / (double)n);
@@ -192,10 +193,10 @@ widen_status widen_widen_map(uint32_t c, uint32_t n, uint32_t at, const widen_in
     }
     widen_map_entry fill = init->fill;
     if (n < c)
-        return widen_fail(err, WIDEN_EUSAGE, "--to %u is smaller than the tensor's %u channels (use --map to narrow)",
+        return widen_fail(err, WIDEN_EUSAGE, "%u channels are fewer than the tensor's %u: widening does not narrow",
                           n, c);
     if (at > n - c)
-        return widen_fail(err, WIDEN_EUSAGE, "--at %u: %u channels starting there do not fit in %u", at, c, n);
+        return widen_fail(err, WIDEN_EUSAGE, "%u channels starting at %u do not fit in %u", c, at, n);
     for (uint32_t i = 0; i < n; i++) {
         if (i >= at && i < at + c)
             entries[i] = (widen_map_entry){.kind = WIDEN_MAP_SOURCE, .channel = i - at};
@@ -242,7 +243,7 @@ widen_status widen_transform_set_cast(widen_transform *t, widen_dtype to, widen_
 {
     if (!t) return widen_fail(err, WIDEN_EUSAGE, "widen_transform_set_cast needs a transform");
     if (!widen_dtype_is_computable(to))
-        return widen_fail(err, WIDEN_EUSAGE, "--cast: widen casts to F32, F16 or BF16, not %s",
+        return widen_fail(err, WIDEN_EUSAGE, "widen casts to F32, F16 or BF16, not %s",
                           widen_dtype_name(to) ? widen_dtype_name(to) : "?");
     t->cast = true;
     t->cast_to = to;
@@ -360,7 +361,7 @@ widen_status widen_transform_from_json(const char *text, widen_transform **out, 
                 st = widen_fail(err, WIDEN_EFORMAT, "recorded transform: map entries must be strings");
                 break;
             }
-            if ((st = parse_entry(json_string_value(item), &entries[k], "recorded transform", err))) {
+            if ((st = parse_entry(json_string_value(item), &entries[k], "recorded transform: map entry", err))) {
                 st = WIDEN_EFORMAT;
                 if (err) err->status = st;
                 break;

@@ -764,10 +764,10 @@ widen_status widen_verify_file(const char *input, const char *output, const wide
                              ? strndup(comment, comment_len) : NULL;
         const char *recorded = npz ? from_comment : metadata_get(out, WIDEN_PROVENANCE_KEY);
         if (!recorded) {
-            st = npz ? widen_fail(err, WIDEN_EUSAGE, "%s: no transform recorded (the archive has no comment): pass "
-                                  "--manifest FILE", output)
-                     : widen_fail(err, WIDEN_EUSAGE, "%s: no transform recorded (no '%s' metadata key): pass --manifest FILE",
-                                  output, WIDEN_PROVENANCE_KEY);
+            st = npz ? widen_fail_hint(err, WIDEN_HINT_MANIFEST, WIDEN_EUSAGE, "%s: no transform recorded (the "
+                                       "archive has no comment): a manifest is needed to verify it", output)
+                     : widen_fail_hint(err, WIDEN_HINT_MANIFEST, WIDEN_EUSAGE, "%s: no transform recorded (no '%s' "
+                                       "metadata key): a manifest is needed to verify it", output, WIDEN_PROVENANCE_KEY);
         } else {
             /* the output is compared with what widen writes for the transform it records: the record
              * written again as widen writes it, which a record with other keys, order or text is not */

@@ -84,9 +84,9 @@ widen_status widen_npz_check(const widen_checkpoint *ckpt, const widen_plan *pla
     for (size_t i = 0; i < plan->count; i++) {
         const widen_plan_tensor *p = &plan->tensors[i];
         if (!npy_descr(p->dtype))
-            return widen_fail(err, WIDEN_EUSAGE, "%s: tensor '%s' is %s in the output, which NumPy has no dtype for "
-                              "(np.savez would store raw bytes): write safetensors or .pt, or pass --cast f32",
-                              path, p->name, widen_dtype_name(p->dtype));
+            return widen_fail_hint(err, WIDEN_HINT_CAST, WIDEN_EUSAGE, "%s: tensor '%s' is %s in the output, which "
+                                   "NumPy has no dtype for (np.savez would store raw bytes): write safetensors or .pt, "
+                                   "or cast it to F32", path, p->name, widen_dtype_name(p->dtype));
     }
     widen_table exact = {0}, folded = {0};
     size_t total = 0;

@@ -292,3 +292,74 @@ def test_long_untouched_run_reports_progress_every_64_mib(tmp_path, big_file, th
     assert all(b >= a for a, b in zip(seen, seen[1:]))
     _, got, _, _ = load(str(tmp_path / "o.safetensors"))
     assert np.array_equal(got["big"][1], np.resize(np.arange(251, dtype=np.uint8), big))
+
+
+# ---- flags in errors: the library's messages name none, the command adds its own ---------------------
+
+def test_errors_name_the_flag_that_changes_them(tmp_path, model):
+    """The library's messages say what an option is (tests/test_library.py keeps flags out of them);
+    each line the command prints names the flag: in front where it parsed the value (--map, --init,
+    --to, --at), after the message where the library's hint says which setting would change it."""
+    path, _ = model
+    out = tmp_path / "o.safetensors"
+
+    def error(*args, status=2):
+        p = run(*args, check=status)
+        assert p.stderr.startswith("widen: error: ") and p.stderr.count("\n") == 1, p.stderr
+        return p.stderr[len("widen: error: "):].rstrip("\n")
+
+    conv = ("-t", "aux.conv1.weight")
+    assert error("apply", path, "-o", out, *conv, "--map", "0,x") == (
+        "--map: map entry 'x' is not K, K*S, zero, const:V, mean, sum or normal:STD[:SEED]")
+    assert error("apply", path, "-o", out, *conv, "--map", "0,const:1e99") == (
+        "--map: map entry 'const:1e99': '1e99' is not an fp32 number")
+    assert error("apply", path, "-o", out, *conv, "--to", "4", "--init", "median").startswith(
+        "--init: unknown init mode 'median' (use zeros, ")
+    assert error("apply", path, "-o", out, *conv, "--to", "4", "--init", "copy:x") == (
+        "--init: init mode copy:K: 'x' is not a channel index")
+    assert error("apply", path, "-o", out, *conv, "--to", "2") == (
+        f"{path}: tensor 'aux.conv1.weight': --to: 2 channels are fewer than the tensor's 3: widening does not "
+        "narrow (--map narrows)")
+    assert error("apply", path, "-o", out, *conv, "--to", "4", "--at", "2") == (
+        f"{path}: tensor 'aux.conv1.weight': --at: 3 channels starting at 2 do not fit in 4")
+    assert error("apply", path, "-o", tmp_path / "o.npy", *conv, "--to", "4") == (
+        f"{tmp_path / 'o.npy'}: widen does not write .npy files: name an .npz, .safetensors or .pt output, or choose "
+        "one of those formats (--format sets it)")
+    # a tensor an .npz cannot hold: cast it
+    bf16 = tmp_path / "bf16.safetensors"
+    save(str(bf16), {"w": ("BF16", np.zeros((2, 3, 2, 2), np.uint16))}, {})
+    assert error("apply", bf16, "-o", tmp_path / "o.npz", "--to", "4").endswith(
+        "write safetensors or .pt, or cast it to F32 (--cast f32)")
+    # an output that exists, and a manifest that does
+    out.write_bytes(b"keep")
+    assert error("apply", path, "-o", out, *conv, "--to", "4") == f"{out}: exists (use --force to replace it)"
+    assert error("apply", path, "-o", tmp_path / "p.safetensors", *conv, "--to", "4", "--manifest", out) == (
+        f"{out}: exists (use --force to replace it)")
+    assert out.read_bytes() == b"keep" and not (tmp_path / "p.safetensors").exists()
+    # verify of an output that records no transform
+    pt = tmp_path / "o.pt"
+    run("apply", path, "-o", pt, *conv, "--to", "4", check=0)
+    assert error("verify", path, pt) == (
+        f"{pt}: no transform recorded (no 'widen' metadata key): a manifest is needed to verify it (pass --manifest "
+        "FILE)")
+
+
+def test_folder_errors_name_the_flag_that_changes_them(tmp_path):
+    src = tmp_path / "vit"
+    folders.sharded_vit(str(src))
+    p = run("apply", src, "-o", tmp_path / "out", "--to", "4", "--format", "npz", check=2)
+    assert p.stderr == ("widen: error: output format npz: widen writes .npz files, not model folders; a folder's "
+                        "weights are written as safetensors or pt (--format sets it)\n")
+    (tmp_path / "m.json").write_text("{}")
+    p = run("apply", src, "-o", tmp_path / "out", "--to", "4", "--manifest", tmp_path / "m.json", check=2)
+    assert p.stderr == f"widen: error: {tmp_path / 'm.json'}: exists (use --force to replace it)\n"
+    # .pt shards record no transform: the warning says verify needs a manifest, verify names the flag
+    p = run("apply", src, "-o", tmp_path / "pt", "--to", "4", "--format", "pt", check=0)
+    assert "no manifest is written: verify will need one" in p.stderr and "--" not in p.stderr
+    p = run("verify", src, tmp_path / "pt", check=2)
+    assert p.stderr.endswith("a manifest is needed to verify it (pass --manifest FILE)\n")
+    # a config that cannot be read cannot follow the widened input layer
+    (src / "config.json").write_text("{nope")
+    p = run("apply", src, "-o", tmp_path / "out", "--to", "4", check=3)
+    assert p.stderr.startswith("widen: error: ") and p.stderr.endswith(
+        "; the configs cannot follow the transform (--no-config leaves the configs as they are)\n")

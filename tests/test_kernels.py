@@ -29,7 +29,7 @@ class RemapJob(ctypes.Structure):
 
 
 class Error(ctypes.Structure):
-    _fields_ = [("status", ctypes.c_int), ("message", ctypes.c_char * 1024)]
+    _fields_ = [("status", ctypes.c_int), ("message", ctypes.c_char * 1024), ("hint", ctypes.c_int)]
 
 
 lib.widen_isa_usable.argtypes = [ctypes.c_int]

@@ -204,3 +204,47 @@ def test_public_functions_take_null_pointers(call):
     got = proc.stdout.strip()
     want = "True" if name == "widen_hash_bytes_len" else repr(expected)
     assert got == want, (name, got, want)
+
+
+def c_string_literals(text):
+    """(line, contents) of each string literal in C source text, comments and character constants
+    skipped (so that a "--" in a comment, or '"' as a character, is not taken for one)."""
+    i, line, n = 0, 1, len(text)
+    while i < n:
+        if text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif text.startswith("/*", i):
+            end = text.index("*/", i + 2) + 2
+            line += text.count("\n", i, end)
+            i = end
+        elif text[i] in "\"'":
+            quote, j = text[i], i + 1
+            while text[j] != quote:
+                j += 2 if text[j] == "\\" else 1
+            if quote == '"':
+                yield line, text[i + 1:j]
+            i = j + 1
+        else:
+            line += text[i] == "\n"
+            i += 1
+
+
+def test_library_messages_name_no_cli_flags():
+    """The library is embedded by programs that have no --force: its messages name what an option is
+    (the map, overwrite, a manifest), never a flag of the widen command, which adds its own flags to
+    the lines it prints. Any "--" followed by a letter in a string literal of src/ is such a flag."""
+    flags = []
+    for folder, _, files in os.walk(os.path.join(ROOT, "src")):
+        for name in sorted(files):
+            if name.endswith((".c", ".h")):
+                path = os.path.join(folder, name)
+                for line, literal in c_string_literals(open(path, encoding="utf-8").read()):
+                    if re.search(r"--[A-Za-z]", literal):
+                        flags.append(f"{os.path.relpath(path, ROOT)}:{line}: \"{literal}\"")
+    assert not flags, "library messages that name CLI flags:\n" + "\n".join(flags)
+
+
+def test_string_literal_scan_sees_what_it_should():
+    src = 'a = "--force"; /* "--no" */ // "--x"\nb = \'"\'; c = "x\\"--cast y";'
+    assert list(c_string_literals(src)) == [(1, "--force"), (2, 'x\\"--cast y')]

@@ -173,6 +173,67 @@ def test_typed_errors_carry_statuses(tmp_path):
     assert widen.IOError is widen.WidenIOError
 
 
+def test_errors_name_no_cli_flags_and_say_the_argument(tmp_path):
+    """The library's messages name no flag of the widen command; where its hint says which setting
+    would change the outcome, the exception names this package's argument."""
+    path, _ = make(tmp_path)
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"keep")
+    cases = [
+        (lambda: widen.apply(path, str(out), tensors="conv.weight", to=4), f"{out}: exists (overwrite=True replaces it)"),
+        (lambda: widen.apply(path, str(tmp_path / "p.safetensors"), tensors="conv.weight", map="0,x"),
+         "map entry 'x' is not K, K*S, zero, const:V, mean, sum or normal:STD[:SEED]"),
+        (lambda: widen.apply(path, str(tmp_path / "p.safetensors"), tensors="conv.weight", to=4, init="median"),
+         "unknown init mode 'median' (use zeros, const:V, mean, copy:K, normal:STD[:SEED], timm or cyclic)"),
+        (lambda: widen.apply(path, str(tmp_path / "p.safetensors"), tensors="conv.weight", to=2),
+         f"{path}: tensor 'conv.weight': 2 channels are fewer than the tensor's 3: widening does not narrow"),
+        (lambda: widen.apply(path, str(tmp_path / "p.npz"), tensors="conv.weight", to=4),
+         f"{path}: tensor 'half' is BF16 in the output, which NumPy has no dtype for (np.savez would store raw "
+         "bytes): write safetensors or .pt, or cast it to F32 (cast='f32')"),
+    ]
+    for fn, message in cases:
+        with pytest.raises(widen.UsageError) as e:
+            fn()
+        assert str(e.value) == message and "--" not in str(e.value)
+    pt = tmp_path / "o.pt"
+    widen.apply(path, str(pt), tensors="conv.weight", to=4, warning=lambda message: None)
+    with pytest.raises(widen.UsageError) as e:
+        widen.verify(path, str(pt))
+    assert str(e.value) == (f"{pt}: no transform recorded (no 'widen' metadata key): a manifest is needed to verify "
+                            "it (pass manifest=PATH)")
+    assert out.read_bytes() == b"keep"
+
+
+def readme_pipeline():
+    """The README's Python pipeline: the python block after the marker comment in its Python section."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text[text.index("\n## Python\n"):]
+    section = section[:section.index("\n## ", 1)]
+    marker = "<!-- tests/test_python.py runs the python block below"
+    assert section.count(marker) == 1, "the README's Python section lost its marked example"
+    after = section[section.index(marker):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("\n```", start)]
+
+
+def test_readme_pipeline_runs(tmp_path):
+    """The example as printed, in an empty folder, against this build's library: it makes its own RGB
+    checkpoint, widens it, verifies it and loads it into a 4-channel torch model; its own asserts
+    check the weights (old channels kept, the new one their mean), and it says what it loaded."""
+    pytest.importorskip("torch")
+    code = readme_pipeline()
+    assert "widen.apply(" in code and "load_state_dict" in code
+    env = dict(os.environ, WIDEN_LIBRARY=os.path.abspath(LIBWIDEN), PYTHONPATH=os.path.join(ROOT, "python"))
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.replace("\r", "\n").split("\n")
+    assert "loaded (8, 4, 3, 3)" in lines, r.stdout
+    digest = next(line for line in lines if len(line) == 32 and all(c in "0123456789abcdef" for c in line))
+    assert digest == widen.hash(str(tmp_path / "rgbd.safetensors")).file
+    assert sorted(os.listdir(tmp_path)) == ["rgb.pt", "rgbd.json", "rgbd.safetensors"]
+
+
 def test_c_read_api_checks_its_arguments(tmp_path):
     path, tensors = make(tmp_path)
     lib = widen._lib.lib

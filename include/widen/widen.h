@@ -5,7 +5,9 @@
  * Conventions
  * - Every fallible function returns a widen_status and, when it is not WIDEN_OK, fills the caller's
  *   widen_error with the same status and a one-line message that names the file and, where it applies,
- *   the tensor. The library never prints and never exits.
+ *   the tensor. The library never prints and never exits. Messages name what an option is (the
+ *   map, overwrite, a manifest), never a flag of the `widen` command: a program names its own options
+ *   from the error's hint.
  * - Status values equal the exit codes of the `widen` command line (SPEC §2).
  * - Every function checks its pointer arguments: a NULL where one is needed is WIDEN_EUSAGE (never a
  *   crash); accessors given a NULL object answer 0, NULL or -1, and the free/close functions take NULL.
@@ -53,9 +55,21 @@ typedef enum widen_status {
     WIDEN_EINTERRUPTED = 130   /* the progress callback asked to stop */
 } widen_status;
 
+/* The caller's setting that would change an error's outcome, for a program to name in its own terms
+ * (the `widen` command appends "use --force to replace it" to a WIDEN_HINT_OVERWRITE error). */
+typedef enum widen_hint {
+    WIDEN_HINT_NONE = 0,
+    WIDEN_HINT_OVERWRITE = 1, /* the output or manifest exists: widen_apply_options.overwrite replaces it */
+    WIDEN_HINT_FORMAT = 2,    /* widen does not write that output format: widen_apply_options.format */
+    WIDEN_HINT_CAST = 3,      /* the output format cannot hold a dtype: a cast to F32 can */
+    WIDEN_HINT_NO_CONFIG = 4, /* the configs cannot follow the transform: widen_apply_options.no_config */
+    WIDEN_HINT_MANIFEST = 5   /* verify: the output records no transform; a manifest gives it */
+} widen_hint;
+
 typedef struct widen_error {
     widen_status status;
     char message[1024]; /* one line, no trailing newline, no "widen: error:" prefix */
+    widen_hint hint;    /* WIDEN_HINT_NONE unless a setting of the caller's would change the outcome */
 } widen_error;
 
 /* Copies text into out (size bytes, always NUL-terminated when size > 0) with what must not reach a

@@ -90,8 +90,16 @@ IOError = WidenIOError  # the brief's name; the builtin stays reachable as built
 _BY_STATUS = {1: Different, 2: UsageError, 3: FormatError, 4: WidenIOError, 130: Interrupted}
 
 
+# The library's messages name no flag of the widen command (see widen.h); where the error's hint says
+# which setting would change the outcome, the exception names this package's argument for it.
+_HINTS = {1: "overwrite=True replaces it", 2: "the format argument sets it", 3: "cast='f32'",
+          4: "no_config=True leaves the configs as they are", 5: "pass manifest=PATH"}
+
+
 def _raise(status: int, err: Optional[_lib.Error_] = None, message: Optional[str] = None) -> None:
     text = message if message is not None else err.message.decode("utf-8", "replace") if err is not None else ""
+    if message is None and err is not None and err.hint in _HINTS:
+        text += f" ({_HINTS[err.hint]})"
     raise _BY_STATUS.get(status, Error)(text, status)
 
 

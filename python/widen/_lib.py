@@ -15,7 +15,7 @@ DTYPES = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F
 
 
 class Error_(ctypes.Structure):
-    _fields_ = [("status", ctypes.c_int), ("message", ctypes.c_char * 1024)]
+    _fields_ = [("status", ctypes.c_int), ("message", ctypes.c_char * 1024), ("hint", ctypes.c_int)]
 
 
 class TensorInfo(ctypes.Structure):

@@ -998,7 +998,7 @@ void widen_torch_notes(const widen_checkpoint *c, const widen_transform *tr, voi
         kept += widen_dtype_is_computable(s->dtype) && s->dtype != tr->cast_to && (s->pinned || s->v3_viewed);
     }
     if (kept) {
-        snprintf(line, sizeof line, "%s: --cast leaves %zu storage%s as %s: values widen does not model (sparse, "
+        snprintf(line, sizeof line, "%s: the cast leaves %zu storage%s as %s: values widen does not model (sparse, "
                  "quantized, _rebuild_tensor_v3 ...) use them", c->path, kept, kept == 1 ? "" : "s",
                  kept == 1 ? "it is" : "they are");
         widen_escape(line, sizeof line);
