@@ -14,14 +14,19 @@
 
 #include "widen/widen.h"
 
+/* apply -o -: the output goes to standard output as it is made, so an interruption leaves it cut
+ * short rather than absent. */
+static volatile sig_atomic_t streaming;
+
 /* SIGINT and SIGTERM end every command at once, whatever it is doing (reading a header, walking a
  * pickle, writing): the temporary outputs go, then the process. Only async-signal-safe calls. */
 static void on_signal(int sig)
 {
     (void)sig;
     static const char msg[] = "widen: error: interrupted; no output written\n";
+    static const char cut[] = "widen: error: interrupted; the output stream is incomplete\n";
     widen_remove_temporaries();
-    ssize_t ignored = write(2, msg, sizeof msg - 1);
+    ssize_t ignored = streaming ? write(2, cut, sizeof cut - 1) : write(2, msg, sizeof msg - 1);
     (void)ignored;
     _exit(WIDEN_EINTERRUPTED);
 }
@@ -146,7 +151,9 @@ static const char usage_apply[] =
     "  --cast f32|f16|bf16   cast every F32/F16/BF16 tensor (round to nearest even)\n"
     "\n"
     "output options:\n"
-    "  -o, --output FILE     the output (required); never the input\n"
+    "  -o, --output FILE     the output (required); never the input. -: standard output, written\n"
+    "                        front to back as a pipe takes it (safetensors or pt: --format, else\n"
+    "                        the input's; refused at a terminal, for npz and for model folders)\n"
     "  --format safetensors|pt|npz\n"
     "                        output format (default: from OUTPUT's extension: .safetensors, .pt,\n"
     "                        .pth, .bin, or .npz; else the input's); alone, a conversion. npz: as\n"
@@ -641,6 +648,9 @@ static int parse_uint(const char *text, const char *flag, unsigned long long max
 enum { OPT_FROM = 256, OPT_AXIS, OPT_TO, OPT_AT, OPT_INIT, OPT_MAP, OPT_CAST, OPT_FORMAT, OPT_MANIFEST, OPT_THREADS,
        OPT_PROGRESS, OPT_NO_PROGRESS, OPT_NO_FSYNC, OPT_FORCE, OPT_NORM_FILL, OPT_NO_CONFIG, OPT_DRY_RUN };
 
+/* What messages and the manifest call standard output (-o -). */
+static const char stdout_name[] = "<stdout>";
+
 typedef struct apply_args {
     const char *input, *output, *init, *map, *cast, *format, *manifest;
     const char **tensors;
@@ -990,7 +1000,8 @@ static int print_plan(const apply_args *a, widen_model *c, const widen_transform
 {
     struct stat st;
     int folder = widen_model_is_folder(c);
-    if (lstat(a->output, &st) == 0 && (folder || !a->force))
+    int to_stdout = strcmp(a->output, "-") == 0;
+    if (!to_stdout && lstat(a->output, &st) == 0 && (folder || !a->force))
         return fail(WIDEN_EUSAGE, "%s: exists (%s)", a->output,
                     folder ? "a model folder is written to a new folder" : "use --force to replace it");
     char *text = widen_transform_to_json(tr);
@@ -1005,7 +1016,8 @@ static int print_plan(const apply_args *a, widen_model *c, const widen_transform
     size_t k;
     json_array_foreach(json_object_get(root, "tensors"), k, edit)
         json_object_set(by_name, json_string_value(json_object_get(edit, "name")), edit);
-    printf("plan: %s -> %s (%s%s), nothing written (--dry-run)\n", shown(a->input, 0), shown(a->output, 1),
+    printf("plan: %s -> %s (%s%s), nothing written (--dry-run)\n", shown(a->input, 0),
+           to_stdout ? stdout_name : shown(a->output, 1),
            folder ? "a model folder; weight files as " : "", folder && !a->format ? "the input's" : output_format(a, c));
     size_t n = widen_model_tensor_count(c), changed = 0;
     uint64_t written = 0, copied = 0;
@@ -1069,11 +1081,25 @@ static void print_summary(const apply_args *a, widen_model *c, const widen_trans
     json_decref(by_name);
     json_decref(root);
     struct stat st;
-    if (stat(a->output, &st) == 0 && S_ISREG(st.st_mode)) total = (uint64_t)st.st_size;
+    int to_stdout = strcmp(a->output, "-") == 0;
+    if (!to_stdout && stat(a->output, &st) == 0 && S_ISREG(st.st_mode)) total = (uint64_t)st.st_size;
     char bytes[32];
     human((double)total, bytes, sizeof bytes);
-    fprintf(stderr, "widen: wrote %s: %zu tensor%s changed, %zu copied, %s in %.1f s\n", shown(a->output, 0), changed,
+    fprintf(stderr, "widen: wrote %s: %zu tensor%s changed, %zu copied, %s in %.1f s\n",
+            to_stdout ? stdout_name : shown(a->output, 0), changed,
             changed == 1 ? "" : "s", n - changed, bytes, elapsed);
+}
+
+/* -o -: what standard output cannot take, refused before anything is written (or planned). */
+static int check_stdout(const apply_args *a, const widen_model *c)
+{
+    if (widen_model_is_folder(c))
+        return fail(WIDEN_EUSAGE, "-o -: %s is a model folder, which goes to a new folder, not to standard output",
+                    shown(a->input, 0));
+    if (strcmp(output_format(a, c), "npz") == 0)
+        return fail(WIDEN_EUSAGE, "-o -: an .npz cannot be streamed (each member's CRC goes back into its header "
+                    "once written); pass --format safetensors or pt, or name a file");
+    return 0;
 }
 
 static int cmd_apply(int argc, char **argv)
@@ -1088,7 +1114,10 @@ static int cmd_apply(int argc, char **argv)
     widen_error err;
     widen_transform *tr = widen_transform_new();
     widen_model *c = NULL;
+    int to_stdout = strcmp(a.output, "-") == 0;
     if (!tr) rc = fail(WIDEN_EIO, "out of memory");
+    /* as zstd does: binary is never for a person to read */
+    if (!rc && to_stdout && !a.dry_run && isatty(1)) rc = fail(WIDEN_EUSAGE, "refusing to write a checkpoint to a terminal");
     if (!rc && a.format && strcmp(a.format, "safetensors") != 0 && strcmp(a.format, "pt") != 0 &&
         strcmp(a.format, "npz") != 0)
         rc = fail(WIDEN_EUSAGE, "--format: '%s' is not safetensors, pt or npz", a.format);
@@ -1107,13 +1136,17 @@ static int cmd_apply(int argc, char **argv)
     /* JAX/Flax kernels (HWIO) come as .npz: their input channels are axis -2 */
     if (!rc && !a.have_axis && !widen_model_is_folder(c) && strcmp(widen_checkpoint_format(widen_model_file(c, 0)), "npz") == 0)
         a.axis = -2;
+    if (!rc && to_stdout) rc = check_stdout(&a, c);
     if (!rc && (a.have_to || a.map)) rc = build_maps(&a, c, tr, a.dry_run);
     if (!rc && a.dry_run) {
         rc = print_plan(&a, c, tr, a.cast != NULL, to);
     } else if (!rc) {
         widen_apply_options o;
         widen_apply_options_init(&o, sizeof o);
-        progress_state ps = {.show = a.progress < 0 ? isatty(2) : a.progress, .fsync = a.fsync, .start = now()};
+        struct stat out_st;
+        int regular = !to_stdout || (fstat(1, &out_st) == 0 && S_ISREG(out_st.st_mode)); /* what fsync applies to */
+        progress_state ps = {.show = a.progress < 0 ? isatty(2) : a.progress, .fsync = a.fsync && regular,
+                             .start = now()};
         o.threads = (unsigned)a.threads;
         o.fsync = a.fsync;
         o.overwrite = a.force;
@@ -1129,7 +1162,15 @@ static int cmd_apply(int argc, char **argv)
         if ((a.norm_fill || a.no_config) && !widen_model_is_folder(c) && !quiet)
             fprintf(stderr, "widen: warning: %s: --norm-fill and --no-config are for model folders; a file has no configs\n",
                     shown(a.input, 0));
-        widen_status st = widen_model_apply(c, a.output, tr, &o, &err);
+        widen_status st;
+        if (to_stdout) {
+            signal(SIGPIPE, SIG_IGN); /* a reader gone: a write error (exit 4), temporaries removed */
+            streaming = 1;
+            st = widen_apply_to_fd(widen_model_file(c, 0), 1, stdout_name, tr, &o, &err);
+            streaming = 0;
+        } else {
+            st = widen_model_apply(c, a.output, tr, &o, &err);
+        }
         progress_end(&ps);
         if (st) rc = fail_err(&err);
         else if (isatty(2)) print_summary(&a, c, tr, a.cast != NULL, to, ps.total, now() - started);

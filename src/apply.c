@@ -1,4 +1,5 @@
-/* apply.c: file to file: plan, stream into a temporary file beside the output, fsync, rename. */
+/* apply.c: file to file: plan, stream into a temporary file beside the output, fsync, rename; or
+ * front to back into a descriptor (a pipe, a socket), with no temporary. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -466,7 +467,7 @@ static widen_status check_target(const char *input, const char *output, const ch
     struct stat in, out;
     if (!*output) return widen_fail(err, WIDEN_EUSAGE, "the %s path is empty", what);
     if (strcmp(output, "-") == 0)
-        return widen_fail(err, WIDEN_EUSAGE, "-: widen does not write to standard output yet; name a file");
+        return widen_fail(err, WIDEN_EUSAGE, "-: a path, not standard output (widen_apply_to_fd writes to a descriptor)");
     if (stat(output, &out) == 0 && stat(input, &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino)
         return widen_fail(err, WIDEN_EUSAGE, "%s: the %s is the input file; widen never overwrites its input", output, what);
     if (lstat(output, &out) != 0) return WIDEN_OK;
@@ -554,32 +555,91 @@ void widen_apply_record_sizes(widen_apply_record *record, const widen_plan *plan
     }
 }
 
-widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
-                              const widen_apply_options *options, widen_apply_record *record, widen_error *err)
+/* Where one apply's bytes go: a temporary file beside `name`, renamed into place once complete (fd
+ * < 0), or a descriptor the caller opened, written front to back as the bytes come (a stream). */
+typedef struct apply_target {
+    const char *name; /* the output's path; for a stream, what messages and the manifest call it */
+    int fd;           /* a stream's descriptor, else -1 */
+    int regular;      /* a stream that is a regular file: copy_file_range and fsync apply to it */
+} apply_target;
+
+/* Refuses a stream that cannot take a checkpoint: a descriptor not open for writing, a folder, a
+ * terminal, the input file itself, or the manifest's file. */
+static widen_status check_stream(const char *input, apply_target *t, const char *manifest_path, widen_error *err)
 {
-    widen_apply_options given;
-    if (!ckpt || !output || !transform)
-        return widen_fail(err, WIDEN_EUSAGE, "widen_apply_checkpoint needs a checkpoint, an output path and a transform");
-    widen_status st = widen_apply_options_read(options, &given, err);
-    if (st) return st;
-    options = &given;
-    const char *input = ckpt->path;
-    if ((st = widen_isa_init(err))) return st;
-    if ((st = check_target(input, output, "output", options->overwrite, err))) return st;
+    struct stat in, out, man;
+    int flags = fcntl(t->fd, F_GETFL);
+    if (flags < 0 || fstat(t->fd, &out) != 0)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: descriptor %d is not open", t->name, t->fd);
+    if ((flags & O_ACCMODE) == O_RDONLY)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: descriptor %d is not open for writing", t->name, t->fd);
+    if (S_ISDIR(out.st_mode)) return widen_fail(err, WIDEN_EUSAGE, "%s: is a directory", t->name);
+    if (isatty(t->fd)) return widen_fail(err, WIDEN_EUSAGE, "%s: refusing to write a checkpoint to a terminal", t->name);
+    if (stat(input, &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: the output is the input file; widen never overwrites its input", t->name);
+    if (manifest_path && stat(manifest_path, &man) == 0 && man.st_dev == out.st_dev && man.st_ino == out.st_ino)
+        return widen_fail(err, WIDEN_EUSAGE, "%s: the manifest and the output are the same file", t->name);
+    t->regular = S_ISREG(out.st_mode);
+    return WIDEN_OK;
+}
+
+/* Checks the output and the manifest targets; returns the output format (NULL after a failure). */
+static const char *check_targets(const widen_checkpoint *ckpt, apply_target *t, const widen_apply_options *options,
+                                 widen_status *st, widen_error *err)
+{
+    const char *input = ckpt->path, *output = t->name;
+    if (t->fd >= 0 ? (*st = check_stream(input, t, options->manifest_path, err))
+                   : (*st = check_target(input, output, "output", options->overwrite, err)))
+        return NULL;
     if (options->manifest_path) {
-        if ((st = check_target(input, options->manifest_path, "manifest", options->overwrite, err))) return st;
-        char *a = resolved(output), *b = resolved(options->manifest_path);
+        if ((*st = check_target(input, options->manifest_path, "manifest", options->overwrite, err))) return NULL;
+        char *a = t->fd < 0 ? resolved(output) : NULL, *b = t->fd < 0 ? resolved(options->manifest_path) : NULL;
         int same = a && b && strcmp(a, b) == 0;
         free(a);
         free(b);
-        if (same) return widen_fail(err, WIDEN_EUSAGE, "%s: the manifest and the output are the same file", output);
+        if (same) {
+            *st = widen_fail(err, WIDEN_EUSAGE, "%s: the manifest and the output are the same file", output);
+            return NULL;
+        }
     }
-    const char *format = output_format(options->format, output, ckpt->format);
+    /* a stream has no name to take a format from: the option, else the input's */
+    const char *format = t->fd >= 0 ? (options->format ? options->format : ckpt->format)
+                                    : output_format(options->format, output, ckpt->format);
     if (strcmp(format, "npy") == 0)
-        return widen_fail_hint(err, WIDEN_HINT_FORMAT, WIDEN_EUSAGE, "%s: widen does not write .npy files: name an "
-                               ".npz, .safetensors or .pt output, or choose one of those formats", output);
-    if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0 && strcmp(format, "npz") != 0)
-        return widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors, pt or npz", format);
+        *st = widen_fail_hint(err, WIDEN_HINT_FORMAT, WIDEN_EUSAGE, "%s: widen does not write .npy files: name an "
+                              ".npz, .safetensors or .pt output, or choose one of those formats", output);
+    else if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0 && strcmp(format, "npz") != 0)
+        *st = widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors, pt or npz", format);
+    else if (t->fd >= 0 && strcmp(format, "npz") == 0) /* np.savez's local headers hold each member's CRC */
+        *st = widen_fail(err, WIDEN_EUSAGE, "%s: an .npz cannot be streamed (each member's CRC goes back into its "
+                         "header once written): write it to a file, or choose safetensors or pt", output);
+    return *st ? NULL : format;
+}
+
+/* Appends to a stream's failure message that what the reader got so far is not a checkpoint. */
+static widen_status stream_failed(widen_status st, widen_error *err)
+{
+    if (err && st) {
+        size_t n = strlen(err->message);
+        snprintf(err->message + n, sizeof err->message - n, "; the output stream is incomplete");
+    }
+    return st;
+}
+
+/* One apply, to a file (a temporary renamed into place) or to a stream: every check, then the
+ * manifest's temporary, then the bytes front to back, then the manifest, then the rename. */
+static widen_status apply_to(widen_checkpoint *ckpt, apply_target target, const widen_transform *transform,
+                             const widen_apply_options *options, widen_apply_record *record, widen_error *err)
+{
+    widen_apply_options given;
+    widen_status st = widen_apply_options_read(options, &given, err);
+    if (st) return st;
+    options = &given;
+    const char *input = ckpt->path, *output = target.name;
+    int stream = target.fd >= 0;
+    if ((st = widen_isa_init(err))) return st;
+    const char *format = check_targets(ckpt, &target, options, &st, err);
+    if (st) return st;
     int to_pt = strcmp(format, "pt") == 0, to_npz = strcmp(format, "npz") == 0;
     widen_plan plan;
     char *provenance = NULL, *manifest = NULL;
@@ -608,9 +668,13 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
     widen_exec_options eo = {.threads = options->threads ? options->threads : (unsigned)(cpus > 0 ? cpus : 1),
                              .isa = WIDEN_ISA_COUNT, .progress = options->progress,
                              .progress_user = options->progress_user};
-    if ((st = widen_temp_open(output, &out, err))) goto done;
+    /* the manifest's temporary before the first byte: a manifest folder that cannot take it is known
+     * while the output is still untouched */
+    if (options->manifest_path && (st = widen_temp_open(options->manifest_path, &man, err))) goto done;
+    if (!stream && (st = widen_temp_open(output, &out, err))) goto done;
     widen_file_output file;
-    widen_file_output_init(&file, out.fd, output);
+    widen_file_output_init(&file, stream ? target.fd : out.fd, output);
+    if (stream && !target.regular) file.base.copy = NULL; /* copy_file_range takes files only */
     if (to_pt) {
         metadata_notice(ckpt, options, 1);
         widen_torch_notes(ckpt, transform, options->warning, options->warning_user);
@@ -627,8 +691,12 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
     }
     if (!st) st = widen_file_output_flush(&file, err);
     widen_file_output_free(&file);
-    if (st) {
-        if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; no output written", output);
+    if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; %s", output, stream ? "the output stream is "
+                                             "incomplete" : "no output written");
+    else if (st && stream) stream_failed(st, err);
+    if (st) goto done;
+    if (stream && target.regular && options->fsync && fsync(target.fd) != 0) {
+        st = widen_fail(err, WIDEN_EIO, "%s: fsync failed: %s", output, strerror(errno));
         goto done;
     }
     if (record) widen_apply_record_sizes(record, &plan);
@@ -645,12 +713,11 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
             st = widen_fail(err, WIDEN_EIO, "out of memory");
             goto done;
         }
-        if ((st = widen_temp_open(options->manifest_path, &man, err))) goto done;
         if ((st = widen_write_all(man.fd, manifest, strlen(manifest), options->manifest_path, err))) goto done;
         if ((st = widen_write_all(man.fd, "\n", 1, options->manifest_path, err))) goto done;
         if ((st = widen_temp_commit(&man, options->manifest_path, options->fsync, options->overwrite, err))) goto done;
     }
-    st = widen_temp_commit(&out, output, options->fsync, options->overwrite, err);
+    if (!stream) st = widen_temp_commit(&out, output, options->fsync, options->overwrite, err);
 done:
     if (st) {
         widen_temp_discard(&out);
@@ -663,4 +730,21 @@ done:
     free(manifest);
     widen_plan_free(&plan);
     return st;
+}
+
+widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
+                              const widen_apply_options *options, widen_apply_record *record, widen_error *err)
+{
+    if (!ckpt || !output || !transform)
+        return widen_fail(err, WIDEN_EUSAGE, "widen_apply_checkpoint needs a checkpoint, an output path and a transform");
+    return apply_to(ckpt, (apply_target){.name = output, .fd = -1}, transform, options, record, err);
+}
+
+widen_status widen_apply_to_fd(widen_checkpoint *input, int fd, const char *name, const widen_transform *transform,
+                               const widen_apply_options *options, widen_error *err)
+{
+    if (!input || fd < 0 || !transform)
+        return widen_fail(err, WIDEN_EUSAGE, "widen_apply_to_fd needs a checkpoint, an open descriptor and a transform");
+    return apply_to(input, (apply_target){.name = name ? name : "<output stream>", .fd = fd}, transform, options, NULL,
+                    err);
 }

@@ -38,7 +38,7 @@ widen_status widen_safetensors_write(const widen_checkpoint *ckpt, widen_plan *p
     if (st) return st;
     write_sink ws = {.out = out, .in_fd = widen_checkpoint_fd(ckpt)};
     widen_exec_options eo = *options;
-    eo.copy = sink_copy;
+    eo.copy = out->copy ? sink_copy : NULL; /* no copy at all (a pipe, a comparison): no run hashed twice */
     return widen_execute(ckpt, plan, &eo, sink_write, &ws, err);
 }
 

@@ -365,7 +365,7 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, w
     plan.count = w.keys;
     archive_sink sink = {.ckpt = c, .out = out, .zw = &zw};
     widen_exec_options copying = *eo;
-    copying.copy = sink_archive_copy;
+    copying.copy = out->copy ? sink_archive_copy : NULL;
     copying.copy_one_item = 1;
     copying.copied = sink_archive_copied;
     if (!st) st = small_record(&sink, "data.pkl", pickle.data, pickle.len, err);

@@ -72,8 +72,8 @@ def load(path):
     return metadata, tensors, header, 8 + n
 
 
-def run(*args, env=None, check=None):
-    """Runs the widen CLI; returns the CompletedProcess (text mode)."""
+def cli_env(env=None):
+    """The environment the CLI runs in: this one, less WIDEN_ISA, plus `env`."""
     full_env = dict(os.environ)
     full_env.pop("WIDEN_ISA", None)
     if full_env.pop("LD_PRELOAD", None) is not None or os.environ.get("WIDEN_SANITIZE"):
@@ -81,7 +81,12 @@ def run(*args, env=None, check=None):
         full_env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0"
     if env:
         full_env.update(env)
-    proc = subprocess.run([WIDEN, *map(str, args)], capture_output=True, text=True, env=full_env)
+    return full_env
+
+
+def run(*args, env=None, check=None):
+    """Runs the widen CLI; returns the CompletedProcess (text mode)."""
+    proc = subprocess.run([WIDEN, *map(str, args)], capture_output=True, text=True, env=cli_env(env))
     if check is not None:
         assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
     return proc

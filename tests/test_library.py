@@ -144,6 +144,7 @@ NULL_CALLS = [  # (function, argtypes, restype, args, expected result); P = a po
     ("widen_apply_options_init", "PZ", None, (None, 64), None),
     ("widen_apply", "PPPPP", ctypes.c_int, (None, None, None, None, None), 2),
     ("widen_apply_checkpoint", "PPPPP", ctypes.c_int, (None, None, None, None, None), 2),
+    ("widen_apply_to_fd", "PiPPPP", ctypes.c_int, (None, 1, None, None, None, None), 2),
     ("widen_verify", "PPPPP", ctypes.c_int, (None, None, None, None, None), 2),
     ("widen_model_open", "PPP", ctypes.c_int, (None, None, None), 2),
     ("widen_model_close", "P", None, (None,), None),

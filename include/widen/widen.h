@@ -360,6 +360,28 @@ widen_status widen_apply_checkpoint(widen_checkpoint *input, const char *output_
                                     const widen_transform *transform, const widen_apply_options *options,
                                     widen_error *err);
 
+/* widen_apply_checkpoint into an open descriptor, front to back, for a pipeline that streams the
+ * output on (`widen apply IN -o -`): a pipe, a socket, or a regular file at its current offset (its
+ * bytes then follow the offset; nothing before it is touched). No temporary file and no rename: the
+ * bytes leave as they are made, the same bytes widen_apply_checkpoint would write to a file.
+ * - `name` is what messages and the manifest call the output (NULL: "<output stream>").
+ * - The format is options->format, "safetensors" or "pt" (NULL: the input's format); "npz" is
+ *   WIDEN_EUSAGE, as an .npz goes back to write each member's CRC into its header.
+ * - Every check widen_apply_checkpoint makes (targets, format, tensors, transform, the manifest's
+ *   folder) is made before the first byte is written; WIDEN_EUSAGE also for a descriptor that is
+ *   not open for writing, a folder, a terminal, or the input file itself.
+ * - A failure once writing has begun (a write error, a reader that closed the pipe, the progress
+ *   callback asking to stop) returns its status with a message that ends "the output stream is
+ *   incomplete": the reader must discard what it got. A pipe whose reader has gone raises SIGPIPE,
+ *   which ends the process unless the program ignores or handles it (then: WIDEN_EIO).
+ * - options->fsync fsyncs the descriptor at the end where it is a regular file; overwrite applies
+ *   to the manifest only. The manifest (options->manifest_path) is written as widen_apply writes
+ *   it (a temporary renamed into place), once the output's last byte is written; if that fails, the
+ *   stream was complete and the message names the manifest.
+ * The descriptor stays open (the caller closes it); the checkpoint stays open and unchanged. */
+widen_status widen_apply_to_fd(widen_checkpoint *input, int fd, const char *name, const widen_transform *transform,
+                               const widen_apply_options *options, widen_error *err);
+
 /* For a program's handler of fatal signals (SIGBUS when a file shrinks under its mapping): removes
  * the temporary files of every widen_apply in progress, so that no partial output is left behind.
  * Async-signal-safe; the process is expected to exit right after. */

@@ -4,7 +4,8 @@ ctypes bindings over libwiden (the C library; no compiled extension here):
 
 - ``widen.open(path)``: a checkpoint's tensors, and ``get(name)`` as a NumPy array that views the
   file's read-only mapping where its bytes are already the array (zero-copy), else a copy.
-- ``widen.apply(src, dst, ...)``: widen or remap tensors, cast, convert; streamed, hashed, atomic.
+- ``widen.apply(src, dst, ...)``: widen or remap tensors, cast, convert; streamed, hashed, atomic
+  (``dst`` a path), or streamed front to back into an open file or descriptor.
 - ``widen.verify(input, output)`` and ``widen.hash(path)``.
 - ``widen.remap(array, axis, map)``: the channel-map kernels on an in-memory array.
 
@@ -23,7 +24,7 @@ import os
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -323,8 +324,20 @@ def _parse_map(map: Union[str, Sequence[Union[int, str]]]) -> "ctypes.Array[_lib
 _CASTS = {"f32": 14, "f16": 10, "bf16": 11}
 
 
-def apply(src: PathLike, dst: PathLike, tensors: Union[None, str, Sequence[str]] = None, to: Optional[int] = None,
-          init: Optional[str] = None, at: Optional[int] = None, map: Union[None, str, Sequence[Union[int, str]]] = None,
+def _stream(dst: object) -> Optional[Tuple[int, bytes]]:
+    """A destination that is an open file or descriptor: (its descriptor, its name), flushed first."""
+    if isinstance(dst, int) and not isinstance(dst, bool):
+        return dst, b"<stdout>" if dst == 1 else f"<fd {dst}>".encode()
+    if isinstance(dst, (str, bytes, os.PathLike)) or not hasattr(dst, "fileno"):
+        return None
+    dst.flush()
+    name = getattr(dst, "name", None)
+    return dst.fileno(), os.fsencode(name) if isinstance(name, (str, bytes)) else f"<fd {dst.fileno()}>".encode()
+
+
+def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[None, str, Sequence[str]] = None,
+          to: Optional[int] = None, init: Optional[str] = None, at: Optional[int] = None,
+          map: Union[None, str, Sequence[Union[int, str]]] = None,
           cast: Optional[str] = None, axis: Optional[int] = None, channels_from: int = 3,
           manifest: Optional[PathLike] = None, format: Optional[str] = None, threads: int = 0, fsync: bool = True,
           overwrite: bool = False, no_config: bool = False, norm_fill: Optional[Tuple[float, float]] = None,
@@ -340,7 +353,12 @@ def apply(src: PathLike, dst: PathLike, tensors: Union[None, str, Sequence[str]]
     bf16. ``axis`` defaults to 1 (-2 for an .npz). ``progress(done, total)`` is called as bytes are
     written; a true return value stops the run with ``Interrupted``, an exception it raises stops it
     and is re-raised. Notices go to ``warning(message)``, else to ``warnings.warn`` (WidenWarning).
-    The output appears only when complete: after any failure there is none."""
+    The output appears only when complete: after any failure there is none.
+
+    ``dst`` may also be an open binary file (flushed first) or a descriptor: the output is then
+    written into it front to back as it is made, from its position on (a pipe, a socket, a file;
+    ``format`` safetensors or pt, default the input's; not a terminal, not a model folder), every
+    check made before the first byte; after a failure there, what it got is incomplete."""
     if map is not None and (init is not None or at is not None):
         raise UsageError("init and at go with to, not map")
     if (init is not None or at is not None) and to is None:
@@ -385,7 +403,14 @@ def apply(src: PathLike, dst: PathLike, tensors: Union[None, str, Sequence[str]]
         if norm_fill is not None:
             options.norm_fill = 1
             options.norm_fill_mean, options.norm_fill_std = float(norm_fill[0]), float(norm_fill[1])
-        status = lib.widen_model_apply(model, _path(dst), tr, ctypes.byref(options), ctypes.byref(err))
+        stream = _stream(dst)
+        if stream and lib.widen_model_is_folder(model):
+            raise UsageError(f"{os.fspath(src)}: a model folder is written to a new folder, not to a stream")
+        if stream:
+            status = lib.widen_apply_to_fd(lib.widen_model_file(model, 0), stream[0], stream[1], tr,
+                                           ctypes.byref(options), ctypes.byref(err))
+        else:
+            status = lib.widen_model_apply(model, _path(dst), tr, ctypes.byref(options), ctypes.byref(err))
         if callbacks.exception is not None:
             raise callbacks.exception
         _check(status, err)

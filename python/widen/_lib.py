@@ -146,6 +146,8 @@ _sigs = {
     "widen_model_tensor_find": (ctypes.c_long, [ctypes.c_void_p, ctypes.c_char_p]),
     "widen_model_find_candidates": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                                                       P(ctypes.c_size_t), ctypes.c_size_t]),
+    "widen_apply_to_fd": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                                         P(ApplyOptions), P(Error_)]),
     "widen_model_apply": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, P(ApplyOptions),
                                          P(Error_)]),
     "widen_model_verify": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, P(VerifyOptions), P(VerifyReport),
