@@ -870,24 +870,8 @@ static int select_tensors(const apply_args *a, const widen_model *c, const char 
     return 0;
 }
 
-/* For --dry-run: what planning the file would refuse, checked before anything is printed. */
-static int plan_check(const apply_args *a, const widen_tensor_info *t, const char *name, int axis,
-                      const widen_map_entry *map, size_t count)
-{
-    uint64_t channels = t->shape[axis];
-    for (size_t k = 0; map && k < count; k++) {
-        if ((map[k].kind == WIDEN_MAP_SOURCE || map[k].kind == WIDEN_MAP_SCALE) && map[k].channel >= channels)
-            return fail(WIDEN_EUSAGE, "%s: tensor '%s' has %llu channels on axis %d: no channel %u", a->input, name,
-                        (unsigned long long)channels, axis, map[k].channel);
-        if (map[k].kind > WIDEN_MAP_ZERO && !widen_dtype_is_computable(t->dtype))
-            return fail(WIDEN_EUSAGE, "%s: tensor '%s' is %s: --map entry %zu needs an F32, F16 or BF16 tensor", a->input,
-                        name, widen_dtype_name(t->dtype), k);
-    }
-    return 0;
-}
-
 /* Adds the map of every selected tensor to the transform. */
-static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr, int plan)
+static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr)
 {
     widen_error err;
     size_t count = a->ntensors;
@@ -953,7 +937,6 @@ static int build_maps(const apply_args *a, widen_model *c, widen_transform *tr, 
                       pattern ? " (matched by '" : "", pattern ? pattern : "", pattern ? "')" : "", t->rank, a->axis);
             break;
         }
-        if (plan && (rc = plan_check(a, t, name, axis, a->map ? given : NULL, given_n))) break;
         if (a->have_to && !a->map) {
             widen_map_entry *m = calloc(a->to ? a->to : 1, sizeof *m);
             if (!m) {
@@ -998,12 +981,9 @@ static const char *output_format(const apply_args *a, const widen_model *c)
  * kernels and the bytes copied untouched, the output and its format, on stdout. Writes nothing. */
 static int print_plan(const apply_args *a, widen_model *c, const widen_transform *tr, int cast, widen_dtype cast_to)
 {
-    struct stat st;
+    /* the library's dry run has made every check of the real run */
     int folder = widen_model_is_folder(c);
     int to_stdout = strcmp(a->output, "-") == 0;
-    if (!to_stdout && lstat(a->output, &st) == 0 && (folder || !a->force))
-        return fail(WIDEN_EUSAGE, "%s: exists (%s)", a->output,
-                    folder ? "a model folder is written to a new folder" : "use --force to replace it");
     char *text = widen_transform_to_json(tr);
     json_t *root = text ? json_loads(text, 0, NULL) : NULL, *by_name = json_object();
     free(text);
@@ -1137,16 +1117,14 @@ static int cmd_apply(int argc, char **argv)
     if (!rc && !a.have_axis && !widen_model_is_folder(c) && strcmp(widen_checkpoint_format(widen_model_file(c, 0)), "npz") == 0)
         a.axis = -2;
     if (!rc && to_stdout) rc = check_stdout(&a, c);
-    if (!rc && (a.have_to || a.map)) rc = build_maps(&a, c, tr, a.dry_run);
-    if (!rc && a.dry_run) {
-        rc = print_plan(&a, c, tr, a.cast != NULL, to);
-    } else if (!rc) {
+    if (!rc && (a.have_to || a.map)) rc = build_maps(&a, c, tr);
+    if (!rc) {
         widen_apply_options o;
         widen_apply_options_init(&o, sizeof o);
         struct stat out_st;
         int regular = !to_stdout || (fstat(1, &out_st) == 0 && S_ISREG(out_st.st_mode)); /* what fsync applies to */
-        progress_state ps = {.show = a.progress < 0 ? isatty(2) : a.progress, .fsync = a.fsync && regular,
-                             .start = now()};
+        progress_state ps = {.show = !a.dry_run && (a.progress < 0 ? isatty(2) : a.progress),
+                             .fsync = a.fsync && regular, .start = now()};
         o.threads = (unsigned)a.threads;
         o.fsync = a.fsync;
         o.overwrite = a.force;
@@ -1159,6 +1137,7 @@ static int cmd_apply(int argc, char **argv)
         o.norm_fill = a.norm_fill;
         o.norm_fill_mean = a.norm_mean;
         o.norm_fill_std = a.norm_std;
+        o.dry_run = a.dry_run; /* every check and notice of the real run, then the plan printed */
         if ((a.norm_fill || a.no_config) && !widen_model_is_folder(c) && !quiet)
             fprintf(stderr, "widen: warning: %s: --norm-fill and --no-config are for model folders; a file has no configs\n",
                     shown(a.input, 0));
@@ -1173,6 +1152,7 @@ static int cmd_apply(int argc, char **argv)
         }
         progress_end(&ps);
         if (st) rc = fail_err(&err);
+        else if (a.dry_run) rc = print_plan(&a, c, tr, a.cast != NULL, to);
         else if (isatty(2)) print_summary(&a, c, tr, a.cast != NULL, to, ps.total, now() - started);
     }
     widen_model_close(c);

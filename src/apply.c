@@ -561,11 +561,28 @@ typedef struct apply_target {
     const char *name; /* the output's path; for a stream, what messages and the manifest call it */
     int fd;           /* a stream's descriptor, else -1 */
     int regular;      /* a stream that is a regular file: copy_file_range and fsync apply to it */
+    int in_new_folder; /* a model folder's file: its folder is made by the folder's apply */
 } apply_target;
+
+/* For a dry run: the folder a temporary file beside `target` would go into exists and takes files
+ * (what widen_temp_open would find out by creating one). */
+widen_status widen_writable_folder(const char *target, const char *what, widen_error *err)
+{
+    char *copy = strdup(target);
+    if (!copy) return widen_fail(err, WIDEN_EIO, "out of memory");
+    const char *dir = dirname(copy);
+    struct stat st;
+    int error = stat(dir, &st) != 0 ? errno : !S_ISDIR(st.st_mode) ? ENOTDIR : access(dir, W_OK | X_OK) != 0 ? errno : 0;
+    widen_status status = error ? widen_fail(err, WIDEN_EIO, "%s: cannot create %s in %s: %s", target, what, dir,
+                                             strerror(error)) : WIDEN_OK;
+    free(copy);
+    return status;
+}
 
 /* Refuses a stream that cannot take a checkpoint: a descriptor not open for writing, a folder, a
  * terminal, the input file itself, or the manifest's file. */
-static widen_status check_stream(const char *input, apply_target *t, const char *manifest_path, widen_error *err)
+static widen_status check_stream(const char *input, apply_target *t, const char *manifest_path, int dry_run,
+                                 widen_error *err)
 {
     struct stat in, out, man;
     int flags = fcntl(t->fd, F_GETFL);
@@ -574,7 +591,7 @@ static widen_status check_stream(const char *input, apply_target *t, const char 
     if ((flags & O_ACCMODE) == O_RDONLY)
         return widen_fail(err, WIDEN_EUSAGE, "%s: descriptor %d is not open for writing", t->name, t->fd);
     if (S_ISDIR(out.st_mode)) return widen_fail(err, WIDEN_EUSAGE, "%s: is a directory", t->name);
-    if (isatty(t->fd)) return widen_fail(err, WIDEN_EUSAGE, "%s: refusing to write a checkpoint to a terminal", t->name);
+    if (isatty(t->fd) && !dry_run) return widen_fail(err, WIDEN_EUSAGE, "%s: refusing to write a checkpoint to a terminal", t->name);
     if (stat(input, &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino)
         return widen_fail(err, WIDEN_EUSAGE, "%s: the output is the input file; widen never overwrites its input", t->name);
     if (manifest_path && stat(manifest_path, &man) == 0 && man.st_dev == out.st_dev && man.st_ino == out.st_ino)
@@ -588,7 +605,7 @@ static const char *check_targets(const widen_checkpoint *ckpt, apply_target *t, 
                                  widen_status *st, widen_error *err)
 {
     const char *input = ckpt->path, *output = t->name;
-    if (t->fd >= 0 ? (*st = check_stream(input, t, options->manifest_path, err))
+    if (t->fd >= 0 ? (*st = check_stream(input, t, options->manifest_path, options->dry_run, err))
                    : (*st = check_target(input, output, "output", options->overwrite, err)))
         return NULL;
     if (options->manifest_path) {
@@ -657,12 +674,22 @@ static widen_status apply_to(widen_checkpoint *ckpt, apply_target target, const 
         st = widen_fail(err, WIDEN_EIO, "out of memory");
         goto done;
     }
+    /* what a .pt, .npz or safetensors output leaves out: said before anything is written */
+    if (to_pt) metadata_notice(ckpt, options, 1), widen_torch_notes(ckpt, transform, options->warning, options->warning_user);
+    else if (to_npz) metadata_notice(ckpt, options, 0);
+    else widen_torch_conversion_notes(ckpt, "safetensors", options->warning, options->warning_user);
+    if (to_npz) widen_torch_conversion_notes(ckpt, "an .npz archive", options->warning, options->warning_user);
     if (to_npz && !widen_npz_comment_for(provenance) && !options->manifest_path && options->warning) {
         char line[600];
         snprintf(line, sizeof line, "%s: the transform is too long for the archive comment that records it, and no "
                  "manifest is written: verify will need one", output);
         widen_escape(line, sizeof line);
         options->warning(options->warning_user, line);
+    }
+    if (options->dry_run) {
+        if (!stream && !target.in_new_folder) st = widen_writable_folder(output, "a file", err);
+        if (!st && options->manifest_path) st = widen_writable_folder(options->manifest_path, "a file", err);
+        goto done;
     }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     widen_exec_options eo = {.threads = options->threads ? options->threads : (unsigned)(cpus > 0 ? cpus : 1),
@@ -676,17 +703,12 @@ static widen_status apply_to(widen_checkpoint *ckpt, apply_target target, const 
     widen_file_output_init(&file, stream ? target.fd : out.fd, output);
     if (stream && !target.regular) file.base.copy = NULL; /* copy_file_range takes files only */
     if (to_pt) {
-        metadata_notice(ckpt, options, 1);
-        widen_torch_notes(ckpt, transform, options->warning, options->warning_user);
         st = widen_torch_write(ckpt, transform, &plan, &file.base, &eo, NULL, err);
         if (!st && (options->manifest_path || (record && record->tensors)))
             st = widen_torch_hash_views(ckpt, &plan, &eo, err);
     } else if (to_npz) {
-        metadata_notice(ckpt, options, 0);
-        widen_torch_conversion_notes(ckpt, "an .npz archive", options->warning, options->warning_user);
         st = widen_npz_write(ckpt, &plan, provenance, &file.base, &eo, NULL, err);
     } else {
-        widen_torch_conversion_notes(ckpt, "safetensors", options->warning, options->warning_user);
         st = widen_safetensors_write(ckpt, &plan, provenance, &file.base, &eo, err);
     }
     if (!st) st = widen_file_output_flush(&file, err);
@@ -737,7 +759,9 @@ widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const 
 {
     if (!ckpt || !output || !transform)
         return widen_fail(err, WIDEN_EUSAGE, "widen_apply_checkpoint needs a checkpoint, an output path and a transform");
-    return apply_to(ckpt, (apply_target){.name = output, .fd = -1}, transform, options, record, err);
+    /* a record is kept for a model folder's files, which go into the folder its apply makes */
+    return apply_to(ckpt, (apply_target){.name = output, .fd = -1, .in_new_folder = record != NULL}, transform, options,
+                    record, err);
 }
 
 widen_status widen_apply_to_fd(widen_checkpoint *input, int fd, const char *name, const widen_transform *transform,

@@ -26,6 +26,10 @@ void widen_apply_record_sizes(widen_apply_record *record, const widen_plan *plan
 /* The caller's options (NULL: the defaults) read into `out` as widen.h's growth rules say. */
 widen_status widen_apply_options_read(const widen_apply_options *given, widen_apply_options *out, widen_error *err);
 
+/* WIDEN_EIO, as creating a temporary `what` ("a file", "a folder") would give, when the folder of `target` does not exist or
+ * does not take files (a dry run's check). */
+widen_status widen_writable_folder(const char *target, const char *what, widen_error *err);
+
 widen_status widen_apply_file(widen_checkpoint *ckpt, const char *output, const widen_transform *transform,
                               const widen_apply_options *options, widen_apply_record *record, widen_error *err);
 

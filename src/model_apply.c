@@ -900,13 +900,31 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     for (size_t i = 0; i < p.count; i++)
         if (p.files[i].op == PLAN_REWRITE) fp.total += m->files[p.files[i].part].ckpt->size;
     if (!provenance) st = widen_fail(err, WIDEN_EIO, "out of memory");
-    /* every file, and each folder above it (as deep as a listing goes) */
-    if (!st) st = widen_temp_folder_open(output, p.count * 18 + 16, &tf, err);
     widen_apply_options fo = *options;
     fo.manifest_path = NULL;
     fo.overwrite = 0;
     fo.progress = on_progress;
     fo.progress_user = &fp;
+    if (!st && options->dry_run) {
+        /* the folder's parent and the manifest's take files; each rewritten file passes apply's checks */
+        st = widen_writable_folder(output, "a folder", err);
+        if (!st && options->manifest_path) st = widen_writable_folder(options->manifest_path, "a file", err);
+        for (size_t i = 0; i < p.count && !st; i++) {
+            plan_file *pf = &p.files[i];
+            char *to = pf->op == PLAN_REWRITE ? join(output, pf->out_rel) : NULL;
+            widen_apply_record none = {0};
+            fo.format = pf->format;
+            if (pf->op == PLAN_REWRITE)
+                st = to ? widen_apply_file(m->files[pf->part].ckpt, to, pf->share, &fo, &none, err)
+                        : widen_fail(err, WIDEN_EIO, "out of memory");
+            free(to);
+        }
+        free(provenance);
+        plan_free(&p);
+        return st;
+    }
+    /* every file, and each folder above it (as deep as a listing goes) */
+    if (!st) st = widen_temp_folder_open(output, p.count * 18 + 16, &tf, err);
     /* weight files first (the index needs their sizes), then documents and copies */
     for (int pass = 0; pass < 2 && !st; pass++) {
         for (size_t i = 0; i < p.count && !st; i++) {

@@ -181,6 +181,61 @@ def test_dry_run_of_a_model_folder(tmp_path):
     assert "tensors: 1 changed," in p.stdout
 
 
+def dry_run_cases(tmp_path, path):
+    """(name, arguments after INPUT) pairs whose real run fails before writing, or succeeds."""
+    bf16 = tmp_path / "bf16.safetensors"
+    save(str(bf16), {"stem": ("BF16", np.arange(8 * 3 * 2 * 2, dtype=np.uint16).reshape(8, 3, 2, 2))}, {})
+    (tmp_path / "taken.json").write_text("{}")
+    (tmp_path / "file").write_bytes(b"x")
+    bins = tmp_path / "bins"
+    folders.sharded_vit(str(bins), fmt="bin")
+    vit = tmp_path / "vit"
+    folders.sharded_vit(str(vit))
+    (tmp_path / "vit_out_taken").mkdir()
+    return [
+        ("ok", path, ["-o", "{out}.pt", "-t", "model.conv1.weight", "--to", "4"]),
+        ("npz cannot hold bf16", bf16, ["-o", "{out}.npz", "-t", "stem", "--to", "4"]),
+        ("no such folder", path, ["-o", str(tmp_path / "nowhere" / "o.safetensors"), "-t", "model.conv1.weight",
+                                  "--to", "4"]),
+        ("folder is a file", path, ["-o", str(tmp_path / "file" / "o.safetensors"), "-t", "model.conv1.weight",
+                                    "--to", "4"]),
+        ("manifest exists", path, ["-o", "{out}.safetensors", "--manifest", str(tmp_path / "taken.json"), "-t",
+                                   "model.conv1.weight", "--to", "4"]),
+        ("manifest folder missing", path, ["-o", "{out}.safetensors", "--manifest",
+                                           str(tmp_path / "nowhere" / "m.json"), "-t", "model.conv1.weight",
+                                           "--to", "4"]),
+        ("map past the channels", path, ["-o", "{out}.safetensors", "-t", "aux.conv1.weight", "--map", "0,1,7"]),
+        ("mean on a bool tensor", path, ["-o", "{out}.safetensors", "-t", "mask", "--axis", "0", "--map", "0,mean"]),
+        ("nothing to do", path, ["-o", "{out}.safetensors"]),
+        ("npy output", path, ["-o", "{out}.npy", "--cast", "f16"]),
+        ("folder ok with notes", bins, ["-o", "{out}", "--to", "4"]),
+        ("folder to npz", vit, ["-o", "{out}", "--to", "4", "--format", "npz"]),
+        ("folder target exists", vit, ["-o", str(tmp_path / "vit_out_taken"), "--to", "4"]),
+        ("folder parent missing", vit, ["-o", str(tmp_path / "nowhere" / "vit"), "--to", "4"]),
+    ]
+
+
+def test_dry_run_agrees_with_apply(tmp_path, model):
+    """--dry-run runs the library's own checks: for each case it fails exactly as the real run does (the
+    same status and line), or passes with the same warnings, and writes nothing either way."""
+    path, _ = model
+    statuses = set()
+    for k, (name, src, args) in enumerate(dry_run_cases(tmp_path, path)):
+        dry_out, real_out = str(tmp_path / f"dry{k}"), str(tmp_path / f"real{k}")
+        before = listing(tmp_path)
+        dry = run("apply", src, *[a.format(out=dry_out) for a in args], "--dry-run", "--no-fsync", check=None)
+        assert listing(tmp_path) == before, f"{name}: the dry run wrote something"
+        real = run("apply", src, *[a.format(out=real_out) for a in args], "--no-fsync", check=None)
+        assert dry.returncode == real.returncode, (name, dry.stderr, real.stderr)
+        statuses.add(real.returncode)
+        assert dry.stderr.replace(dry_out, "OUT") == real.stderr.replace(real_out, "OUT"), name
+        if real.returncode == 0:
+            assert dry.stdout.startswith("plan: ") and "nothing written (--dry-run)" in dry.stdout, name
+        else:
+            assert dry.stdout == "", name
+    assert statuses == {0, 2, 4}  # the cases cover passing, usage errors and I/O
+
+
 # ---- -q/--quiet ---------------------------------------------------------------------------------
 
 def test_quiet_silences_warnings_not_errors(tmp_path, model):

@@ -203,6 +203,16 @@ def test_an_older_or_unknown_struct_is_refused(tmp_path):
         lib.widen_apply_options_init(ctypes.byref(o), 16)  # shorter than any published layout
         assert lib.widen_apply(path.encode(), out.encode(), tr, ctypes.byref(o), ctypes.byref(err)) == 2
         assert b"widen_apply_options.size is 16" in err.message and not os.path.exists(out)
+        # the first published layout, before dry_run: still read, dry_run keeps its default (a real run)
+        lib.widen_apply_options_init(ctypes.byref(o), _lib.ApplyOptions.dry_run.offset)
+        o.dry_run = 1  # past the caller's size: never read
+        assert lib.widen_apply(path.encode(), out.encode(), tr, ctypes.byref(o), ctypes.byref(err)) == 0, err.message
+        assert os.path.exists(out)
+        os.unlink(out)
+        lib.widen_apply_options_init(ctypes.byref(o), ctypes.sizeof(o))
+        o.dry_run = 1
+        assert lib.widen_apply(path.encode(), out.encode(), tr, ctypes.byref(o), ctypes.byref(err)) == 0, err.message
+        assert not os.path.exists(out) and os.listdir(tmp_path) == ["s.safetensors"]
         # a newer caller's struct: zeros past what the library knows are fine, anything else is not
         big = (ctypes.c_ubyte * (ctypes.sizeof(_lib.ApplyOptions) + 32))()
         lib.widen_apply_options_init(big, len(big))

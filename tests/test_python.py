@@ -311,3 +311,18 @@ def test_pip_install_offline_into_a_venv(tmp_path):
     assert r.returncode == 0, r.stderr
     where, version, lib = r.stdout.split()
     assert where.startswith(str(venv)) and version == widen.__version__ and lib == os.path.abspath(LIBWIDEN)
+
+
+def test_dry_run_checks_and_writes_nothing(tmp_path):
+    path, _ = make(tmp_path)
+    out = tmp_path / "o.npz"
+    before = sorted(os.listdir(tmp_path))
+    widen.apply(path, str(tmp_path / "o.safetensors"), tensors="conv.weight", to=4, dry_run=True)
+    assert sorted(os.listdir(tmp_path)) == before
+    # what the real run refuses, the dry run refuses the same way: .npz cannot hold BF16
+    for dry in (True, False):
+        with pytest.raises(widen.UsageError) as e:
+            widen.apply(path, str(out), tensors="conv.weight", to=4, dry_run=dry)
+        assert "BF16" in str(e.value) and sorted(os.listdir(tmp_path)) == before
+    with pytest.raises(widen.WidenIOError):
+        widen.apply(path, str(tmp_path / "nowhere" / "o.safetensors"), tensors="conv.weight", to=4, dry_run=True)

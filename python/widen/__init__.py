@@ -342,7 +342,7 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
           manifest: Optional[PathLike] = None, format: Optional[str] = None, threads: int = 0, fsync: bool = True,
           overwrite: bool = False, no_config: bool = False, norm_fill: Optional[Tuple[float, float]] = None,
           progress: Optional[Callable[[int, int], object]] = None,
-          warning: Optional[Callable[[str], object]] = None) -> None:
+          warning: Optional[Callable[[str], object]] = None, dry_run: bool = False) -> None:
     """Writes ``dst`` = the model ``src`` (a checkpoint file or a model folder) with the transform
     applied, as ``widen apply`` does (same option names; ``channels_from`` is ``--from``).
 
@@ -358,7 +358,10 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
     ``dst`` may also be an open binary file (flushed first) or a descriptor: the output is then
     written into it front to back as it is made, from its position on (a pipe, a socket, a file;
     ``format`` safetensors or pt, default the input's; not a terminal, not a model folder), every
-    check made before the first byte; after a failure there, what it got is incomplete."""
+    check made before the first byte; after a failure there, what it got is incomplete.
+
+    ``dry_run=True`` makes every check and notice of the real run and writes nothing: it returns
+    when the run would start writing, or raises what the run would raise before that."""
     if map is not None and (init is not None or at is not None):
         raise UsageError("init and at go with to, not map")
     if (init is not None or at is not None) and to is None:
@@ -400,6 +403,7 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
         options.progress = callbacks.c_progress
         options.warning = callbacks.c_warning
         options.no_config = int(no_config)
+        options.dry_run = int(dry_run)
         if norm_fill is not None:
             options.norm_fill = 1
             options.norm_fill_mean, options.norm_fill_std = float(norm_fill[0]), float(norm_fill[1])

@@ -56,7 +56,7 @@ class ApplyOptions(ctypes.Structure):
                 ("manifest_path", ctypes.c_char_p), ("format", ctypes.c_char_p), ("progress", PROGRESS),
                 ("progress_user", ctypes.c_void_p), ("warning", WARNING), ("warning_user", ctypes.c_void_p),
                 ("no_config", ctypes.c_int), ("norm_fill", ctypes.c_int), ("norm_fill_mean", ctypes.c_double),
-                ("norm_fill_std", ctypes.c_double)]
+                ("norm_fill_std", ctypes.c_double), ("dry_run", ctypes.c_int)]
 
 
 class HashOptions(ctypes.Structure):
