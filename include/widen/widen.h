@@ -340,7 +340,7 @@ typedef struct widen_apply_options {
     int no_config;
     int norm_fill;
     double norm_fill_mean, norm_fill_std;
-    /* (0.1.1) Every check and every notice of a real run, then nothing written, nothing created:
+    /* (Added after the first layout.) Every check and every notice of a real run, then nothing written, nothing created:
      * WIDEN_OK when the run would start writing (the output's folder, or a model folder's parent,
      * exists and is writable). What is left to go wrong is I/O: a full disk, a file changed under
      * it. */
