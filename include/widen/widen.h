@@ -340,10 +340,10 @@ typedef struct widen_apply_options {
     int no_config;
     int norm_fill;
     double norm_fill_mean, norm_fill_std;
-    /* (Added after the first layout.) Every check and every notice of a real run, then nothing written, nothing created:
-     * WIDEN_OK when the run would start writing (the output's folder, or a model folder's parent,
-     * exists and is writable). What is left to go wrong is I/O: a full disk, a file changed under
-     * it. */
+    /* Added after the first layout. Every check and every notice of a real run, then nothing written
+     * and nothing created: WIDEN_OK when the run would start writing (the output's folder, or a model
+     * folder's parent, exists and takes files). What is left to go wrong is I/O: a full disk, a file
+     * changed under it. */
     int dry_run;
 } widen_apply_options;
 
