@@ -167,8 +167,11 @@ static const char usage_apply[] =
     "  --dry-run             print the plan (tensors that change, bytes to write and to copy, the\n"
     "                        output and its format) and write nothing\n"
     "  -q, --quiet           no warnings (errors still print)\n"
+    "  --json                on success, print what was done as one JSON document on stdout\n"
+    "                        (tensors changed and copied; bytes cloned, copied and written)\n"
     "\n"
-    "At a terminal, a successful apply ends with one summary line on stderr.\n"
+    "At a terminal, a successful apply ends with one summary line on stderr. Untouched bytes are\n"
+    "cloned where the file system can (XFS, btrfs, OpenZFS, NFS 4.2), else copied in the kernel.\n"
     "\n"
     "model folders (INPUT a folder or an *.index.json; OUTPUT a new folder):\n"
     "  --norm-fill MEAN:STD  normalisation values of new channels in the configs (default: the\n"
@@ -646,7 +649,7 @@ static int parse_uint(const char *text, const char *flag, unsigned long long max
 }
 
 enum { OPT_FROM = 256, OPT_AXIS, OPT_TO, OPT_AT, OPT_INIT, OPT_MAP, OPT_CAST, OPT_FORMAT, OPT_MANIFEST, OPT_THREADS,
-       OPT_PROGRESS, OPT_NO_PROGRESS, OPT_NO_FSYNC, OPT_FORCE, OPT_NORM_FILL, OPT_NO_CONFIG, OPT_DRY_RUN };
+       OPT_PROGRESS, OPT_NO_PROGRESS, OPT_NO_FSYNC, OPT_FORCE, OPT_NORM_FILL, OPT_NO_CONFIG, OPT_DRY_RUN, OPT_JSON };
 
 /* What messages and the manifest call standard output (-o -). */
 static const char stdout_name[] = "<stdout>";
@@ -657,7 +660,7 @@ typedef struct apply_args {
     size_t ntensors;
     unsigned long long from, to, at, threads;
     long axis;
-    int have_to, have_at, have_axis, progress, fsync, force, no_config, norm_fill, dry_run;
+    int have_to, have_at, have_axis, progress, fsync, force, no_config, norm_fill, dry_run, json;
     double norm_mean, norm_std;
 } apply_args;
 
@@ -698,7 +701,7 @@ static int parse_apply(int argc, char **argv, apply_args *a)
         {"progress", no_argument, 0, OPT_PROGRESS}, {"no-progress", no_argument, 0, OPT_NO_PROGRESS},
         {"no-fsync", no_argument, 0, OPT_NO_FSYNC}, {"force", no_argument, 0, OPT_FORCE},
         {"norm-fill", required_argument, 0, OPT_NORM_FILL}, {"no-config", no_argument, 0, OPT_NO_CONFIG},
-        {"dry-run", no_argument, 0, OPT_DRY_RUN}, {"quiet", no_argument, 0, 'q'},
+        {"dry-run", no_argument, 0, OPT_DRY_RUN}, {"quiet", no_argument, 0, 'q'}, {"json", no_argument, 0, OPT_JSON},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     a->from = 3;
     a->axis = 1;
@@ -734,6 +737,7 @@ static int parse_apply(int argc, char **argv, apply_args *a)
         case OPT_FORCE: a->force = 1; break;
         case OPT_NO_CONFIG: a->no_config = 1; break;
         case OPT_DRY_RUN: a->dry_run = 1; break;
+        case OPT_JSON: a->json = 1; break;
         case 'q': quiet = 1; break;
         case OPT_NORM_FILL: {
             char *colon = strchr(optarg, ':');
@@ -756,6 +760,9 @@ static int parse_apply(int argc, char **argv, apply_args *a)
     if (argc - optind != 1) return fail(WIDEN_EUSAGE, "apply takes one INPUT (see widen apply --help)");
     a->input = argv[optind];
     if (!a->output) return fail(WIDEN_EUSAGE, "apply needs -o OUTPUT");
+    if (a->json && strcmp(a->output, "-") == 0)
+        return fail(WIDEN_EUSAGE, "--json and -o - both want standard output: name an OUTPUT file");
+    if (a->json && a->dry_run) return fail(WIDEN_EUSAGE, "--json reports what apply did; --dry-run does nothing");
     if (a->map && (a->init || a->have_at)) return fail(WIDEN_EUSAGE, "--init and --at go with --to, not --map");
     if ((a->init || a->have_at) && !a->have_to) return fail(WIDEN_EUSAGE, "--init and --at go with --to");
     if (a->ntensors && !a->have_to && !a->map) return fail(WIDEN_EUSAGE, "-t selects tensors for --to or --map");
@@ -1041,8 +1048,8 @@ static int print_plan(const apply_args *a, widen_model *c, const widen_transform
 }
 
 /* One line on success, for a person at a terminal. */
-static void print_summary(const apply_args *a, widen_model *c, const widen_transform *tr, int cast, widen_dtype cast_to,
-                          uint64_t total, double elapsed)
+/* Tensors the transform changes: remapped, or cast to another dtype. */
+static size_t changed_count(widen_model *c, const widen_transform *tr, int cast, widen_dtype cast_to)
 {
     char *text = widen_transform_to_json(tr);
     json_t *root = text ? json_loads(text, 0, NULL) : NULL;
@@ -1060,14 +1067,39 @@ static void print_summary(const apply_args *a, widen_model *c, const widen_trans
     }
     json_decref(by_name);
     json_decref(root);
+    return changed;
+}
+
+/* One line on success, for a person at a terminal; or, with --json, one document on stdout. */
+static int print_summary(const apply_args *a, widen_model *c, const widen_transform *tr, int cast, widen_dtype cast_to,
+                         uint64_t total, double elapsed, const widen_apply_stats *stats)
+{
+    size_t n = widen_model_tensor_count(c), changed = changed_count(c, tr, cast, cast_to);
+    if (a->json) {
+        json_t *root = json_object(), *bytes = json_object();
+        json_object_set_new(root, "output", json_string(a->output));
+        json_object_set_new(root, "tensors_changed", json_integer((json_int_t)changed));
+        json_object_set_new(root, "tensors_copied", json_integer((json_int_t)(n - changed)));
+        json_object_set_new(bytes, "cloned", json_integer((json_int_t)stats->bytes_cloned));
+        json_object_set_new(bytes, "copied", json_integer((json_int_t)stats->bytes_copied));
+        json_object_set_new(bytes, "written", json_integer((json_int_t)stats->bytes_written));
+        json_object_set_new(root, "bytes", bytes);
+        json_object_set_new(root, "seconds", json_real(elapsed));
+        return print_json(root);
+    }
+    if (!isatty(2)) return 0;
     struct stat st;
     int to_stdout = strcmp(a->output, "-") == 0;
     if (!to_stdout && stat(a->output, &st) == 0 && S_ISREG(st.st_mode)) total = (uint64_t)st.st_size;
-    char bytes[32];
+    char bytes[32], cloned[32], copied[32], written[32];
     human((double)total, bytes, sizeof bytes);
-    fprintf(stderr, "widen: wrote %s: %zu tensor%s changed, %zu copied, %s in %.1f s\n",
-            to_stdout ? stdout_name : shown(a->output, 0), changed,
-            changed == 1 ? "" : "s", n - changed, bytes, elapsed);
+    human((double)stats->bytes_cloned, cloned, sizeof cloned);
+    human((double)stats->bytes_copied, copied, sizeof copied);
+    human((double)stats->bytes_written, written, sizeof written);
+    fprintf(stderr, "widen: wrote %s: %zu tensor%s changed, %zu copied, %s in %.1f s (%s cloned, %s copied, %s "
+            "written)\n", to_stdout ? stdout_name : shown(a->output, 0), changed, changed == 1 ? "" : "s", n - changed,
+            bytes, elapsed, cloned, copied, written);
+    return 0;
 }
 
 /* -o -: what standard output cannot take, refused before anything is written (or planned). */
@@ -1138,6 +1170,9 @@ static int cmd_apply(int argc, char **argv)
         o.norm_fill_mean = a.norm_mean;
         o.norm_fill_std = a.norm_std;
         o.dry_run = a.dry_run; /* every check and notice of the real run, then the plan printed */
+        widen_apply_stats stats;
+        widen_apply_stats_init(&stats, sizeof stats);
+        o.stats = &stats;
         if ((a.norm_fill || a.no_config) && !widen_model_is_folder(c) && !quiet)
             fprintf(stderr, "widen: warning: %s: --norm-fill and --no-config are for model folders; a file has no configs\n",
                     shown(a.input, 0));
@@ -1153,7 +1188,7 @@ static int cmd_apply(int argc, char **argv)
         progress_end(&ps);
         if (st) rc = fail_err(&err);
         else if (a.dry_run) rc = print_plan(&a, c, tr, a.cast != NULL, to);
-        else if (isatty(2)) print_summary(&a, c, tr, a.cast != NULL, to, ps.total, now() - started);
+        else rc = print_summary(&a, c, tr, a.cast != NULL, to, ps.total, now() - started, &stats);
     }
     widen_model_close(c);
     widen_transform_free(tr);

@@ -24,13 +24,43 @@ void widen_apply_options_init(widen_apply_options *o, size_t size)
     widen_options_init(o, size, &defaults, sizeof defaults);
 }
 
+void widen_apply_stats_init(widen_apply_stats *s, size_t size)
+{
+    const widen_apply_stats empty = {.size = sizeof empty};
+    widen_options_init(s, size, &empty, sizeof empty);
+}
+
+/* Zeroes the counts of the caller's stats (NULL: none), as far as its size goes. */
+void widen_apply_stats_reset(widen_apply_stats *stats)
+{
+    if (stats) memset((unsigned char *)stats + sizeof stats->size, 0,
+                      (stats->size < sizeof *stats ? stats->size : sizeof *stats) - sizeof stats->size);
+}
+
+/* Adds `counts` to the caller's stats, as far as its size goes. */
+void widen_apply_stats_add(widen_apply_stats *stats, const widen_copy_counts *counts)
+{
+    if (!stats) return;
+    widen_apply_stats full = {.size = sizeof full};
+    memcpy(&full, stats, stats->size < sizeof full ? stats->size : sizeof full);
+    full.bytes_cloned += counts->cloned;
+    full.bytes_copied += counts->copied;
+    full.bytes_written += counts->written;
+    memcpy((unsigned char *)stats + sizeof full.size, (unsigned char *)&full + sizeof full.size,
+           (stats->size < sizeof full ? stats->size : sizeof full) - sizeof full.size);
+}
+
 /* The first published layout ends with norm_fill_std: no caller's struct is shorter. */
 enum { APPLY_OPTIONS_V1 = offsetof(widen_apply_options, norm_fill_std) + sizeof(double) };
 
 widen_status widen_apply_options_read(const widen_apply_options *given, widen_apply_options *out, widen_error *err)
 {
     widen_apply_options_init(out, sizeof *out);
-    return widen_options_read(out, sizeof *out, APPLY_OPTIONS_V1, given, "widen_apply_options", err);
+    widen_status st = widen_options_read(out, sizeof *out, APPLY_OPTIONS_V1, given, "widen_apply_options", err);
+    if (!st && out->stats && out->stats->size < sizeof(widen_apply_stats)) /* the first layout */
+        st = widen_fail(err, WIDEN_EUSAGE, "widen_apply_stats.size is %zu, not a size this library knows (%zu): "
+                        "fill the struct with widen_apply_stats_init first", out->stats->size, sizeof(widen_apply_stats));
+    return st;
 }
 
 /* The temporary files and folders of applies in progress, for widen_remove_temporaries. The only
@@ -652,6 +682,7 @@ static widen_status apply_to(widen_checkpoint *ckpt, apply_target target, const 
     widen_status st = widen_apply_options_read(options, &given, err);
     if (st) return st;
     options = &given;
+    if (!target.in_new_folder) widen_apply_stats_reset(given.stats); /* a folder's apply counts its files */
     const char *input = ckpt->path, *output = target.name;
     int stream = target.fd >= 0;
     if ((st = widen_isa_init(err))) return st;
@@ -694,7 +725,10 @@ static widen_status apply_to(widen_checkpoint *ckpt, apply_target target, const 
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     widen_exec_options eo = {.threads = options->threads ? options->threads : (unsigned)(cpus > 0 ? cpus : 1),
                              .isa = WIDEN_ISA_COUNT, .progress = options->progress,
-                             .progress_user = options->progress_user};
+                             .progress_user = options->progress_user,
+                             /* the bytes of untouched runs are read only where a manifest wants their
+                              * hashes (or an .npz its CRCs): cloned runs stay unread */
+                             .unhashed_copies = !options->manifest_path && !(record && record->tensors)};
     /* the manifest's temporary before the first byte: a manifest folder that cannot take it is known
      * while the output is still untouched */
     if (options->manifest_path && (st = widen_temp_open(options->manifest_path, &man, err))) goto done;
@@ -712,6 +746,7 @@ static widen_status apply_to(widen_checkpoint *ckpt, apply_target target, const 
         st = widen_safetensors_write(ckpt, &plan, provenance, &file.base, &eo, err);
     }
     if (!st) st = widen_file_output_flush(&file, err);
+    widen_copy_counts counts = file.counts;
     widen_file_output_free(&file);
     if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; %s", output, stream ? "the output stream is "
                                              "incomplete" : "no output written");
@@ -740,6 +775,7 @@ static widen_status apply_to(widen_checkpoint *ckpt, apply_target target, const 
         if ((st = widen_temp_commit(&man, options->manifest_path, options->fsync, options->overwrite, err))) goto done;
     }
     if (!stream) st = widen_temp_commit(&out, output, options->fsync, options->overwrite, err);
+    if (!st) widen_apply_stats_add(options->stats, &counts);
 done:
     if (st) {
         widen_temp_discard(&out);

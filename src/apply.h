@@ -23,6 +23,11 @@ typedef struct widen_apply_record {
  * and verify as it replays). */
 void widen_apply_record_sizes(widen_apply_record *record, const widen_plan *plan);
 
+/* Zeroes the caller's stats (NULL: none), within its size: what each public apply does first. */
+void widen_apply_stats_reset(widen_apply_stats *stats);
+/* Adds an output's byte counts to the caller's stats (NULL: none), within its size. */
+void widen_apply_stats_add(widen_apply_stats *stats, const widen_copy_counts *counts);
+
 /* The caller's options (NULL: the defaults) read into `out` as widen.h's growth rules say. */
 widen_status widen_apply_options_read(const widen_apply_options *given, widen_apply_options *out, widen_error *err);
 

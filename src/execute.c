@@ -164,11 +164,15 @@ static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_stat
      * a few bytes would cost far more than the bytes */
     if (bytes < COPY_MIN) return 0;
     copy_job job = {.s = s, .plan = plan, .first = first, .last = last, .bytes = bytes};
-    if (widen_pool_threads(s->pool) > 1) {
+    const widen_plan_tensor *only = first == last ? &plan->tensors[first] : NULL;
+    int crc_known = only && only->crc_known;
+    /* the bytes are read only to be hashed, or for a CRC-32 the sink needs and nothing gives */
+    int read = !s->opt->unhashed_copies || (s->opt->copied && !crc_known);
+    if (read && widen_pool_threads(s->pool) > 1) {
         widen_pool_run(s->pool, 2, copy_part, &job);
     } else {
         copy_part(&job, 0);
-        if (job.st == WIDEN_OK) copy_part(&job, 1);
+        if (read && job.st == WIDEN_OK) copy_part(&job, 1);
     }
     if (job.st == WIDEN_EUSAGE) { /* no copy here: the caller sends the bytes, these and all that follow */
         s->no_copy = 1;
@@ -176,7 +180,7 @@ static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_stat
     }
     *st = job.st;
     if (*st && err) *err = job.err;
-    if (!*st && s->opt->copied) *st = s->opt->copied(s->sink_user, first, bytes, job.crc, err);
+    if (!*st && s->opt->copied) *st = s->opt->copied(s->sink_user, first, bytes, crc_known ? only->crc : job.crc, err);
     if (!*st) {
         s->done += bytes;
         if (s->opt->progress && s->opt->progress(s->opt->progress_user, s->done, s->total))

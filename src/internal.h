@@ -124,6 +124,10 @@ typedef struct widen_plan_tensor {
     const widen_map_entry *map; /* NULL for a cast-only tensor (identity over one channel) */
     widen_hash128 in_hash, out_hash; /* filled by widen_execute */
     int hashed;                      /* in_hash and out_hash are filled */
+    /* a .pt record copied whole from the input's record: its CRC-32 is the input's (as the input's
+     * zip directory gives it), not read again */
+    int crc_known;
+    uint32_t crc;
 } widen_plan_tensor;
 
 typedef struct widen_plan {
@@ -163,6 +167,9 @@ typedef struct widen_exec_options {
     widen_copy_fn copy; /* NULL: every byte goes through the sink */
     int copy_one_item;  /* the copy takes one item at a time (items are separate records) */
     widen_copied_fn copied;
+    /* runs the copy moves are not hashed (no manifest wants their hashes): read only for a CRC-32 the
+     * sink needs and the plan does not know; their in_hash and out_hash stay zero */
+    int unhashed_copies;
 } widen_exec_options;
 
 /* Streams every plan tensor through the sink in output order, in bounded memory, and fills each

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -21,7 +23,18 @@ widen_status widen_write_all(int fd, const void *data, size_t len, const char *t
     return WIDEN_OK;
 }
 
-widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err)
+/* Clones [in_offset, in_offset+len) of in_fd to fd's position (both multiples of the block size) with
+ * FICLONERANGE, and moves fd's position past it; 0 where the file system cannot (another one, no
+ * reflink, a pipe): the caller copies instead. */
+static int clone_range(int in_fd, uint64_t in_offset, int fd, uint64_t out_offset, uint64_t len)
+{
+    struct file_clone_range range = {.src_fd = in_fd, .src_offset = in_offset, .src_length = len,
+                                     .dest_offset = out_offset};
+    if (ioctl(fd, FICLONERANGE, &range) != 0) return 0;
+    return lseek(fd, (off_t)(out_offset + len), SEEK_SET) >= 0;
+}
+
+static widen_status copy_range(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err)
 {
     off64_t from = (off64_t)in_offset;
     uint64_t done = 0;
@@ -38,6 +51,36 @@ widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len,
         done += (uint64_t)n;
     }
     return WIDEN_OK;
+}
+
+widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target,
+                            widen_copy_counts *counts, widen_error *err)
+{
+    /* Where the output's position is congruent with the input's modulo the block size, the whole
+     * blocks between are cloned (XFS, btrfs, OpenZFS, NFS 4.2: no bytes moved, no space used) and
+     * only the partial blocks at either end copied; copy_file_range would copy the whole range. */
+    enum { BLOCK = WIDEN_CLONE_BLOCK };
+    off_t out = len >= 2 * BLOCK ? lseek(fd, 0, SEEK_CUR) : -1;
+    uint64_t head = (BLOCK - in_offset % BLOCK) % BLOCK, whole = len > head ? (len - head) / BLOCK * BLOCK : 0;
+    widen_status st = WIDEN_OK;
+    if (out >= 0 && (uint64_t)out % BLOCK == in_offset % BLOCK && whole) {
+        if (head && (st = copy_range(in_fd, in_offset, fd, head, target, err))) return st;
+        if (clone_range(in_fd, in_offset + head, fd, (uint64_t)out + head, whole)) {
+            if (counts) counts->copied += head, counts->cloned += whole;
+            st = copy_range(in_fd, in_offset + head + whole, fd, len - head - whole, target, err);
+            if (!st && counts) counts->copied += len - head - whole;
+            return st == WIDEN_EUSAGE ? widen_fail(err, WIDEN_EIO, "%s: the kernel copied part of a range and not "
+                                                   "the rest", target) : st;
+        }
+        st = copy_range(in_fd, in_offset + head, fd, len - head, target, err);
+        if (st == WIDEN_EUSAGE && head)
+            st = widen_fail(err, WIDEN_EIO, "%s: the kernel copied part of a range and not the rest", target);
+        if (!st && counts) counts->copied += len;
+        return st;
+    }
+    st = copy_range(in_fd, in_offset, fd, len, target, err);
+    if (!st && counts) counts->copied += len;
+    return st;
 }
 
 enum { OUTPUT_BUFFER = 1u << 20 };
@@ -60,7 +103,7 @@ static widen_status file_write(widen_output *o, const void *data, size_t len, wi
         memcpy(f->buffer + f->buffered, data, len);
         f->buffered += len;
     }
-    if (!st) o->position += len;
+    if (!st) o->position += len, f->counts.written += len;
     return st;
 }
 
@@ -68,7 +111,7 @@ static widen_status file_copy(widen_output *o, int in_fd, uint64_t in_offset, ui
 {
     widen_file_output *f = (widen_file_output *)o;
     widen_status st = widen_file_output_flush(f, err);
-    if (!st) st = widen_copy_all(in_fd, in_offset, f->fd, len, f->target, err);
+    if (!st) st = widen_copy_all(in_fd, in_offset, f->fd, len, f->target, &f->counts, err);
     if (!st) o->position += len;
     return st;
 }

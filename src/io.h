@@ -11,10 +11,23 @@
 /* Writes all of `len` bytes to fd; WIDEN_EIO naming `target` on failure. */
 widen_status widen_write_all(int fd, const void *data, size_t len, const char *target, widen_error *err);
 
-/* Copies `len` bytes at in_offset of in_fd to fd's position inside the kernel (copy_file_range);
- * WIDEN_EUSAGE, with nothing written, where the kernel cannot copy between these files (another
- * filesystem), WIDEN_EIO naming `target` on failure. */
-widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err);
+/* Output layouts keep a long untouched run (at least WIDEN_CLONE_MIN bytes) at its input offset
+ * modulo WIDEN_CLONE_BLOCK, so that file systems that clone share its whole blocks (widen_copy_all). */
+enum { WIDEN_CLONE_BLOCK = 4096, WIDEN_CLONE_MIN = 1u << 20 };
+
+/* Bytes an output got: cloned (shared with the input, FICLONERANGE), copied inside the kernel, and
+ * written from this process. */
+typedef struct widen_copy_counts {
+    uint64_t cloned, copied, written;
+} widen_copy_counts;
+
+/* Copies `len` bytes at in_offset of in_fd to fd's position inside the kernel: the whole blocks
+ * cloned where fd's position is congruent with in_offset modulo 4096 and the file system can, the
+ * rest with copy_file_range; adds them to counts (or NULL). WIDEN_EUSAGE, with nothing written,
+ * where the kernel cannot copy between these files (another filesystem), WIDEN_EIO naming `target`
+ * on failure. */
+widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target,
+                            widen_copy_counts *counts, widen_error *err);
 
 /* Where a writer's bytes go, front to back: a file (apply), or a comparison with an existing file
  * (verify). `copy` moves input bytes without them passing through this process; NULL, or
@@ -39,6 +52,7 @@ typedef struct widen_file_output {
     const char *target; /* named in messages */
     unsigned char *buffer;
     size_t buffered;
+    widen_copy_counts counts;
 } widen_file_output;
 
 void widen_file_output_init(widen_file_output *out, int fd, const char *target);

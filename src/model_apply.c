@@ -655,11 +655,13 @@ static int on_progress(void *user, uint64_t done, uint64_t total)
     return fp->o->progress ? fp->o->progress(fp->o->progress_user, fp->base + done, fp->total) : 0;
 }
 
-static widen_status write_file(const char *path, const void *data, size_t len, int do_fsync, widen_error *err)
+static widen_status write_file(const char *path, const void *data, size_t len, int do_fsync, widen_copy_counts *counts,
+                               widen_error *err)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
     if (fd < 0) return widen_fail(err, WIDEN_EIO, "%s: cannot create: %s", path, strerror(errno));
     widen_status st = widen_write_all(fd, data, len, path, err);
+    if (!st) counts->written += len;
     if (!st && do_fsync && fsync(fd) != 0) st = widen_fail(err, WIDEN_EIO, "%s: fsync failed: %s", path, strerror(errno));
     if (close(fd) != 0 && !st) st = widen_fail(err, WIDEN_EIO, "%s: close failed: %s", path, strerror(errno));
     return st;
@@ -667,11 +669,12 @@ static widen_status write_file(const char *path, const void *data, size_t len, i
 
 /* Copies `size` bytes of an open file inside the kernel (cloned where the file system can), else
  * through a buffer. A file that shrinks meanwhile is an error, not a short copy. */
-static widen_status copy_open(int in, uint64_t size, const char *from, const char *to, int do_fsync, widen_error *err)
+static widen_status copy_open(int in, uint64_t size, const char *from, const char *to, int do_fsync,
+                              widen_copy_counts *counts, widen_error *err)
 {
     int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
     if (out < 0) return widen_fail(err, WIDEN_EIO, "%s: cannot create: %s", to, strerror(errno));
-    widen_status st = widen_copy_all(in, 0, out, size, to, err);
+    widen_status st = widen_copy_all(in, 0, out, size, to, counts, err);
     if (st == WIDEN_EUSAGE) {
         st = WIDEN_OK;
         static const size_t chunk = 1 << 20;
@@ -681,7 +684,7 @@ static widen_status copy_open(int in, uint64_t size, const char *from, const cha
             ssize_t r = pread(in, buf, size - at < chunk ? (size_t)(size - at) : chunk, (off_t)at);
             if (r < 0 && errno == EINTR) continue;
             if (r <= 0) st = widen_fail(err, WIDEN_EIO, "%s: cannot read: %s", from, r < 0 ? strerror(errno) : "it shrank");
-            else if (!(st = widen_write_all(out, buf, (size_t)r, to, err))) at += (uint64_t)r;
+            else if (!(st = widen_write_all(out, buf, (size_t)r, to, err))) at += (uint64_t)r, counts->written += (uint64_t)r;
         }
         free(buf);
     }
@@ -691,7 +694,8 @@ static widen_status copy_open(int in, uint64_t size, const char *from, const cha
 }
 
 /* Copies a file of the folder that widen does not read (a README, a tokenizer) as it is now. */
-static widen_status copy_file(const char *from, const char *to, int do_fsync, widen_error *err)
+static widen_status copy_file(const char *from, const char *to, int do_fsync, widen_copy_counts *counts,
+                              widen_error *err)
 {
     int in = open(from, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     struct stat s;
@@ -701,7 +705,7 @@ static widen_status copy_file(const char *from, const char *to, int do_fsync, wi
         if (in >= 0) close(in);
         return st;
     }
-    widen_status st = copy_open(in, (uint64_t)s.st_size, from, to, do_fsync, err);
+    widen_status st = copy_open(in, (uint64_t)s.st_size, from, to, do_fsync, counts, err);
     close(in);
     return st;
 }
@@ -871,6 +875,7 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     if (st) return st;
     options = &given;
     if (!m->root) return widen_apply_checkpoint(m->files[0].ckpt, output, tr, options, err);
+    widen_apply_stats_reset(options->stats);
     st = widen_isa_init(err);
     if (!st && options->norm_fill && (!isfinite(options->norm_fill_mean) || !isfinite(options->norm_fill_std)))
         st = widen_fail(err, WIDEN_EUSAGE, "the normalisation fill must be two finite numbers");
@@ -901,6 +906,10 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
         if (p.files[i].op == PLAN_REWRITE) fp.total += m->files[p.files[i].part].ckpt->size;
     if (!provenance) st = widen_fail(err, WIDEN_EIO, "out of memory");
     widen_apply_options fo = *options;
+    widen_apply_stats shards;
+    widen_apply_stats_init(&shards, sizeof shards);
+    widen_copy_counts files = {0};
+    fo.stats = &shards; /* the rewritten files', added to the others' on success */
     fo.manifest_path = NULL;
     fo.overwrite = 0;
     fo.progress = on_progress;
@@ -947,18 +956,18 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
                 /* weights: the file that was read and checked, through its open descriptor, whatever
                  * happened to its name since */
                 widen_mapping ck = widen_checkpoint_file(m->files[pf->part].ckpt);
-                st = copy_open(ck.fd, ck.size, from, to, options->fsync, err);
+                st = copy_open(ck.fd, ck.size, from, to, options->fsync, &files, err);
             } else if (!st && pf->op == PLAN_COPY && pf->doc) {
-                st = write_file(to, pf->doc->text, pf->doc->size, options->fsync, err); /* the document as read */
+                st = write_file(to, pf->doc->text, pf->doc->size, options->fsync, &files, err); /* the document as read */
             } else if (!st && pf->op == PLAN_COPY) {
-                st = copy_file(from, to, options->fsync, err);
+                st = copy_file(from, to, options->fsync, &files, err);
             } else if (!st) {
                 char *text = NULL;
                 size_t len = 0;
                 if (pf->component != SIZE_MAX) st = index_text(m, &p, pf, tf.path, &text, &len, err);
                 else if (!(text = widen_json_apply(pf->doc->text, pf->doc->size, &pf->edits, &len)))
                     st = widen_fail(err, WIDEN_EIO, "out of memory");
-                if (!st) st = write_file(to, text, len, options->fsync, err);
+                if (!st) st = write_file(to, text, len, options->fsync, &files, err);
                 free(text);
             }
             if (!st && options->progress && options->progress(options->progress_user, fp.base, fp.total))
@@ -978,6 +987,10 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     if (!st) st = widen_temp_folder_commit(&tf, output, options->fsync, err);
     if (!st && options->manifest_path) st = widen_temp_commit(&man, options->manifest_path, options->fsync,
                                                               options->overwrite, err);
+    if (!st) {
+        files.cloned += shards.bytes_cloned, files.copied += shards.bytes_copied, files.written += shards.bytes_written;
+        widen_apply_stats_add(options->stats, &files);
+    }
     if (st) {
         widen_temp_discard(&man);
         widen_temp_folder_discard(&tf);

@@ -141,22 +141,33 @@ typedef struct archive_sink {
     const widen_checkpoint *ckpt; /* the input: its descriptor, for copies */
     widen_output *out;
     widen_zip_writer *zw;
+    const widen_plan *plan; /* the data records */
     size_t begun; /* data records begun */
 } archive_sink;
 
-static widen_status record_begin(archive_sink *s, const char *name, widen_error *err)
+/* A data record whose bytes lie at its input offset modulo WIDEN_CLONE_BLOCK (a long one, copied
+ * unchanged), so that a file system that clones shares its whole blocks: the input offset, else -1. */
+static int64_t congruent_to(const widen_plan_tensor *p)
+{
+    return p && p->op == WIDEN_OP_COPY && !p->strided && p->nbytes >= WIDEN_CLONE_MIN ? (int64_t)p->in->offset : -1;
+}
+
+static widen_status record_begin(archive_sink *s, const char *name, const widen_plan_tensor *p, widen_error *err)
 {
     char full[128];
-    unsigned char header[256];
+    unsigned char header[128 + 4 + WIDEN_CLONE_BLOCK];
     snprintf(full, sizeof full, "%s%s", ARCHIVE_PREFIX, name);
-    size_t len = widen_zip_begin(s->zw, full, header, sizeof header);
+    size_t len = widen_zip_begin(s->zw, full, congruent_to(p), header, sizeof header);
     if (!len) return NOMEM();
     return s->out->write(s->out, header, len, err);
 }
 
-static widen_status record_end(archive_sink *s, widen_error *err)
+/* p: the data record's plan item (NULL for the others): a record copied whole from an input record
+ * keeps that record's CRC-32, whatever way its bytes came. */
+static widen_status record_end(archive_sink *s, const widen_plan_tensor *p, widen_error *err)
 {
     unsigned char descriptor[24];
+    if (p && p->crc_known) s->zw->crc = p->crc;
     size_t len = widen_zip_end(s->zw, descriptor);
     return len ? s->out->write(s->out, descriptor, len, err) : WIDEN_OK;
 }
@@ -169,9 +180,9 @@ static widen_status record_bytes(archive_sink *s, const void *data, size_t len, 
 
 static widen_status small_record(archive_sink *s, const char *name, const void *data, size_t len, widen_error *err)
 {
-    widen_status st = record_begin(s, name, err);
+    widen_status st = record_begin(s, name, NULL, err);
     if (!st) st = record_bytes(s, data, len, err);
-    return st ? st : record_end(s, err);
+    return st ? st : record_end(s, NULL, err);
 }
 
 /* Opens data records up to and including `index` (empty storages get no sink call of their own). */
@@ -179,10 +190,10 @@ static widen_status open_through(archive_sink *s, size_t index, widen_error *err
 {
     while (s->begun <= index) {
         widen_status st;
-        if (s->begun > 0 && (st = record_end(s, err))) return st;
+        if (s->begun > 0 && (st = record_end(s, &s->plan->tensors[s->begun - 1], err))) return st;
         char name[64];
         snprintf(name, sizeof name, "data/%zu", s->begun);
-        if ((st = record_begin(s, name, err))) return st;
+        if ((st = record_begin(s, name, &s->plan->tensors[s->begun], err))) return st;
         s->begun++;
     }
     return WIDEN_OK;
@@ -359,30 +370,45 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, w
             p->outer = 1;
             p->inner = numel;
             p->nbytes = numel * (widen_dtype_bits(p->dtype) / 8);
+            /* copied whole from a record of the input's zip directory: its CRC-32 is known */
+            p->crc_known = copy && !gathered && !ts->legacy && strcmp(c->format, "pt") == 0 &&
+                           p->nbytes == s->entry->size;
+            p->crc = s->entry->crc;
         }
         plan.data_bytes += p->nbytes;
     }
     plan.count = w.keys;
-    archive_sink sink = {.ckpt = c, .out = out, .zw = &zw};
+    archive_sink sink = {.ckpt = c, .out = out, .zw = &zw, .plan = &plan};
+    /* torch's readers may compute the data offsets of an archive with .format_version from the
+     * layout torch.save makes (64-byte alignment, FORMATS.md): one whose records lie where cloning
+     * wants them says nothing of the kind */
+    int torch_layout = 1;
+    for (size_t k = 0; k < plan.count; k++) torch_layout &= congruent_to(&plan.tensors[k]) < 0;
     widen_exec_options copying = *eo;
     copying.copy = out->copy ? sink_archive_copy : NULL;
     copying.copy_one_item = 1;
     copying.copied = sink_archive_copied;
     if (!st) st = small_record(&sink, "data.pkl", pickle.data, pickle.len, err);
-    if (!st) st = small_record(&sink, ".format_version", "1", 1, err);
-    if (!st) st = small_record(&sink, ".storage_alignment", "64", 2, err);
+    if (!st && torch_layout) st = small_record(&sink, ".format_version", "1", 1, err);
+    if (!st && torch_layout) st = small_record(&sink, ".storage_alignment", "64", 2, err);
     if (!st) st = small_record(&sink, "byteorder", "little", 6, err);
     if (!st) st = widen_execute(c, &plan, &copying, sink_archive, &sink, err);
     if (!st) share_hashes(&w, tensor_plan, &plan);
     if (!st && w.keys) st = open_through(&sink, w.keys - 1, err);
-    if (!st && w.keys) st = record_end(&sink, err);
+    if (!st && w.keys) st = record_end(&sink, &plan.tensors[w.keys - 1], err);
     if (!st) st = small_record(&sink, "version", "3\n", 2, err);
-    if (!st) { /* derived from the content, so equal inputs and arguments give equal files */
+    if (!st) { /* derived from the content (the pickle, each record's CRC-32 and size), so equal inputs
+                * and arguments give equal files, without reading the bytes of records copied whole */
         const widen_kernels *k = widen_kernels_for(widen_isa_active());
         widen_hash_state hs;
         k->hash_reset(&hs);
         k->hash_update(&hs, pickle.data, pickle.len);
-        for (size_t i = 0; i < plan.count; i++) k->hash_update(&hs, &plan.tensors[i].out_hash, sizeof plan.tensors[i].out_hash);
+        for (size_t i = 0; i < zw.count; i++) {
+            unsigned char item[12];
+            for (int b = 0; b < 4; b++) item[b] = (unsigned char)(zw.entries[i].crc >> (8 * b));
+            for (int b = 0; b < 8; b++) item[4 + b] = (unsigned char)(zw.entries[i].size >> (8 * b));
+            k->hash_update(&hs, item, sizeof item);
+        }
         char id[33];
         widen_hash128_hex(k->hash_digest(&hs), id);
         st = small_record(&sink, ".data/serialization_id", id, 32, err);

@@ -1,6 +1,7 @@
 """The command line for people (issue 14): did-you-mean for a misspelt -t, -t glob patterns, --dry-run,
 -q/--quiet, the summary line on a terminal, and progress that advances through long copies."""
 import ctypes
+import json
 import os
 import pty
 import re
@@ -279,10 +280,30 @@ def test_summary_line_on_a_terminal_only(tmp_path, model):
     size = (tmp_path / "o.safetensors").stat().st_size
     line = text.strip()
     assert re.fullmatch(re.escape(f"widen: wrote {tmp_path / 'o.safetensors'}: 2 tensors changed, 5 copied, "
-                                  f"{size / 1024:.1f} KiB in ") + r"\d+\.\d s", line), line
+                                  f"{size / 1024:.1f} KiB in ") + r"\d+\.\d s" +
+                        re.escape(f" (0 B cloned, 0 B copied, {size / 1024:.1f} KiB written)"), line), line
     # not a terminal: nothing
     p = run("apply", path, "-o", tmp_path / "p.safetensors", "--to", "4", "-t", "aux.conv1.weight", check=0)
     assert p.stderr == ""
+
+
+def test_json_reports_the_bytes_cloned_copied_and_written(tmp_path, model):
+    """apply --json: what was done, on stdout; the bytes add up to the output's size, a long untouched
+    run goes through the kernel (cloned or copied, as the file system can), the rest is written."""
+    big = tmp_path / "big.safetensors"
+    stem = np.arange(8 * 3 * 3 * 3, dtype=np.float32).reshape(8, 3, 3, 3)
+    save(str(big), {"stem": ("F32", stem), "body": ("F32", np.ones(3 << 20, np.float32))}, {})
+    p = run("apply", big, "-o", tmp_path / "o.safetensors", "-t", "stem", "--to", "4", "--json", "--no-fsync", check=0)
+    doc = json.loads(p.stdout)
+    size = (tmp_path / "o.safetensors").stat().st_size
+    assert doc["output"] == str(tmp_path / "o.safetensors")
+    assert (doc["tensors_changed"], doc["tensors_copied"]) == (1, 1)
+    b = doc["bytes"]
+    assert b["cloned"] + b["copied"] + b["written"] == size
+    assert b["cloned"] + b["copied"] >= (12 << 20) - 2 * 4096  # the body, all but its partial blocks
+    assert b["written"] < 64 << 10
+    p = run("apply", big, "-o", "-", "--json", "--to", "4", "-t", "stem", check=2)
+    assert "--json" in p.stderr and p.stdout == ""
 
 
 def test_progress_shows_syncing_not_eta_at_the_end(tmp_path, model):

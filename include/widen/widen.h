@@ -321,6 +321,18 @@ size_t widen_find_candidates(const widen_checkpoint *ckpt, int axis, uint64_t fr
 /* ---------------------------------------------------------------------------------------------- */
 /* Apply and verify                                                                                 */
 
+/* What an apply did with the output's bytes (a growable struct: widen_apply_stats_init(&s, sizeof s)). */
+typedef struct widen_apply_stats {
+    size_t size;
+    uint64_t bytes_cloned;  /* shared with the input's blocks (reflink: XFS, btrfs, OpenZFS, NFS 4.2):
+                               no data moved, no space used */
+    uint64_t bytes_copied;  /* copied inside the kernel (copy_file_range) */
+    uint64_t bytes_written; /* written from the library's buffers: transformed tensors, headers, the
+                               untouched bytes of runs too short to copy, documents of a folder */
+} widen_apply_stats;
+
+void widen_apply_stats_init(widen_apply_stats *stats, size_t size);
+
 typedef struct widen_apply_options {
     size_t size;               /* sizeof(widen_apply_options), as widen_apply_options_init sets it */
     unsigned threads;          /* 0: online CPUs */
@@ -345,6 +357,8 @@ typedef struct widen_apply_options {
      * folder's parent, exists and takes files). What is left to go wrong is I/O: a full disk, a file
      * changed under it. */
     int dry_run;
+    /* Added after the first layout. Filled when the apply succeeds (NULL: not kept). */
+    widen_apply_stats *stats;
 } widen_apply_options;
 
 /* Fills options with the defaults: all CPUs, fsync on, no overwrite, no manifest, no progress. */

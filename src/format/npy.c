@@ -476,7 +476,7 @@ static widen_status npz_inflate(widen_checkpoint *c, const npz_member *m, size_t
             pos += NPZ_ALIGN - pos % NPZ_ALIGN;
         }
         if (!st && e->method == 0 && needed && t->nbytes) { /* a stored member of a mixed archive */
-            st = file.fd >= 0 ? widen_copy_all(file.fd, t->offset, fd, t->nbytes, target, err) : WIDEN_EUSAGE;
+            st = file.fd >= 0 ? widen_copy_all(file.fd, t->offset, fd, t->nbytes, target, NULL, err) : WIDEN_EUSAGE;
             if (st == WIDEN_EUSAGE) /* not between these file systems: through this process */
                 st = widen_write_all(fd, file.data + t->offset, (size_t)t->nbytes, target, err);
             widen_mapping_release(&file, t->offset, t->nbytes);

@@ -471,7 +471,28 @@ widen_status widen_safetensors_header(const widen_plan *plan, const widen_checkp
         offset += p->nbytes;
     }
     widen_text_add(&t, "}", 1);
-    while (!t.failed && (t.len - 8) % 8) widen_text_add(&t, " ", 1); /* padded to a multiple of 8, as the reference pads */
+    /* Padded with spaces: to a multiple of 8, as the reference pads; or, where the output holds a run
+     * of untouched tensors of at least WIDEN_CLONE_MIN bytes, so that the longest such run lies at its
+     * input offset modulo WIDEN_CLONE_BLOCK, whose whole blocks a file system that clones then shares
+     * instead of copying. A function of the input and the plan alone, whatever the output's file
+     * system. */
+    uint64_t run_bytes = 0, run_out = 0, run_in = 0, best = 0, best_out = 0, best_in = 0, at = 0;
+    for (size_t i = 0; i < plan->count; i++) {
+        const widen_plan_tensor *p = &plan->tensors[i];
+        int copy = p->op == WIDEN_OP_COPY && !p->strided;
+        int continues = copy && i > 0 && run_bytes && p->in->offset == plan->tensors[i - 1].in->offset +
+                                                                       plan->tensors[i - 1].in->nbytes;
+        if (copy && !continues) run_bytes = 0, run_out = at, run_in = p->in->offset;
+        run_bytes = copy ? run_bytes + p->nbytes : 0;
+        if (run_bytes > best) best = run_bytes, best_out = run_out, best_in = run_in;
+        at += p->nbytes;
+    }
+    if (best >= WIDEN_CLONE_MIN) {
+        size_t pad = (size_t)((best_in + WIDEN_CLONE_BLOCK - (t.len + best_out) % WIDEN_CLONE_BLOCK) % WIDEN_CLONE_BLOCK);
+        for (size_t k = 0; k < pad && !t.failed; k++) widen_text_add(&t, " ", 1);
+    } else {
+        while (!t.failed && (t.len - 8) % 8) widen_text_add(&t, " ", 1);
+    }
     if (t.failed) {
         free(t.data);
         return widen_fail(err, WIDEN_EIO, "out of memory");

@@ -179,11 +179,14 @@ static void wr64(unsigned char *p, uint64_t v) { wr32(p, (uint32_t)v), wr32(p + 
 /* DOS date and time of 1980-01-01 00:00: fixed, so archives are reproducible. */
 enum { DOS_TIME = 0, DOS_DATE = (0 << 9) | (1 << 5) | 1 };
 
-size_t widen_zip_begin(widen_zip_writer *w, const char *name, unsigned char *out, size_t out_size)
+size_t widen_zip_begin(widen_zip_writer *w, const char *name, int64_t congruent_to, unsigned char *out, size_t out_size)
 {
     size_t nlen = strlen(name), base = 30 + nlen;
     if (!w->alignment) w->alignment = 64;
     size_t pad = (w->alignment - (w->offset + base + 4) % w->alignment) % w->alignment; /* FB block: 4 + pad */
+    if (congruent_to >= 0)
+        pad = (size_t)(((uint64_t)congruent_to + WIDEN_CLONE_BLOCK - (w->offset + base + 4) % WIDEN_CLONE_BLOCK) %
+                       WIDEN_CLONE_BLOCK);
     size_t total = base + 4 + pad;
     if (total > out_size) return 0;
     if (w->count == w->cap) {

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "../error.h"
+#include "../io.h"
 #include "../table.h"
 
 typedef struct widen_zip_entry {
@@ -58,9 +59,10 @@ typedef struct widen_zip_writer {
     unsigned alignment; /* data starts on multiples of this (64) */
 } widen_zip_writer;
 
-/* Local header for `name` (padded so the data starts aligned), into out (<= 30 + name + 4 + 63
- * bytes); returns its length. */
-size_t widen_zip_begin(widen_zip_writer *w, const char *name, unsigned char *out, size_t out_size);
+/* Local header for `name` (padded so the data starts aligned; or, with congruent_to >= 0, so that
+ * it starts at congruent_to modulo WIDEN_CLONE_BLOCK), into out (<= 30 + name + 4 + 4095 bytes);
+ * returns its length (0: out of memory, or out too small). */
+size_t widen_zip_begin(widen_zip_writer *w, const char *name, int64_t congruent_to, unsigned char *out, size_t out_size);
 void widen_zip_data(widen_zip_writer *w, const void *data, size_t len);
 /* The current record's whole data, `len` bytes with CRC-32 `crc`, written without passing through
  * widen_zip_data (copied inside the kernel). */
