@@ -14,7 +14,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int zip = size >= 4 && memcmp(data, "PK\x03\x04", 4) == 0;
     widen_checkpoint *c = buffer_checkpoint(data, size, zip ? "fuzz.npz" : "fuzz.npy", zip ? "npz" : "npy");
     widen_error err;
-    if ((zip ? widen_npz_read_bounded(c, FUZZ_MAX_INFLATED, &err) : widen_npy_read(c, &err)) == WIDEN_OK) {
+    if ((zip ? widen_npz_read_bounded(c, FUZZ_MAX_INFLATED, NULL, &err) : widen_npy_read(c, &err)) == WIDEN_OK) {
         check_tensors_inside(c, c->size);
         for (size_t i = 0; i < c->count; i++) { /* Fortran order and big-endian: gathered, swapped */
             widen_hash128 h;
