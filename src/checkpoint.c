@@ -193,6 +193,7 @@ void widen_close(widen_checkpoint *c)
 {
     if (!c) return;
     if (c->format_free) c->format_free(c->format_state);
+    if (c->pending_free) c->pending_free(c->pending);
     if (c->map) munmap((void *)c->map, (size_t)c->size);
     if (c->fd >= 0) close(c->fd);
     if (c->inflated && c->file.data) munmap((void *)c->file.data, (size_t)c->file.size);

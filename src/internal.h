@@ -54,6 +54,8 @@ struct widen_checkpoint {
      * of it what a deferred open left to widen_checkpoint_load (0: none; the tensors' offsets are then
      * not yet where their bytes are, and only the tensor list may be used). */
     uint64_t open_work, pending_work;
+    void *pending; /* the reader's state for that (format_state is the format's own) */
+    void (*pending_free)(void *pending);
 };
 
 /* How a checkpoint is opened: the progress of what opening reads (an .npz's deflated members

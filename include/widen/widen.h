@@ -436,7 +436,9 @@ void widen_verify_report_init(widen_verify_report *report, size_t size);
  * else from the output's `widen` metadata key (options may be NULL: the defaults). Untouched tensors must be byte-identical (or equal after
  * the recorded cast); every transformed output channel must equal its source channel bit for bit,
  * and every filled channel hold exactly the fill (checked with the scalar reference kernels).
- * Returns WIDEN_OK or WIDEN_DIFFERENT (report filled in either case), or an error status. */
+ * Returns WIDEN_OK or WIDEN_DIFFERENT (report filled in either case), or an error status.
+ * Progress counts, in one run, what opening the two files reads (an .npz's members, as
+ * widen_open_with counts them), the bytes replayed, then the bytes read back. */
 widen_status widen_verify(const char *input_path, const char *output_path, const widen_verify_options *options,
                           widen_verify_report *report, widen_error *err);
 

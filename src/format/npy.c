@@ -685,8 +685,8 @@ widen_status widen_npz_read_bounded(widen_checkpoint *c, uint64_t max_inflated, 
     if (!st) st = npz_members(c, p, max_inflated, err);
     if (!st) c->open_work = p->work;
     if (!st && p->work && work && work->defer) {
-        c->format_state = p; /* until widen_npz_load, or widen_close */
-        c->format_free = npz_pending_free;
+        c->pending = p; /* until widen_npz_load, or widen_close */
+        c->pending_free = npz_pending_free;
         c->pending_work = p->work;
         return WIDEN_OK;
     }
@@ -702,10 +702,10 @@ widen_status widen_npz_read(widen_checkpoint *c, const widen_open_work *work, wi
 
 widen_status widen_npz_load(widen_checkpoint *c, widen_progress_fn progress, void *progress_user, widen_error *err)
 {
-    npz_pending *p = c->format_free == npz_pending_free ? c->format_state : NULL;
+    npz_pending *p = c->pending_free == npz_pending_free ? c->pending : NULL;
     if (!p) return WIDEN_OK;
-    c->format_state = NULL;
-    c->format_free = NULL;
+    c->pending = NULL;
+    c->pending_free = NULL;
     c->pending_work = 0;
     widen_status st = npz_load(c, p, progress, progress_user, err);
     npz_pending_free(p);
