@@ -215,6 +215,7 @@ static const char usage_hash[] =
 typedef struct progress_state {
     int show;
     int fsync; /* once every byte is written, the output is fsynced: show that phase */
+    const char *phase; /* a name for the run ("inflating"), or NULL */
     double start, last;
     uint64_t total; /* the last total reported */
 } progress_state;
@@ -263,8 +264,8 @@ static int on_progress(void *user, uint64_t done, uint64_t total)
             human((double)total, all, sizeof all);
             human(speed, rate, sizeof rate);
             double eta = speed > 0 ? (double)(total - done) / speed : 0;
-            fprintf(stderr, "\r\033[K%5.1f%%  %s / %s  %s/s  ETA %.0fs", total ? 100.0 * done / total : 100.0, d,
-                    all, rate, eta);
+            fprintf(stderr, "\r\033[K%5.1f%%  %s / %s  %s/s  ETA %.0fs%s%s", total ? 100.0 * done / total : 100.0, d,
+                    all, rate, eta, p->phase ? "  " : "", p->phase ? p->phase : "");
             p->last = t;
         }
     }
@@ -274,6 +275,19 @@ static int on_progress(void *user, uint64_t done, uint64_t total)
 static void progress_end(progress_state *p)
 {
     if (p->show) fputs("\r\033[K", stderr);
+}
+
+/* widen_model_open, with a progress line while it reads data (an .npz's members inflated). */
+static widen_status open_model(const char *path, int show, widen_model **model, widen_error *err)
+{
+    progress_state ps = {.show = show, .phase = "inflating", .start = now()};
+    widen_open_options o;
+    widen_open_options_init(&o, sizeof o);
+    o.progress = on_progress;
+    o.progress_user = &ps;
+    widen_status st = widen_model_open_with(path, &o, model, err);
+    if (ps.total) progress_end(&ps); /* (a line only where it reported) */
+    return st;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -539,7 +553,7 @@ static int cmd_inspect_or_hash(int argc, char **argv, int is_hash)
     const char *path = argv[optind];
     widen_error err;
     widen_model *model;
-    if (widen_model_open(path, &model, &err)) return fail_err(&err);
+    if (open_model(path, read_progress < 0 ? isatty(2) : read_progress, &model, &err)) return fail_err(&err);
     if (widen_model_is_folder(model)) {
         int folder_rc = print_folder(model, path, json, want_hash, is_hash);
         widen_model_close(model);
@@ -1144,7 +1158,7 @@ static int cmd_apply(int argc, char **argv)
         if (!ok) rc = fail(WIDEN_EUSAGE, "--cast: '%s' is not f32, f16 or bf16", a.cast);
         else if (widen_transform_set_cast(tr, to, &err)) rc = fail_flag("--cast", &err);
     }
-    if (!rc && widen_model_open(a.input, &c, &err)) rc = fail_err(&err);
+    if (!rc && open_model(a.input, a.progress < 0 ? isatty(2) : a.progress, &c, &err)) rc = fail_err(&err);
     /* JAX/Flax kernels (HWIO) come as .npz: their input channels are axis -2 */
     if (!rc && !a.have_axis && !widen_model_is_folder(c) && strcmp(widen_checkpoint_format(widen_model_file(c, 0)), "npz") == 0)
         a.axis = -2;

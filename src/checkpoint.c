@@ -1,5 +1,6 @@
 /* checkpoint.c: opening a checkpoint read-only, telling formats apart, and the tensor list. */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,7 +65,49 @@ static int first_member_is_npy(const unsigned char *p, uint64_t size)
     return n > 4 && 30 + n <= size && memcmp(p + 30 + n - 4, ".npy", 4) == 0;
 }
 
+void widen_open_options_init(widen_open_options *o, size_t size)
+{
+    const widen_open_options defaults = {.size = sizeof defaults};
+    widen_options_init(o, size, &defaults, sizeof defaults);
+}
+
+widen_status widen_open_with(const char *path, const widen_open_options *options, widen_checkpoint **out,
+                             widen_error *err)
+{
+    if (!path || !out)
+        return widen_fail(err, WIDEN_EUSAGE, "widen_open_with needs a path and somewhere to put the checkpoint");
+    widen_open_options o;
+    widen_open_options_init(&o, sizeof o);
+    *out = NULL;
+    widen_status st = widen_options_read(&o, sizeof o, WIDEN_OPEN_OPTIONS_V1, options, "widen_open_options", err);
+    if (st) return st;
+    widen_open_work work = {.progress = o.progress, .progress_user = o.progress_user};
+    return widen_open_ex(path, &work, out, err);
+}
+
 widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *err)
+{
+    if (!path || !out) return widen_fail(err, WIDEN_EUSAGE, "widen_open needs a path and somewhere to put the checkpoint");
+    return widen_open_ex(path, NULL, out, err);
+}
+
+/* After the data is read: the pages the reading touched go, and the data is read front to back. */
+static void loaded(widen_checkpoint *c)
+{
+    if (c->inflated) widen_mapping_release(&c->file, 0, c->file.size); /* what inflating read */
+    if (c->map) madvise((void *)c->map, (size_t)c->size, MADV_SEQUENTIAL);
+}
+
+widen_status widen_checkpoint_load(widen_checkpoint *c, widen_progress_fn progress, void *progress_user,
+                                   widen_error *err)
+{
+    if (!c->pending_work) return WIDEN_OK;
+    widen_status st = widen_npz_load(c, progress, progress_user, err);
+    if (!st) loaded(c);
+    return st;
+}
+
+widen_status widen_open_ex(const char *path, const widen_open_work *work, widen_checkpoint **out, widen_error *err)
 {
     if (!path || !out) return widen_fail(err, WIDEN_EUSAGE, "widen_open needs a path and somewhere to put the checkpoint");
     *out = NULL;
@@ -113,7 +156,7 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
     }
     if (c->size >= 4 && memcmp(c->map, "PK\x03\x04", 4) == 0 && first_member_is_npy(c->map, c->size)) {
         c->format = "npz";
-        st = widen_npz_read(c, err);
+        st = widen_npz_read(c, work, err);
     } else if (c->size >= 4 && memcmp(c->map, "PK\x03\x04", 4) == 0) {
         c->format = "pt";
         st = widen_torch_read(c, err);
@@ -138,8 +181,7 @@ widen_status widen_open(const char *path, widen_checkpoint **out, widen_error *e
         }
     }
     widen_release(c, 0, c->size); /* the pages reading the headers touched */
-    if (c->inflated) widen_mapping_release(&c->file, 0, c->file.size); /* and inflating read */
-    if (c->map) madvise((void *)c->map, (size_t)c->size, MADV_SEQUENTIAL); /* then the data, front to back */
+    if (!c->pending_work) loaded(c);
     *out = c;
     return WIDEN_OK;
 fail:
@@ -151,6 +193,7 @@ void widen_close(widen_checkpoint *c)
 {
     if (!c) return;
     if (c->format_free) c->format_free(c->format_state);
+    if (c->pending_free) c->pending_free(c->pending);
     if (c->map) munmap((void *)c->map, (size_t)c->size);
     if (c->fd >= 0) close(c->fd);
     if (c->inflated && c->file.data) munmap((void *)c->file.data, (size_t)c->file.size);

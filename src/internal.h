@@ -3,6 +3,7 @@
 #define WIDEN_INTERNAL_H
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdbool.h>
 
 #include "error.h"
@@ -49,7 +50,35 @@ struct widen_checkpoint {
      * `file` is the input itself, still open and mapped, for what is the file's own (size, hash). */
     int inflated;
     widen_mapping file;
+    /* The work an open does reading data (an .npz's inflating and CRC checks: its progress total), and
+     * of it what a deferred open left to widen_checkpoint_load (0: none; the tensors' offsets are then
+     * not yet where their bytes are, and only the tensor list may be used). */
+    uint64_t open_work, pending_work;
+    void *pending; /* the reader's state for that (format_state is the format's own) */
+    void (*pending_free)(void *pending);
 };
+
+/* How a checkpoint is opened: the progress of what opening reads (an .npz's deflated members
+ * inflated, its stored members' CRC-32 checked; NULL: none), and `defer`: that reading waits for
+ * widen_checkpoint_load (verify first learns its run's total from the tensor lists). */
+typedef struct widen_open_work {
+    widen_progress_fn progress;
+    void *progress_user;
+    int defer;
+} widen_open_work;
+
+/* Progress reports of a reader's open: every WIDEN_OPEN_STEP bytes of its work, and at its end. */
+#define WIDEN_OPEN_STEP (8ull << 20)
+
+/* The first published widen_open_options ends with progress_user. */
+#define WIDEN_OPEN_OPTIONS_V1 (offsetof(widen_open_options, progress_user) + sizeof(void *))
+
+/* widen_open with `work` (NULL: no progress, nothing deferred). */
+widen_status widen_open_ex(const char *path, const widen_open_work *work, widen_checkpoint **out, widen_error *err);
+/* Does what a deferred open left (nothing where it left nothing), with its progress: done of
+ * ckpt->pending_work. Nonzero from progress: WIDEN_EINTERRUPTED; after a failure, only widen_close. */
+widen_status widen_checkpoint_load(widen_checkpoint *ckpt, widen_progress_fn progress, void *progress_user,
+                                   widen_error *err);
 
 /* The input file as opened: `file` where the tensors were inflated elsewhere, else the mapping. */
 static inline widen_mapping widen_checkpoint_file(const widen_checkpoint *ckpt)

@@ -296,7 +296,7 @@ static void prefix_range(const listing *l, const char *prefix, size_t *lo, size_
 /* ---------------------------------------------------------------------------------------------- */
 /* Opening                                                                                          */
 
-static widen_status add_file(widen_model *m, size_t component, const char *rel, widen_error *err)
+static widen_status add_file(widen_model *m, size_t component, const char *rel, uint64_t share, widen_error *err)
 {
     widen_model_part *grown = realloc(m->files, (m->file_count + 1) * sizeof *grown);
     if (!grown) return widen_fail(err, WIDEN_EIO, "out of memory");
@@ -308,7 +308,8 @@ static widen_status add_file(widen_model *m, size_t component, const char *rel, 
     m->file_count++;
     char *path = m->root ? widen_path_join(m->root, rel) : strdup(rel);
     if (!path) return widen_fail(err, WIDEN_EIO, "out of memory");
-    widen_status st = widen_open(path, &f->ckpt, err);
+    if (m->open_meter) widen_meter_next(m->open_meter, share);
+    widen_status st = widen_open_ex(path, m->opening, &f->ckpt, err);
     free(path);
     return st;
 }
@@ -487,7 +488,7 @@ static widen_status open_component(widen_model *m, const listing *l, const char 
                                 chosen_index, shards[k]);
             else {
                 used[hit] = 1;
-                st = add_file(m, ci, l->items[hit].rel, err);
+                st = add_file(m, ci, l->items[hit].rel, l->items[hit].size, err);
             }
             free(shard_rel);
         }
@@ -514,7 +515,7 @@ static widen_status open_component(widen_model *m, const listing *l, const char 
             const char *name = l->items[i].rel + skip;
             if (strchr(name, '/') || weight_family(name) != family || (plain && variant_name(name))) continue;
             used[i] = 1;
-            widen_status st = add_file(m, ci, l->items[i].rel, err);
+            widen_status st = add_file(m, ci, l->items[i].rel, l->items[i].size, err);
             if (st) return st;
         }
         c->file_count = m->file_count - c->first_file;
@@ -560,6 +561,7 @@ static widen_status open_folder(widen_model *m, const char *explicit_index, wide
     widen_status st = list_folder(m->root, "", 0, &l, err);
     unsigned char *used = NULL;
     if (!st && l.count) qsort(l.items, l.count, sizeof *l.items, by_rel);
+    for (size_t i = 0; m->open_meter && i < l.count; i++) m->open_meter->total += l.items[i].size;
     if (!st && !(used = calloc(l.count + 1, 1))) st = widen_fail(err, WIDEN_EIO, "out of memory");
     if (!st) st = open_component(m, &l, "", explicit_index, used, err);
     if (!st && !explicit_index) {
@@ -781,6 +783,36 @@ widen_status widen_model_open(const char *path, widen_model **out, widen_error *
     if (!out) return widen_fail(err, WIDEN_EUSAGE, "widen_model_open needs somewhere to put the model");
     *out = NULL;
     if (!path) return widen_fail(err, WIDEN_EUSAGE, "widen_model_open needs a path");
+    return widen_model_open_with(path, NULL, out, err);
+}
+
+/* Progress of a folder's opens, scaled into the folder's total, ended at it where any was reported. */
+typedef struct folder_progress {
+    widen_meter meter;
+    int called;
+} folder_progress;
+
+static int folder_opening(void *user, uint64_t done, uint64_t total)
+{
+    folder_progress *f = user;
+    f->called = 1;
+    return widen_meter_progress(&f->meter, done, total);
+}
+
+widen_status widen_model_open_with(const char *path, const widen_open_options *options, widen_model **out,
+                                   widen_error *err)
+{
+    if (!out) return widen_fail(err, WIDEN_EUSAGE, "widen_model_open_with needs somewhere to put the model");
+    *out = NULL;
+    if (!path) return widen_fail(err, WIDEN_EUSAGE, "widen_model_open_with needs a path");
+    widen_open_options o;
+    widen_open_options_init(&o, sizeof o);
+    widen_status given = widen_options_read(&o, sizeof o, WIDEN_OPEN_OPTIONS_V1, options, "widen_open_options", err);
+    if (given) return given;
+    widen_open_work file_work = {.progress = o.progress, .progress_user = o.progress_user}, folder_work = file_work;
+    folder_progress folder = {.meter = {.fn = o.progress, .user = o.progress_user}};
+    folder_work.progress = o.progress ? folder_opening : NULL;
+    folder_work.progress_user = &folder;
     widen_model *m = calloc(1, sizeof *m);
     if (!m || !(m->path = strdup(path))) {
         free(m);
@@ -790,6 +822,8 @@ widen_status widen_model_open(const char *path, widen_model **out, widen_error *
     widen_status st = WIDEN_OK;
     int is_dir = stat(path, &s) == 0 && S_ISDIR(s.st_mode);
     int is_index = !is_dir && ends_with(path, ".index.json") && stat(path, &s) == 0 && S_ISREG(s.st_mode);
+    m->opening = is_dir || is_index ? &folder_work : &file_work;
+    m->open_meter = (is_dir || is_index) && o.progress ? &folder.meter : NULL;
     if (is_dir) {
         if (!(m->root = strdup(path))) st = widen_fail(err, WIDEN_EIO, "out of memory");
         size_t n = m->root ? strlen(m->root) : 0;
@@ -806,9 +840,15 @@ widen_status widen_model_open(const char *path, widen_model **out, widen_error *
         if (!st) st = open_folder(m, base_name(path), err);
         free(copy);
     } else {
-        st = add_file(m, 0, path, err);
+        st = add_file(m, 0, path, 0, err);
         if (!st) m->size = widen_checkpoint_size(m->files[0].ckpt);
     }
+    /* the folder's run ends at its total (the files that are not weights are its rest) */
+    if (!st && folder.called && folder.meter.reported < folder.meter.total &&
+        o.progress(o.progress_user, folder.meter.total, folder.meter.total))
+        st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", path);
+    m->opening = NULL;
+    m->open_meter = NULL;
     if (!st) st = name_tensors(m, err);
     if (!st && m->root) channel_notes(m);
     if (st) {

@@ -72,6 +72,10 @@ struct widen_model {
     char **notes;              /* what configs say about channels */
     size_t note_count;
     uint64_t size;
+    /* while widen_model_open_with runs: its files' opens' progress (NULL: none), and for a folder the
+     * run over them all, each file's share its size */
+    const widen_open_work *opening;
+    widen_meter *open_meter;
 };
 
 /* Component of a model tensor, and the tensor's index within its file. */

@@ -571,7 +571,11 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
     widen_npz_layout npz_layout = {0};
     size_t before = report->differences;
     widen_status st = widen_isa_init(err);
-    if (st || (st = widen_open(input, &v.in, err)) || (st = widen_open(output, &v.out, err))) goto done;
+    /* the tensor lists first: an .npz's inflating waits until the run's total is known (and is not
+     * done at all where the transform does not apply) */
+    const widen_open_work deferred = {.defer = 1};
+    if (st || (st = widen_open_ex(input, &deferred, &v.in, err)) || (st = widen_open_ex(output, &deferred, &v.out, err)))
+        goto done;
     if (!(v.provenance = strdup(provenance))) {
         st = widen_fail(err, WIDEN_EIO, "out of memory");
         goto done;
@@ -587,6 +591,23 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
     report->tensors += v.plan.count;
     if (record) widen_apply_record_sizes(record, &v.plan);
     int to_pt = strcmp(v.out->format, "pt") == 0, to_npz = strcmp(v.out->format, "npz") == 0;
+    /* progress: what opening the files reads (an .npz's members inflated, read now: the structure's
+     * checks below take offsets too), the replay's bytes, then the bytes read back */
+    uint64_t read_back = 0;
+    for (size_t i = 0; i < v.plan.count; i++) {
+        const widen_plan_tensor *p = &v.plan.tensors[i];
+        long at = widen_tensor_find(v.out, p->name);
+        if ((!to_pt || p->hashed) && at >= 0)
+            read_back += widen_tensor_strided(v.out, (size_t)at) ? widen_tensor_elements(v.out, (size_t)at) *
+                         widen_dtype_bits(v.out->tensors[at].dtype) / 8 : v.out->tensors[at].nbytes;
+    }
+    widen_meter meter = {.fn = work ? work->progress : NULL, .user = work ? work->progress_user : NULL,
+                         .total = v.in->pending_work + v.out->pending_work + v.plan.data_bytes + read_back};
+    widen_checkpoint *const files[2] = {v.in, v.out};
+    for (int f = 0; f < 2; f++) {
+        widen_meter_next(&meter, files[f]->pending_work);
+        if ((st = widen_checkpoint_load(files[f], meter.fn ? widen_meter_progress : NULL, &meter, err))) goto done;
+    }
     /* 1. structure */
     compare_tensors(&v);
     if (to_npz) {
@@ -603,17 +624,6 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
         st = WIDEN_DIFFERENT;
         goto done;
     }
-    /* progress: the replay's bytes, then the bytes read back */
-    uint64_t read_back = 0;
-    for (size_t i = 0; i < v.plan.count; i++) {
-        const widen_plan_tensor *p = &v.plan.tensors[i];
-        long at = widen_tensor_find(v.out, p->name);
-        if ((!to_pt || p->hashed) && at >= 0)
-            read_back += widen_tensor_strided(v.out, (size_t)at) ? widen_tensor_elements(v.out, (size_t)at) *
-                         widen_dtype_bits(v.out->tensors[at].dtype) / 8 : v.out->tensors[at].nbytes;
-    }
-    widen_meter meter = {.fn = work ? work->progress : NULL, .user = work ? work->progress_user : NULL,
-                         .total = v.plan.data_bytes + read_back};
     widen_meter_next(&meter, v.plan.data_bytes);
     /* 2. bytes: written again through the scalar kernels (on any number of threads: the bytes do not
      * depend on it) */
@@ -755,7 +765,7 @@ widen_status widen_verify_file(const char *input, const char *output, const wide
          * output: compact, the same keys in the same order */
         provenance = json_dumps(json_object_get(manifest, "transform"), JSON_COMPACT);
         st = provenance ? widen_transform_from_json(provenance, &tr, err) : widen_fail(err, WIDEN_EIO, "out of memory");
-    } else if (!(st = widen_open(output, &out, err))) {
+    } else if (!(st = widen_open_ex(output, &(const widen_open_work){.defer = 1}, &out, err))) { /* its record only */
         /* an .npz records it as its archive comment, where widen wrote one */
         int npz = strcmp(out->format, "npz") == 0;
         const char *comment = NULL;

@@ -422,15 +422,16 @@ void widen_npz_layout_free(widen_npz_layout *layout)
 
 int widen_npz_comment(const widen_checkpoint *ckpt, const char **text, size_t *len)
 {
-    const unsigned char *m = ckpt->map;
-    if (ckpt->size < 22) return 0;
-    uint64_t floor = ckpt->size > 22 + 65535 ? ckpt->size - 22 - 65535 : 0;
+    const widen_mapping file = widen_checkpoint_file(ckpt); /* the archive, not its inflated arrays */
+    const unsigned char *m = file.data;
+    if (file.size < 22) return 0;
+    uint64_t floor = file.size > 22 + 65535 ? file.size - 22 - 65535 : 0;
     /* the end record the zip reader takes (the last one), and every byte after it: a length field
      * that disagrees is then a difference verify finds in the end record, not a missing record */
-    for (uint64_t at = ckpt->size - 22;; at--) {
+    for (uint64_t at = file.size - 22;; at--) {
         if (memcmp(m + at, "PK\x05\x06", 4) == 0) {
             *text = (const char *)m + at + 22;
-            *len = (size_t)(ckpt->size - at - 22);
+            *len = (size_t)(file.size - at - 22);
             return 1;
         }
         if (at == floor) return 0;

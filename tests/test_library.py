@@ -109,6 +109,9 @@ def test_installed_library_builds_a_program_with_pkg_config_and_cmake(tmp_path):
 NULL_CALLS = [  # (function, argtypes, restype, args, expected result); P = a pointer argument given NULL
     ("widen_open", "PPP", ctypes.c_int, (None, None, None), 2),
     ("widen_open", "SPP", ctypes.c_int, (b"x.safetensors", None, None), 2),
+    ("widen_open_with", "PPPP", ctypes.c_int, (None, None, None, None), 2),
+    ("widen_open_with", "SPPP", ctypes.c_int, (b"x.safetensors", None, None, None), 2),
+    ("widen_open_options_init", "PZ", None, (None, 64), None),
     ("widen_close", "P", None, (None,), None),
     ("widen_checkpoint_path", "P", ctypes.c_char_p, (None,), None),
     ("widen_checkpoint_format", "P", ctypes.c_char_p, (None,), None),
@@ -147,6 +150,8 @@ NULL_CALLS = [  # (function, argtypes, restype, args, expected result); P = a po
     ("widen_apply_to_fd", "PiPPPP", ctypes.c_int, (None, 1, None, None, None, None), 2),
     ("widen_verify", "PPPPP", ctypes.c_int, (None, None, None, None, None), 2),
     ("widen_model_open", "PPP", ctypes.c_int, (None, None, None), 2),
+    ("widen_model_open_with", "PPPP", ctypes.c_int, (None, None, None, None), 2),
+    ("widen_model_open_with", "SPPP", ctypes.c_int, (b"x.safetensors", None, None, None), 2),
     ("widen_model_close", "P", None, (None,), None),
     ("widen_model_is_folder", "P", ctypes.c_int, (None,), 0),
     ("widen_model_file_count", "P", ctypes.c_size_t, (None,), 0),

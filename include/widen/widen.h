@@ -262,6 +262,27 @@ typedef struct widen_hash_options {
 /* Fills options with the defaults: all CPUs, no progress. */
 void widen_hash_options_init(widen_hash_options *options, size_t size);
 
+typedef struct widen_open_options {
+    size_t size;
+    widen_progress_fn progress;
+    void *progress_user;
+} widen_open_options;
+
+/* Fills options with the defaults: no progress. */
+void widen_open_options_init(widen_open_options *options, size_t size);
+
+/* widen_open, with progress (options may be NULL: widen_open). Most files are opened from their
+ * headers alone, and progress is then never called. An .npz reads its members' data at open: each
+ * stored member whole, for its CRC-32, and each deflated member (np.savez_compressed) inflated into
+ * the temporary file. Progress counts those bytes as they are read or inflated: the total is the
+ * stored members' sizes plus the deflated members' inflated sizes (as the zip directory declares
+ * them: the bytes inflated, not the compressed bytes read), plus, in an archive with deflated arrays,
+ * the stored arrays' bytes again, copied next to them. It is called every 8 MiB of that and at its
+ * end. Nonzero stops the open: WIDEN_EINTERRUPTED, *out NULL, the temporary file gone (it never had a
+ * name). */
+widen_status widen_open_with(const char *path, const widen_open_options *options, widen_checkpoint **out,
+                             widen_error *err);
+
 /* Hashes the whole file and each tensor's bytes (a strided tensor's elements in row-major order).
  * tensor_hashes has widen_tensor_count entries (or is NULL); options may be NULL (the defaults).
  * Progress counts the file's bytes and then, for a checkpoint whose tensors are not simply the file's
@@ -434,7 +455,9 @@ void widen_verify_report_init(widen_verify_report *report, size_t size);
  * else from the output's `widen` metadata key (options may be NULL: the defaults). Untouched tensors must be byte-identical (or equal after
  * the recorded cast); every transformed output channel must equal its source channel bit for bit,
  * and every filled channel hold exactly the fill (checked with the scalar reference kernels).
- * Returns WIDEN_OK or WIDEN_DIFFERENT (report filled in either case), or an error status. */
+ * Returns WIDEN_OK or WIDEN_DIFFERENT (report filled in either case), or an error status.
+ * Progress counts, in one run, what opening the two files reads (an .npz's members, as
+ * widen_open_with counts them), the bytes replayed, then the bytes read back. */
 widen_status widen_verify(const char *input_path, const char *output_path, const widen_verify_options *options,
                           widen_verify_report *report, widen_error *err);
 
@@ -451,6 +474,13 @@ typedef struct widen_model widen_model;
  * is missing or invalid, a malformed index or config; WIDEN_EUSAGE for a folder that holds no weights
  * or holds the same names in two files (the message names them). */
 widen_status widen_model_open(const char *path, widen_model **out, widen_error *err);
+/* widen_model_open with widen_open_with's progress (options may be NULL). A file: as widen_open_with.
+ * A folder: one run over its weight files' opens, whose total is the bytes of every file of the folder
+ * (widen_model_size); each weight file's open advances it by that file's size, in proportion to its own
+ * progress. It is called only where an open reads data (an .npz's members), and then ends at the
+ * total. */
+widen_status widen_model_open_with(const char *path, const widen_open_options *options, widen_model **out,
+                                   widen_error *err);
 void widen_model_close(widen_model *model);
 
 /* 1 for a model folder (or an index), 0 for a single checkpoint file. */

@@ -169,11 +169,16 @@ class Checkpoint:
     """An open checkpoint (safetensors, torch .pt/.pth/.bin, .npy/.npz), read-only. A context manager;
     arrays that ``get`` returns as views keep the file mapped until they are gone, even after close."""
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, progress: Optional[Callable[[int, int], object]] = None) -> None:
         self.path = os.fspath(path)
         err = _lib.Error_()
         ptr = ctypes.c_void_p()
-        _check(lib.widen_open(_path(path), ctypes.byref(ptr), ctypes.byref(err)), err)
+        callbacks = _Callbacks(progress, None)
+        options = callbacks.open_options()
+        status = lib.widen_open_with(_path(path), ctypes.byref(options), ctypes.byref(ptr), ctypes.byref(err))
+        if callbacks.exception is not None:
+            raise callbacks.exception
+        _check(status, err)
         self._handle: Optional[_Handle] = _Handle(ptr.value)
         self.format: str = lib.widen_checkpoint_format(ptr).decode()
         self.size: int = lib.widen_checkpoint_size(ptr)
@@ -259,10 +264,14 @@ class Checkpoint:
         return f"<widen.Checkpoint {self.path!r} {self.format}, {len(self.tensors)} tensors>"
 
 
-def open(path: PathLike) -> Checkpoint:  # noqa: A001 (widen.open, as the brief names it)
+def open(path: PathLike,  # noqa: A001 (widen.open, as the brief names it)
+         progress: Optional[Callable[[int, int], object]] = None) -> Checkpoint:
     """Opens a checkpoint file read-only (FormatError if it is not one widen reads, WidenIOError if it
-    cannot be read). Use as ``with widen.open(p) as ckpt: ckpt.get(name)``."""
-    return Checkpoint(path)
+    cannot be read). Use as ``with widen.open(p) as ckpt: ckpt.get(name)``. ``progress(done, total)``
+    is called as opening reads data, which only an .npz does (its stored members' CRC-32 checked, its
+    deflated members inflated: done of their bytes, inflated), every 8 MiB and at the end; a true
+    return value stops it with ``Interrupted``."""
+    return Checkpoint(path, progress)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -279,6 +288,21 @@ class _Callbacks:
         self.exception: Optional[BaseException] = None
         self.c_progress = _lib.PROGRESS(self._on_progress) if progress else _lib.PROGRESS()
         self.c_warning = _lib.WARNING(self._on_warning)
+
+    def open_options(self) -> _lib.OpenOptions:
+        options = _lib.OpenOptions()
+        lib.widen_open_options_init(ctypes.byref(options), ctypes.sizeof(options))
+        options.progress = self.c_progress
+        return options
+
+    def open_model(self, path: PathLike, model: ctypes.c_void_p) -> None:
+        """widen_model_open_with, this run's progress reporting the opening (an .npz's inflating)."""
+        err = _lib.Error_()
+        options = self.open_options()
+        status = lib.widen_model_open_with(_path(path), ctypes.byref(options), ctypes.byref(model), ctypes.byref(err))
+        if self.exception is not None:
+            raise self.exception
+        _check(status, err)
 
     def _on_progress(self, _user: object, done: int, total: int) -> int:
         if self.exception is not None:
@@ -351,7 +375,8 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
     new ones filled by ``init`` (zeros, const:V, mean, copy:K, normal:STD[:SEED], timm, cyclic); or
     ``map`` gives every output channel ("0,1,2,zero" or [0, 1, 2, "zero"]). ``cast`` is f32, f16 or
     bf16. ``axis`` defaults to 1 (-2 for an .npz). ``progress(done, total)`` is called as bytes are
-    written; a true return value stops the run with ``Interrupted``, an exception it raises stops it
+    written (before that, where opening ``src`` reads data, an .npz's inflating, as ``open`` calls it:
+    a run of its own, with its own total); a true return value stops the run with ``Interrupted``, an exception it raises stops it
     and is re-raised. Notices go to ``warning(message)``, else to ``warnings.warn`` (WidenWarning).
     The output appears only when complete: after any failure there is none.
 
@@ -384,7 +409,8 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
             if cast.lower() not in _CASTS:
                 raise UsageError(f"cast: '{cast}' is not f32, f16 or bf16")
             _check(lib.widen_transform_set_cast(tr, _CASTS[cast.lower()], ctypes.byref(err)), err)
-        _check(lib.widen_model_open(_path(src), ctypes.byref(model), ctypes.byref(err)), err)
+        callbacks = _Callbacks(progress, warning)
+        callbacks.open_model(src, model)
         if axis is None:
             axis = 1
             if not lib.widen_model_is_folder(model) and \
@@ -394,7 +420,6 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
             _add_maps(model, tr, os.fspath(src), names, to, init, at or 0, map, axis, channels_from)
         options = _lib.ApplyOptions()
         lib.widen_apply_options_init(ctypes.byref(options), ctypes.sizeof(options))
-        callbacks = _Callbacks(progress, warning)
         options.threads = threads
         options.fsync = int(fsync)
         options.overwrite = int(overwrite)
@@ -547,9 +572,9 @@ def hash(path: PathLike, progress: Optional[Callable[[int, int], object]] = None
     as for apply (per file); ``threads`` (0: all CPUs) does not change the hashes."""
     err = _lib.Error_()
     model = ctypes.c_void_p()
-    _check(lib.widen_model_open(_path(path), ctypes.byref(model), ctypes.byref(err)), err)
+    callbacks = _Callbacks(progress, None)
+    callbacks.open_model(path, model)
     try:
-        callbacks = _Callbacks(progress, None)
         options = _lib.HashOptions()
         lib.widen_hash_options_init(ctypes.byref(options), ctypes.sizeof(options))
         options.threads = threads

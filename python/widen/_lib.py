@@ -64,6 +64,10 @@ class HashOptions(ctypes.Structure):
                 ("progress_user", ctypes.c_void_p)]
 
 
+class OpenOptions(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("progress", PROGRESS), ("progress_user", ctypes.c_void_p)]
+
+
 class VerifyOptions(ctypes.Structure):
     _fields_ = [("size", ctypes.c_size_t), ("manifest_path", ctypes.c_char_p), ("threads", ctypes.c_uint),
                 ("progress", PROGRESS), ("progress_user", ctypes.c_void_p)]
@@ -106,6 +110,8 @@ _sigs = {
     "widen_version_number": (ctypes.c_uint, []),
     "widen_dtype_name": (ctypes.c_char_p, [ctypes.c_int]),
     "widen_open": (ctypes.c_int, [ctypes.c_char_p, P(ctypes.c_void_p), P(Error_)]),
+    "widen_open_options_init": (None, [P(OpenOptions), ctypes.c_size_t]),
+    "widen_open_with": (ctypes.c_int, [ctypes.c_char_p, P(OpenOptions), P(ctypes.c_void_p), P(Error_)]),
     "widen_close": (None, [c_ckpt]),
     "widen_checkpoint_format": (ctypes.c_char_p, [c_ckpt]),
     "widen_checkpoint_size": (ctypes.c_uint64, [c_ckpt]),
@@ -135,6 +141,7 @@ _sigs = {
     "widen_isa_init": (ctypes.c_int, [P(Error_)]),
     "widen_remap": (ctypes.c_int, [P(RemapJob), ctypes.c_int, P(Error_)]),
     "widen_model_open": (ctypes.c_int, [ctypes.c_char_p, P(ctypes.c_void_p), P(Error_)]),
+    "widen_model_open_with": (ctypes.c_int, [ctypes.c_char_p, P(OpenOptions), P(ctypes.c_void_p), P(Error_)]),
     "widen_model_close": (None, [ctypes.c_void_p]),
     "widen_model_is_folder": (ctypes.c_int, [ctypes.c_void_p]),
     "widen_model_file_count": (ctypes.c_size_t, [ctypes.c_void_p]),

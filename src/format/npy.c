@@ -277,9 +277,50 @@ typedef struct npz_member {
     widen_npy_header h;
 } npz_member;
 
+/* What the header pass leaves to the data pass: the directory, the members in file order with their
+ * headers, and the work (the progress total). */
+typedef struct npz_pending {
+    widen_zip zip;
+    npz_member *m;
+    size_t count;
+    uint64_t declared; /* inflated bytes the deflated members declare */
+    uint64_t work;
+} npz_pending;
+
+static void npz_pending_free(void *state)
+{
+    npz_pending *p = state;
+    if (!p) return;
+    widen_zip_free(&p->zip);
+    free(p->m);
+    free(p);
+}
+
+/* The data pass's progress: `done` of `total` bytes of work, reported every WIDEN_OPEN_STEP and at
+ * the end; a nonzero answer stops the pass. */
+typedef struct npz_progress {
+    widen_progress_fn fn;
+    void *user;
+    const char *path;
+    uint64_t done, total, reported;
+    int ended;
+} npz_progress;
+
+static widen_status npz_advance(npz_progress *p, uint64_t bytes, widen_error *err)
+{
+    p->done += bytes;
+    if (p->done > p->total) p->done = p->total; /* (the declared sizes are checked as they are reached) */
+    if (!p->fn || p->ended || (p->done - p->reported < WIDEN_OPEN_STEP && p->done != p->total)) return WIDEN_OK;
+    p->reported = p->done;
+    p->ended = p->done == p->total;
+    return p->fn(p->user, p->done, p->total) ? widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", p->path)
+                                             : WIDEN_OK;
+}
+
 /* np.load reads a stored member through zipfile, which checks its CRC-32 at the end: a member that
  * fails it is refused here too, read a step at a time (its pages released as they are read). */
-static widen_status stored_crc(widen_checkpoint *c, const widen_zip_entry *e, const char *what, widen_error *err)
+static widen_status stored_crc(widen_checkpoint *c, const widen_zip_entry *e, const char *what, npz_progress *pr,
+                               widen_error *err)
 {
     enum { STEP = 8u << 20 };
     uint32_t crc = 0;
@@ -287,6 +328,8 @@ static widen_status stored_crc(widen_checkpoint *c, const widen_zip_entry *e, co
         uint64_t len = e->size - off < STEP ? e->size - off : STEP;
         crc = libdeflate_crc32(crc, c->map + e->data_offset + off, (size_t)len);
         widen_release(c, e->data_offset + off, len);
+        widen_status st = npz_advance(pr, len, err);
+        if (st) return st;
     }
     if (crc != e->crc)
         return widen_fail(err, WIDEN_EFORMAT, "%s: fails its CRC-32 check (np.load refuses it: a damaged file)", what);
@@ -446,7 +489,8 @@ static widen_status temp_open(const char *dir, int *fd, widen_error *err)
 
 /* Every deflated member inflated and checked whole; where one holds data, every array's bytes go into
  * the temporary file (stored ones copied), which then becomes the checkpoint's data. */
-static widen_status npz_inflate(widen_checkpoint *c, const npz_member *m, size_t count, widen_error *err)
+static widen_status npz_inflate(widen_checkpoint *c, const npz_member *m, size_t count, npz_progress *pr,
+                                widen_error *err)
 {
     uint64_t spill = 0;
     int needed = 0;
@@ -476,10 +520,14 @@ static widen_status npz_inflate(widen_checkpoint *c, const npz_member *m, size_t
             pos += NPZ_ALIGN - pos % NPZ_ALIGN;
         }
         if (!st && e->method == 0 && needed && t->nbytes) { /* a stored member of a mixed archive */
-            st = file.fd >= 0 ? widen_copy_all(file.fd, t->offset, fd, t->nbytes, target, NULL, err) : WIDEN_EUSAGE;
-            if (st == WIDEN_EUSAGE) /* not between these file systems: through this process */
-                st = widen_write_all(fd, file.data + t->offset, (size_t)t->nbytes, target, err);
-            widen_mapping_release(&file, t->offset, t->nbytes);
+            for (uint64_t done = 0, len; !st && done < t->nbytes; done += len) { /* a step at a time */
+                len = t->nbytes - done < WIDEN_OPEN_STEP ? t->nbytes - done : WIDEN_OPEN_STEP;
+                st = file.fd >= 0 ? widen_copy_all(file.fd, t->offset + done, fd, len, target, NULL, err) : WIDEN_EUSAGE;
+                if (st == WIDEN_EUSAGE) /* not between these file systems: through this process */
+                    st = widen_write_all(fd, file.data + t->offset + done, (size_t)len, target, err);
+                widen_mapping_release(&file, t->offset + done, len);
+                if (!st) st = npz_advance(pr, len, err);
+            }
             t->offset = pos;
             pos += t->nbytes;
         }
@@ -488,11 +536,13 @@ static widen_status npz_inflate(widen_checkpoint *c, const npz_member *m, size_t
         size_t got;
         if (!(st = inflate_start(&f, &file, e, err))) st = inflate_some(&f, buffer, (size_t)m[i].h.data_offset, &got, what, err);
         if (!st && got < m[i].h.data_offset) st = inflated_short(e, got, what, err);
+        if (!st) st = npz_advance(pr, got, err);
         for (uint64_t done = 0; !st && done < t->nbytes; done += got) {
             size_t want = t->nbytes - done < NPZ_CHUNK ? (size_t)(t->nbytes - done) : NPZ_CHUNK;
             st = inflate_some(&f, buffer, want, &got, what, err);
             if (!st && got < want) st = inflated_short(e, m[i].h.data_offset + done + got, what, err);
             if (!st) st = widen_write_all(fd, buffer, got, target, err);
+            if (!st) st = npz_advance(pr, got, err);
         }
         if (!st) st = inflate_finish(&f, e, what, err);
         inflate_stop(&f);
@@ -536,8 +586,9 @@ static const char *method_name(unsigned method)
 /* The members, checked in this order: what they are (.npy, stored or deflated), the inflated bytes
  * they declare (the work bound, before anything is inflated: a deflate bomb is refused at once),
  * each .npy header, and only then the deflated data, inflated whole. */
-static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, uint64_t max_inflated, widen_error *err)
+static widen_status npz_members(widen_checkpoint *c, npz_pending *p, uint64_t max_inflated, widen_error *err)
 {
+    const widen_zip *zip = &p->zip;
     widen_status st = WIDEN_OK;
     uint64_t declared = 0;
     char what[700];
@@ -557,12 +608,10 @@ static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, uint6
         return widen_fail(err, WIDEN_EFORMAT, "%s: its compressed members declare %llu bytes inflated, over %u times the "
                           "file's size (a deflate bomb?); widen does not inflate them", c->path,
                           (unsigned long long)declared, WIDEN_WORK_FACTOR);
-    npz_member *m = calloc(zip->count + 1, sizeof *m);
+    npz_member *m = p->m = calloc(zip->count + 1, sizeof *m);
     if (!(c->tensors = calloc(zip->count + 1, sizeof *c->tensors)) || !(c->names = calloc(zip->count + 1, sizeof *c->names)) ||
-        !m) {
-        free(m);
+        !m)
         return widen_fail(err, WIDEN_EIO, "out of memory");
-    }
     for (size_t i = 0; i < zip->count; i++) m[i].e = &zip->entries[i];
     /* file order: the archive is read front to back, and the tensors are listed so */
     if (zip->count) qsort(m, zip->count, sizeof *m, member_by_offset);
@@ -577,7 +626,6 @@ static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, uint6
             break;
         }
         if ((st = npy_layout(c, c->count, zip->count + 1, h, err))) break;
-        if (e->method == 0 && (st = stored_crc(c, e, what, err))) break;
         if (e->method == 0 && h->nbytes != e->size - h->data_offset) {
             st = widen_fail(err, WIDEN_EFORMAT, "%s: its header describes %llu bytes of data, the member holds %llu", what,
                             (unsigned long long)h->nbytes, (unsigned long long)(e->size - h->data_offset));
@@ -597,22 +645,69 @@ static widen_status npz_members(widen_checkpoint *c, const widen_zip *zip, uint6
         t->nbytes = h->nbytes;
         c->logical_bytes += h->nbytes;
     }
-    if (!st && declared) st = npz_inflate(c, m, c->count, err);
-    free(m);
+    if (st) return st;
+    /* the data pass's work: the stored members read for their CRC-32, the deflated ones inflated (the
+     * sizes the directory declares, which the inflating then checks), and in an archive that holds
+     * deflated arrays, the stored arrays copied next to them */
+    int needed = 0;
+    for (size_t i = 0; i < c->count; i++) needed |= m[i].e->method == 8 && m[i].h.nbytes;
+    p->count = c->count;
+    p->declared = declared;
+    for (size_t i = 0; i < c->count; i++)
+        p->work += m[i].e->method == 8 ? m[i].e->usize : m[i].e->size + (needed ? m[i].h.nbytes : 0);
+    return WIDEN_OK;
+}
+
+/* The data pass: each stored member's CRC-32, then the deflated members inflated. */
+static widen_status npz_load(widen_checkpoint *c, const npz_pending *p, widen_progress_fn progress,
+                             void *progress_user, widen_error *err)
+{
+    npz_progress pr = {.fn = progress, .user = progress_user, .path = c->path, .total = p->work};
+    widen_status st = WIDEN_OK;
+    char what[700];
+    for (size_t i = 0; i < p->count && !st; i++) {
+        if (p->m[i].e->method != 0) continue;
+        member_what(c, p->m[i].e, what, sizeof what);
+        st = stored_crc(c, p->m[i].e, what, &pr, err);
+    }
+    if (!st && p->declared) st = npz_inflate(c, p->m, p->count, &pr, err);
+    if (!st) st = npz_advance(&pr, 0, err); /* (the end, where no step fell on it) */
     return st;
 }
 
-widen_status widen_npz_read_bounded(widen_checkpoint *c, uint64_t max_inflated, widen_error *err)
+widen_status widen_npz_read_bounded(widen_checkpoint *c, uint64_t max_inflated, const widen_open_work *work,
+                                    widen_error *err)
 {
-    widen_zip zip = {0};
-    widen_status st = widen_zip_read(c->map, c->size, c->path, &zip, npz_forget, c, err);
-    if (!st) st = widen_zip_check_zipfile(c->map, c->size, c->path, &zip, err);
-    if (!st) st = npz_members(c, &zip, max_inflated, err);
-    widen_zip_free(&zip);
+    npz_pending *p = calloc(1, sizeof *p);
+    if (!p) return widen_fail(err, WIDEN_EIO, "out of memory");
+    widen_status st = widen_zip_read(c->map, c->size, c->path, &p->zip, npz_forget, c, err);
+    if (!st) st = widen_zip_check_zipfile(c->map, c->size, c->path, &p->zip, err);
+    if (!st) st = npz_members(c, p, max_inflated, err);
+    if (!st) c->open_work = p->work;
+    if (!st && p->work && work && work->defer) {
+        c->pending = p; /* until widen_npz_load, or widen_close */
+        c->pending_free = npz_pending_free;
+        c->pending_work = p->work;
+        return WIDEN_OK;
+    }
+    if (!st && p->work) st = npz_load(c, p, work ? work->progress : NULL, work ? work->progress_user : NULL, err);
+    npz_pending_free(p);
     return st;
 }
 
-widen_status widen_npz_read(widen_checkpoint *c, widen_error *err)
+widen_status widen_npz_read(widen_checkpoint *c, const widen_open_work *work, widen_error *err)
 {
-    return widen_npz_read_bounded(c, widen_work_limit(c->size), err);
+    return widen_npz_read_bounded(c, widen_work_limit(c->size), work, err);
+}
+
+widen_status widen_npz_load(widen_checkpoint *c, widen_progress_fn progress, void *progress_user, widen_error *err)
+{
+    npz_pending *p = c->pending_free == npz_pending_free ? c->pending : NULL;
+    if (!p) return WIDEN_OK;
+    c->pending = NULL;
+    c->pending_free = NULL;
+    c->pending_work = 0;
+    widen_status st = npz_load(c, p, progress, progress_user, err);
+    npz_pending_free(p);
+    return st;
 }

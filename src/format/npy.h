@@ -35,7 +35,15 @@ widen_status widen_npy_read(widen_checkpoint *c, widen_error *err);
  * all (checked before anything is inflated), and each stream must end exactly at its compressed
  * size, with the CRC-32 the directory gives. Other zip methods are refused. widen_npz_read bounds
  * the inflated bytes by the work bound (WIDEN_WORK_FACTOR times the file's size, plus the slack). */
-widen_status widen_npz_read_bounded(widen_checkpoint *c, uint64_t max_inflated, widen_error *err);
-widen_status widen_npz_read(widen_checkpoint *c, widen_error *err);
+/* Opening reads every stored member whole too, for its CRC-32 (as np.load's zipfile checks it).
+ * That reading and the inflating are the open's work (ckpt->open_work: the stored members' sizes,
+ * the deflated ones' inflated sizes, and in an archive with deflated arrays the stored arrays' bytes
+ * again, copied beside them), reported to work->progress (work may be NULL: none) every
+ * WIDEN_OPEN_STEP bytes and at its end; with work->defer it waits for widen_npz_load. */
+widen_status widen_npz_read_bounded(widen_checkpoint *c, uint64_t max_inflated, const widen_open_work *work,
+                                    widen_error *err);
+widen_status widen_npz_read(widen_checkpoint *c, const widen_open_work *work, widen_error *err);
+/* The work a deferred read left (none: WIDEN_OK at once). */
+widen_status widen_npz_load(widen_checkpoint *c, widen_progress_fn progress, void *progress_user, widen_error *err);
 
 #endif
