@@ -67,3 +67,23 @@ def test_python_apply_into_a_socket_with_a_timeout(tmp_path):
         a.close()
         b.close()
     assert b"".join(got) == want
+
+
+def test_what_cannot_stream_names_only_what_can(tmp_path):
+    npy, npz = str(tmp_path / "a.npy"), str(tmp_path / "a.npz")
+    np.save(npy, np.ones((2, 3, 4, 4), np.float32))
+    np.savez(npz, a=np.ones((2, 3, 4, 4), np.float32))
+    r, w = os.pipe()
+    try:
+        for path in (npy, npz):
+            try:
+                widen.apply(path, w, cast="f16")
+                raise AssertionError("streamed")
+            except widen.UsageError as e:
+                text = str(e)
+            # an .npz cannot be streamed either: the message offers what can, and the argument to set
+            assert ".npz, " not in text and "safetensors or pt" in text, text
+            assert text.endswith("(the format argument sets it)"), text
+    finally:
+        os.close(r)
+        os.close(w)
