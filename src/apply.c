@@ -652,13 +652,16 @@ static const char *check_targets(const widen_checkpoint *ckpt, apply_target *t, 
     /* a stream has no name to take a format from: the option, else the input's */
     const char *format = t->fd >= 0 ? (options->format ? options->format : ckpt->format)
                                     : output_format(options->format, output, ckpt->format);
-    if (strcmp(format, "npy") == 0)
+    if (strcmp(format, "npy") == 0 && t->fd >= 0) /* nor an .npz, below */
+        *st = widen_fail_hint(err, WIDEN_HINT_FORMAT, WIDEN_EUSAGE, "%s: widen does not write .npy files: choose "
+                              "safetensors or pt for a stream", output);
+    else if (strcmp(format, "npy") == 0)
         *st = widen_fail_hint(err, WIDEN_HINT_FORMAT, WIDEN_EUSAGE, "%s: widen does not write .npy files: name an "
                               ".npz, .safetensors or .pt output, or choose one of those formats", output);
     else if (strcmp(format, "safetensors") != 0 && strcmp(format, "pt") != 0 && strcmp(format, "npz") != 0)
         *st = widen_fail(err, WIDEN_EUSAGE, "output format '%s' is not safetensors, pt or npz", format);
     else if (t->fd >= 0 && strcmp(format, "npz") == 0) /* np.savez's local headers hold each member's CRC */
-        *st = widen_fail(err, WIDEN_EUSAGE, "%s: an .npz cannot be streamed (each member's CRC goes back into its "
+        *st = widen_fail_hint(err, WIDEN_HINT_FORMAT, WIDEN_EUSAGE, "%s: an .npz cannot be streamed (each member's CRC goes back into its "
                          "header once written): write it to a file, or choose safetensors or pt", output);
     return *st ? NULL : format;
 }

@@ -77,11 +77,22 @@ static void hash_moved(hash_run *r, uint64_t len)
     pthread_mutex_unlock(&r->report_lock);
 }
 
+/* A strided tensor's progress, every 8 MiB gathered: what it moved since its last report counts. */
+typedef struct hash_tick_state {
+    hash_run *r;
+    uint64_t reported;
+    uint64_t counted; /* what it counts of the run's progress: the tensor's bytes, or 0 (safetensors) */
+} hash_tick_state;
+
 static int hash_tick(void *user, uint64_t done, uint64_t total)
 {
-    (void)done, (void)total;
-    hash_run *r = user;
-    return atomic_load(&r->stop) != 0;
+    (void)total;
+    hash_tick_state *s = user;
+    if (done > s->reported) {
+        hash_moved(s->r, s->counted ? done - s->reported : 0);
+        s->reported = done;
+    }
+    return atomic_load(&s->r->stop) != 0;
 }
 
 static void hash_stream(void *user, size_t part)
@@ -95,7 +106,8 @@ static void hash_stream(void *user, size_t part)
             widen_error err;
             widen_hash128 h;
             uint64_t bytes = widen_tensor_elements(r->ckpt, t) * widen_dtype_bits(r->ckpt->tensors[t].dtype) / 8;
-            widen_status st = widen_tensor_hash_strided(r->ckpt, t, &h, hash_tick, r, &err);
+            hash_tick_state tick = {.r = r, .counted = r->count_tensors};
+            widen_status st = widen_tensor_hash_strided(r->ckpt, t, &h, hash_tick, &tick, &err);
             if (st && st != WIDEN_EINTERRUPTED) {
                 pthread_mutex_lock(&r->error_lock);
                 if (!r->st) r->st = st, r->err = err;
@@ -103,7 +115,7 @@ static void hash_stream(void *user, size_t part)
                 atomic_store(&r->stop, 2);
             } else if (!st) {
                 if (r->tensor_hashes) r->tensor_hashes[t] = h;
-                hash_moved(r, r->count_tensors ? bytes : 0);
+                if (bytes > tick.reported) hash_moved(r, r->count_tensors ? bytes - tick.reported : 0);
             }
             continue;
         }

@@ -261,6 +261,9 @@ typedef struct widen_meter {
 
 void widen_meter_next(widen_meter *m, uint64_t share);
 int widen_meter_progress(void *meter, uint64_t done, uint64_t total);
+/* Reports the run's end (done = total) unless that was the last report: for a run that stopped
+ * short of its total with a verdict (a difference found). Returns fn's answer (0 when not called). */
+int widen_meter_end(widen_meter *m);
 
 /* Thread pool: runs fn(user, part) for part in [0, parts) on up to `threads` threads (the caller
  * included) and returns when all are done. */

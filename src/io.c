@@ -1,6 +1,7 @@
 /* io.c: whole writes, in-kernel copies, and releasing the pages of a read-only mapping. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/fs.h>
@@ -16,6 +17,12 @@ widen_status widen_write_all(int fd, const void *data, size_t len, const char *t
     while (len) {
         ssize_t n = write(fd, p, len);
         if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* a descriptor in non-blocking mode (a stdout a parent set O_NONBLOCK on, a socket with a
+             * timeout) that is full: wait until it takes more */
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            if (poll(&pfd, 1, -1) >= 0 || errno == EINTR) continue;
+        }
         if (n <= 0) return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", target, strerror(n < 0 ? errno : EIO));
         p += n;
         len -= (size_t)n;

@@ -1445,6 +1445,8 @@ static widen_status verify_folder(const char *input, const char *output, const w
             free(to);
         }
     }
+    /* a file that differs is read no further: the run is over all the same */
+    if (!st && widen_meter_end(&meter) && !r->differences) st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", output);
 done:
     if (!st) st = r->differences ? WIDEN_DIFFERENT : WIDEN_OK;
     for (size_t i = 0; i < l.count; i++) free(l.rel[i]);

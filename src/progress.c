@@ -21,3 +21,10 @@ int widen_meter_progress(void *user, uint64_t done, uint64_t total)
     m->reported = at;
     return m->fn(m->user, at, m->total);
 }
+
+int widen_meter_end(widen_meter *m)
+{
+    if (!m->fn || (m->reported == m->total && m->total)) return 0;
+    m->reported = m->total;
+    return m->fn(m->user, m->total, m->total);
+}

@@ -680,6 +680,8 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
     }
     if (manifest) check_manifest_hashes(manifest, manifest_name, &v.plan, report);
     st = report->differences != before ? WIDEN_DIFFERENT : WIDEN_OK;
+    /* a difference ends the reading early: the run is over all the same */
+    if (widen_meter_end(&meter) && st == WIDEN_OK) st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", output);
 done:
     free(v.provenance);
     widen_torch_layout_free(&layout);

@@ -354,7 +354,9 @@ def _stream(dst: object) -> Optional[Tuple[int, bytes]]:
         return dst, b"<stdout>" if dst == 1 else f"<fd {dst}>".encode()
     if isinstance(dst, (str, bytes, os.PathLike)) or not hasattr(dst, "fileno"):
         return None
-    dst.flush()
+    flush = getattr(dst, "flush", None)  # a socket has none
+    if flush is not None:
+        flush()
     name = getattr(dst, "name", None)
     return dst.fileno(), os.fsencode(name) if isinstance(name, (str, bytes)) else f"<fd {dst.fileno()}>".encode()
 
