@@ -119,7 +119,7 @@ widen_status widen_options_read(void *out, size_t size, size_t min_size, const v
     if (!given) return WIDEN_OK;
     size_t given_size;
     memcpy(&given_size, given, sizeof given_size);
-    if (given_size < min_size)
+    if (given_size < min_size || given_size > (64u << 10)) /* (an uninitialised struct, most likely) */
         return widen_fail(err, WIDEN_EUSAGE, "%s.size is %zu, not a size this library knows (%zu): fill the struct "
                           "with %s_init first", what, given_size, size, what);
     for (size_t i = size; i < given_size; i++)

@@ -57,6 +57,7 @@ typedef struct hash_run {
     widen_progress_fn progress;
     void *progress_user;
     uint64_t total;
+    uint64_t step; /* a cancel stops every worker within its step: 64 MiB in all, whatever the threads */
     int count_tensors; /* 0: a safetensors file, whose tensors are its bytes: progress counts the file alone */
     _Atomic uint64_t done;
     _Atomic size_t next;
@@ -123,8 +124,8 @@ static void hash_stream(void *user, size_t part)
         uint64_t len = item == 0 ? r->file.size : r->ckpt->tensors[t].nbytes;
         uint64_t origin = item == 0 ? 0 : r->ckpt->tensors[t].offset;
         r->k->hash_reset(state);
-        for (uint64_t off = 0; off < len && !atomic_load(&r->stop); off += STEP) {
-            uint64_t n = len - off < STEP ? len - off : STEP;
+        for (uint64_t off = 0; off < len && !atomic_load(&r->stop); off += r->step) {
+            uint64_t n = len - off < r->step ? len - off : r->step;
             r->k->hash_update(state, base + off, (size_t)n);
             if (item == 0) widen_mapping_release(&r->file, off, n);
             else widen_release(r->ckpt, origin + off, n);
@@ -147,7 +148,8 @@ static widen_status hash_parallel(widen_checkpoint *ckpt, widen_hash128 *file_ha
 {
     hash_run r = {.ckpt = ckpt, .k = hash_kernels(), .file = widen_checkpoint_file(ckpt), .file_hash = file_hash,
                   .tensor_hashes = tensor_hashes, .progress = o->progress, .progress_user = o->progress_user,
-                  .total = total, .count_tensors = strcmp(ckpt->format, "safetensors") != 0};
+                  .total = total, .step = threads > 8 ? (64u << 20) / threads : STEP,
+                  .count_tensors = strcmp(ckpt->format, "safetensors") != 0};
     pthread_mutex_init(&r.report_lock, NULL);
     pthread_mutex_init(&r.error_lock, NULL);
     widen_pool *pool = widen_pool_new(threads);

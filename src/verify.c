@@ -562,6 +562,13 @@ static json_t *load_manifest(const char *path, widen_error *err)
     return root;
 }
 
+/* The bytes reading tensor `index` back takes: its elements'. */
+static uint64_t read_back_bytes(const widen_checkpoint *c, size_t index)
+{
+    return widen_tensor_strided(c, index) ? widen_tensor_elements(c, index) * widen_dtype_bits(c->tensors[index].dtype) / 8
+                                          : c->tensors[index].nbytes;
+}
+
 widen_status widen_verify_run(const char *input, const char *output, const widen_transform *tr, const char *provenance,
                               json_t *manifest, const char *manifest_name, const widen_verify_work *work,
                               widen_apply_record *record, widen_verify_report *report, widen_error *err)
@@ -593,13 +600,12 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
     int to_pt = strcmp(v.out->format, "pt") == 0, to_npz = strcmp(v.out->format, "npz") == 0;
     /* progress: what opening the files reads (an .npz's members inflated, read now: the structure's
      * checks below take offsets too), the replay's bytes, then the bytes read back */
+    /* (every tensor the output has: which of a .pt's the replay hashes is known only after it, and
+     * those it does not are passed over in their turn) */
     uint64_t read_back = 0;
     for (size_t i = 0; i < v.plan.count; i++) {
-        const widen_plan_tensor *p = &v.plan.tensors[i];
-        long at = widen_tensor_find(v.out, p->name);
-        if ((!to_pt || p->hashed) && at >= 0)
-            read_back += widen_tensor_strided(v.out, (size_t)at) ? widen_tensor_elements(v.out, (size_t)at) *
-                         widen_dtype_bits(v.out->tensors[at].dtype) / 8 : v.out->tensors[at].nbytes;
+        long at = widen_tensor_find(v.out, v.plan.tensors[i].name);
+        if (at >= 0) read_back += read_back_bytes(v.out, (size_t)at);
     }
     widen_meter meter = {.fn = work ? work->progress : NULL, .user = work ? work->progress_user : NULL,
                          .total = v.in->pending_work + v.out->pending_work + v.plan.data_bytes + read_back};
@@ -670,9 +676,9 @@ widen_status widen_verify_run(const char *input, const char *output, const widen
         const widen_plan_tensor *p = &v.plan.tensors[i];
         long at = widen_tensor_find(v.out, p->name);
         widen_hash128 h;
-        if ((to_pt && !p->hashed) || at < 0) continue; /* (names were compared in step 1) */
-        widen_meter_next(&tensors, widen_tensor_strided(v.out, (size_t)at) ? widen_tensor_elements(v.out, (size_t)at) *
-                         widen_dtype_bits(v.out->tensors[at].dtype) / 8 : v.out->tensors[at].nbytes);
+        if (at < 0) continue; /* (names were compared in step 1) */
+        widen_meter_next(&tensors, read_back_bytes(v.out, (size_t)at));
+        if (to_pt && !p->hashed) continue;
         if ((st = widen_tensor_hash(v.out, (size_t)at, &h, tensors.fn ? widen_meter_progress : NULL, &tensors, err)))
             goto done;
         if (h.high != p->out_hash.high || h.low != p->out_hash.low)

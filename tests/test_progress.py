@@ -252,3 +252,34 @@ def test_a_report_is_filled_only_as_far_as_its_size(tmp_path):
     lib.widen_verify_report_init(ctypes.byref(short), 16)
     assert lib.widen_verify(path.encode(), out.encode(), None, ctypes.byref(short), ctypes.byref(err)) == 2
     assert b"widen_verify_report.size is 16" in err.message
+
+
+MIRRORS = {"Error_": "widen_error", "TensorInfo": "widen_tensor_info", "MapEntry": "widen_map_entry",
+           "Init": "widen_init", "RemapJob": "widen_remap_job", "Hash128": "widen_hash128",
+           "ApplyStats": "widen_apply_stats", "ApplyOptions": "widen_apply_options",
+           "HashOptions": "widen_hash_options", "OpenOptions": "widen_open_options",
+           "VerifyOptions": "widen_verify_options", "VerifyReport": "widen_verify_report"}
+
+
+def test_the_python_mirrors_have_the_headers_layouts(tmp_path):
+    """Every ctypes struct of the package has the C struct's size and each field its offset, as the
+    compiler lays out the header: a field missing from a mirror (the library would read or write past
+    Python's struct) fails here."""
+    import subprocess
+    mirrors = {name: getattr(_lib, name) for name in MIRRORS}
+    assert set(mirrors) == {n for n, c in vars(_lib).items() if isinstance(c, type) and issubclass(c, ctypes.Structure)}
+    lines = []
+    for py, c in MIRRORS.items():
+        lines.append(f'printf("{py} SIZEOF %zu\\n", sizeof({c}));')
+        for field, *_ in mirrors[py]._fields_:
+            lines.append(f'printf("{py} {field} %zu\\n", offsetof({c}, {field}));')
+    src = tmp_path / "layout.c"
+    src.write_text("#include <stddef.h>\n#include <stdio.h>\n#include <widen/widen.h>\nint main(void) {\n" +
+                   "\n".join(lines) + "\nreturn 0;\n}\n")
+    subprocess.run(["cc", "-std=c11", "-Wall", "-Werror", "-I", os.path.join(ROOT, "include"), str(src), "-o",
+                    str(tmp_path / "layout")], check=True)
+    got = subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True, check=True).stdout.split("\n")
+    for line in filter(None, got):
+        py, field, value = line.split()
+        expect = ctypes.sizeof(mirrors[py]) if field == "SIZEOF" else getattr(mirrors[py], field).offset
+        assert int(value) == expect, f"{py}.{field}: C says {value}, ctypes {expect}"

@@ -326,3 +326,14 @@ def test_dry_run_checks_and_writes_nothing(tmp_path):
         assert "BF16" in str(e.value) and sorted(os.listdir(tmp_path)) == before
     with pytest.raises(widen.WidenIOError):
         widen.apply(path, str(tmp_path / "nowhere" / "o.safetensors"), tensors="conv.weight", to=4, dry_run=True)
+
+
+def test_apply_returns_what_it_did_with_the_bytes(tmp_path):
+    path = str(tmp_path / "big.safetensors")
+    save(path, {"stem": ("F32", np.ones((4, 3, 3, 3), np.float32)), "body": ("F32", np.arange(1 << 19, dtype=np.float32))})
+    out = tmp_path / "o.safetensors"
+    stats = widen.apply(path, str(out), tensors="stem", to=4, fsync=False)
+    assert stats.cloned + stats.copied + stats.written == out.stat().st_size
+    assert stats.cloned + stats.copied >= (2 << 20) - 2 * 4096 and stats.written < 8192
+    assert widen.apply(path, str(tmp_path / "p.safetensors"), tensors="stem", to=4, dry_run=True) == \
+        widen.ApplyStats(0, 0, 0)

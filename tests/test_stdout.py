@@ -177,7 +177,8 @@ def test_summary_line_goes_to_the_terminal_on_stderr(tmp_path, inputs):
     assert proc.wait(timeout=60) == 0
     os.close(leader)
     text = b"".join(chunks).decode()
-    assert re.fullmatch(r"widen: wrote <stdout>: 1 tensor changed, 3 copied, 3\.0 MiB in \d+\.\d s", text.strip()), text
+    assert re.fullmatch(r"widen: wrote <stdout>: 1 tensor changed, 3 copied, 3\.0 MiB in \d+\.\d s "
+                        r"\([\d.]+ \w+ cloned, [\d.]+ \w+ copied, [\d.]+ \w+ written\)", text.strip()), text
     run("apply", src, "-o", tmp_path / "file.safetensors", "--to", "4", check=0)
     assert out.read_bytes() == (tmp_path / "file.safetensors").read_bytes()
 

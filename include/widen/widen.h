@@ -66,6 +66,8 @@ typedef enum widen_hint {
     WIDEN_HINT_MANIFEST = 5   /* verify: the output records no transform; a manifest gives it */
 } widen_hint;
 
+/* The one struct of the API that does not grow (every function takes one; a size field would be one
+ * more thing to forget): its layout changes only with the SONAME. */
 typedef struct widen_error {
     widen_status status;
     char message[1024]; /* one line, no trailing newline, no "widen: error:" prefix */

@@ -31,7 +31,7 @@ import numpy as np
 from . import _lib
 from ._lib import lib
 
-__all__ = ["open", "apply", "verify", "hash", "remap", "Checkpoint", "Tensor", "VerifyReport", "Hashes",
+__all__ = ["open", "apply", "verify", "hash", "remap", "Checkpoint", "Tensor", "ApplyStats", "VerifyReport", "Hashes",
            "Error", "UsageError", "FormatError", "WidenIOError", "IOError", "Interrupted", "Different",
            "WidenWarning", "library_version", "LIBRARY_PATH", "__version__"]
 
@@ -368,7 +368,7 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
           manifest: Optional[PathLike] = None, format: Optional[str] = None, threads: int = 0, fsync: bool = True,
           overwrite: bool = False, no_config: bool = False, norm_fill: Optional[Tuple[float, float]] = None,
           progress: Optional[Callable[[int, int], object]] = None,
-          warning: Optional[Callable[[str], object]] = None, dry_run: bool = False) -> None:
+          warning: Optional[Callable[[str], object]] = None, dry_run: bool = False) -> "ApplyStats":
     """Writes ``dst`` = the model ``src`` (a checkpoint file or a model folder) with the transform
     applied, as ``widen apply`` does (same option names; ``channels_from`` is ``--from``).
 
@@ -378,8 +378,8 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
     ``map`` gives every output channel ("0,1,2,zero" or [0, 1, 2, "zero"]). ``cast`` is f32, f16 or
     bf16. ``axis`` defaults to 1 (-2 for an .npz). ``progress(done, total)`` is called as bytes are
     written (before that, where opening ``src`` reads data, an .npz's inflating, as ``open`` calls it:
-    a run of its own, with its own total); a true return value stops the run with ``Interrupted``, an exception it raises stops it
-    and is re-raised. Notices go to ``warning(message)``, else to ``warnings.warn`` (WidenWarning).
+    a run of its own, with its own total); a true return value stops the run with ``Interrupted``, an
+    exception it raises stops it and is re-raised. Notices go to ``warning(message)``, else to ``warnings.warn`` (WidenWarning).
     The output appears only when complete: after any failure there is none.
 
     ``dst`` may also be an open binary file (flushed first) or a descriptor: the output is then
@@ -388,7 +388,10 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
     check made before the first byte; after a failure there, what it got is incomplete.
 
     ``dry_run=True`` makes every check and notice of the real run and writes nothing: it returns
-    when the run would start writing, or raises what the run would raise before that."""
+    when the run would start writing, or raises what the run would raise before that.
+
+    Returns what was done with the output's bytes (``ApplyStats``: cloned from the input where the
+    file system can, copied inside the kernel, written; all 0 for a dry run)."""
     if map is not None and (init is not None or at is not None):
         raise UsageError("init and at go with to, not map")
     if (init is not None or at is not None) and to is None:
@@ -431,6 +434,9 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
         options.warning = callbacks.c_warning
         options.no_config = int(no_config)
         options.dry_run = int(dry_run)
+        stats = _lib.ApplyStats()
+        lib.widen_apply_stats_init(ctypes.byref(stats), ctypes.sizeof(stats))
+        options.stats = ctypes.pointer(stats)
         if norm_fill is not None:
             options.norm_fill = 1
             options.norm_fill_mean, options.norm_fill_std = float(norm_fill[0]), float(norm_fill[1])
@@ -445,10 +451,20 @@ def apply(src: PathLike, dst: Union[PathLike, int, BinaryIO], tensors: Union[Non
         if callbacks.exception is not None:
             raise callbacks.exception
         _check(status, err)
+        return ApplyStats(stats.bytes_cloned, stats.bytes_copied, stats.bytes_written)
     finally:
         if model.value:
             lib.widen_model_close(model)
         lib.widen_transform_free(tr)
+
+
+@dataclass(frozen=True)
+class ApplyStats:
+    """What an apply did with the output's bytes: ``cloned`` (shared with the input's blocks: XFS,
+    btrfs, OpenZFS, NFS 4.2), ``copied`` (inside the kernel), ``written`` (from widen's buffers)."""
+    cloned: int
+    copied: int
+    written: int
 
 
 def _add_maps(model: ctypes.c_void_p, tr: int, src: str, names: Optional[List[str]], to: Optional[int],

@@ -51,12 +51,17 @@ WARNING = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
 
 # The structs that can grow begin with their size: the library reads (and fills) only what this
 # mirror of the header's layout holds, so an older or newer libwiden works with it (widen.h).
+class ApplyStats(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("bytes_cloned", ctypes.c_uint64), ("bytes_copied", ctypes.c_uint64),
+                ("bytes_written", ctypes.c_uint64)]
+
+
 class ApplyOptions(ctypes.Structure):
     _fields_ = [("size", ctypes.c_size_t), ("threads", ctypes.c_uint), ("fsync", ctypes.c_int), ("overwrite", ctypes.c_int),
                 ("manifest_path", ctypes.c_char_p), ("format", ctypes.c_char_p), ("progress", PROGRESS),
                 ("progress_user", ctypes.c_void_p), ("warning", WARNING), ("warning_user", ctypes.c_void_p),
                 ("no_config", ctypes.c_int), ("norm_fill", ctypes.c_int), ("norm_fill_mean", ctypes.c_double),
-                ("norm_fill_std", ctypes.c_double), ("dry_run", ctypes.c_int)]
+                ("norm_fill_std", ctypes.c_double), ("dry_run", ctypes.c_int), ("stats", ctypes.POINTER(ApplyStats))]
 
 
 class HashOptions(ctypes.Structure):
@@ -138,6 +143,7 @@ _sigs = {
                                                ctypes.c_size_t, P(Error_)]),
     "widen_transform_set_cast": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, P(Error_)]),
     "widen_apply_options_init": (None, [P(ApplyOptions), ctypes.c_size_t]),
+    "widen_apply_stats_init": (None, [P(ApplyStats), ctypes.c_size_t]),
     "widen_isa_init": (ctypes.c_int, [P(Error_)]),
     "widen_remap": (ctypes.c_int, [P(RemapJob), ctypes.c_int, P(Error_)]),
     "widen_model_open": (ctypes.c_int, [ctypes.c_char_p, P(ctypes.c_void_p), P(Error_)]),
