@@ -552,7 +552,11 @@ widen_status widen_apply(const char *input, const char *output, const widen_tran
     widen_status st = widen_apply_options_read(options, &given, err);
     if (st || (st = widen_isa_init(err))) return st;
     if ((st = check_target(input, output, "output", given.overwrite, err))) return st;
-    if ((st = widen_open(input, &ckpt, err))) return st;
+    widen_open_options open;
+    widen_open_options_init(&open, sizeof open);
+    open.progress = given.progress; /* an .npz's inflating: a run of its own, then the apply's */
+    open.progress_user = given.progress_user;
+    if ((st = widen_open_with(input, &open, &ckpt, err))) return st;
     st = widen_apply_checkpoint(ckpt, output, transform, options, err);
     widen_close(ckpt);
     return st;

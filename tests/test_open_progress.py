@@ -228,3 +228,27 @@ def test_cli_shows_the_inflating(archives):
     assert "inflating" in proc.stderr and "100.0%" in proc.stderr
     proc = subprocess.run([WIDEN, "inspect", deflated, "--no-progress"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_widen_apply_by_path_reports_the_open_and_stops_there(archives, tmp_path):
+    """widen_apply(path, ...) opens the input itself: its progress sees the inflating first (a run of
+    its own) and a cancel there leaves no output."""
+    _, _, deflated, _ = archives
+    lib = _lib.lib
+    lib.widen_apply.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.POINTER(_lib.Error_)]
+    tr = lib.widen_transform_new()
+    err = _lib.Error_()
+    calls = []
+    on_progress = _lib.PROGRESS(lambda user, done, total: calls.append((done, total)) or 1)
+    try:
+        assert lib.widen_transform_set_cast(tr, 10, ctypes.byref(err)) == 0  # F16
+        o = _lib.ApplyOptions()
+        lib.widen_apply_options_init(ctypes.byref(o), ctypes.sizeof(o))
+        o.progress = on_progress
+        out = tmp_path / "o.safetensors"
+        assert lib.widen_apply(deflated.encode(), str(out).encode(), tr, ctypes.byref(o), ctypes.byref(err)) == 130
+        assert not out.exists() and os.listdir(tmp_path) == []
+        check_calls(calls, total=sum(size for _, size in inflated_sizes(deflated).values()), cancelled=True)
+    finally:
+        lib.widen_transform_free(tr)

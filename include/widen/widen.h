@@ -390,7 +390,9 @@ void widen_apply_options_init(widen_apply_options *options, size_t size);
 /* Writes `output_path` (safetensors or a torch.save zip checkpoint) = the input with `transform`
  * applied; with an empty transform, only a conversion to the other format. The input is read-only;
  * the output goes to a temporary file in the output's folder and is renamed into place only when
- * complete, so after any failure no output exists (and a pre-existing one is untouched). */
+ * complete, so after any failure no output exists (and a pre-existing one is untouched). Where
+ * opening the input reads data (an .npz's deflated members), options->progress sees that first, as
+ * a run of its own (widen_open_with), then the apply's run. */
 widen_status widen_apply(const char *input_path, const char *output_path,
                          const widen_transform *transform, const widen_apply_options *options,
                          widen_error *err);
