@@ -643,18 +643,6 @@ static widen_status index_text(const widen_model *m, const folder_plan *p, plan_
 /* ---------------------------------------------------------------------------------------------- */
 /* apply                                                                                            */
 
-typedef struct folder_progress {
-    const widen_apply_options *o;
-    uint64_t base, total;
-} folder_progress;
-
-static int on_progress(void *user, uint64_t done, uint64_t total)
-{
-    (void)total;
-    folder_progress *fp = user;
-    return fp->o->progress ? fp->o->progress(fp->o->progress_user, fp->base + done, fp->total) : 0;
-}
-
 static widen_status write_file(const char *path, const void *data, size_t len, int do_fsync, widen_copy_counts *counts,
                                widen_error *err)
 {
@@ -668,26 +656,36 @@ static widen_status write_file(const char *path, const void *data, size_t len, i
 }
 
 /* Copies `size` bytes of an open file inside the kernel (cloned where the file system can), else
- * through a buffer. A file that shrinks meanwhile is an error, not a short copy. */
+ * through a buffer, in steps of 64 MiB with progress (or NULL) after each: a large shard can be
+ * stopped. A file that shrinks meanwhile is an error, not a short copy. */
 static widen_status copy_open(int in, uint64_t size, const char *from, const char *to, int do_fsync,
-                              widen_copy_counts *counts, widen_error *err)
+                              widen_copy_counts *counts, widen_progress_fn progress, void *user, widen_error *err)
 {
+    enum { STEP = 64u << 20 };
     int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
     if (out < 0) return widen_fail(err, WIDEN_EIO, "%s: cannot create: %s", to, strerror(errno));
-    widen_status st = widen_copy_all(in, 0, out, size, to, counts, err);
-    if (st == WIDEN_EUSAGE) {
-        st = WIDEN_OK;
-        static const size_t chunk = 1 << 20;
-        char *buf = malloc(chunk);
-        if (!buf) st = widen_fail(err, WIDEN_EIO, "out of memory");
-        for (uint64_t at = 0; !st && at < size;) {
-            ssize_t r = pread(in, buf, size - at < chunk ? (size_t)(size - at) : chunk, (off_t)at);
+    widen_status st = WIDEN_OK;
+    int kernel = 1; /* until the kernel says it cannot copy between these files */
+    static const size_t chunk = 1 << 20;
+    char *buf = NULL;
+    for (uint64_t at = 0; !st && at < size;) {
+        uint64_t len = size - at < STEP ? size - at : STEP;
+        if (kernel && (st = widen_copy_all(in, at, out, len, to, counts, err)) == WIDEN_EUSAGE) {
+            if (at) st = widen_fail(err, WIDEN_EIO, "%s: the kernel copied part of a file and not the rest", to);
+            else st = WIDEN_OK, kernel = 0;
+            continue;
+        }
+        if (!kernel && !buf && !(buf = malloc(chunk))) st = widen_fail(err, WIDEN_EIO, "out of memory");
+        for (uint64_t done = 0; !kernel && !st && done < len;) {
+            ssize_t r = pread(in, buf, len - done < chunk ? (size_t)(len - done) : chunk, (off_t)(at + done));
             if (r < 0 && errno == EINTR) continue;
             if (r <= 0) st = widen_fail(err, WIDEN_EIO, "%s: cannot read: %s", from, r < 0 ? strerror(errno) : "it shrank");
-            else if (!(st = widen_write_all(out, buf, (size_t)r, to, err))) at += (uint64_t)r, counts->written += (uint64_t)r;
+            else if (!(st = widen_write_all(out, buf, (size_t)r, to, err))) done += (uint64_t)r, counts->written += (uint64_t)r;
         }
-        free(buf);
+        at += len;
+        if (!st && progress && progress(user, at, size)) st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted", to);
     }
+    free(buf);
     if (!st && do_fsync && fsync(out) != 0) st = widen_fail(err, WIDEN_EIO, "%s: fsync failed: %s", to, strerror(errno));
     if (close(out) != 0 && !st) st = widen_fail(err, WIDEN_EIO, "%s: close failed: %s", to, strerror(errno));
     return st;
@@ -705,7 +703,7 @@ static widen_status copy_file(const char *from, const char *to, int do_fsync, wi
         if (in >= 0) close(in);
         return st;
     }
-    widen_status st = copy_open(in, (uint64_t)s.st_size, from, to, do_fsync, counts, err);
+    widen_status st = copy_open(in, (uint64_t)s.st_size, from, to, do_fsync, counts, NULL, NULL, err);
     close(in);
     return st;
 }
@@ -901,9 +899,10 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     widen_text tensors = {0};
     size_t entries = 0;
     char *provenance = widen_transform_to_json(tr), *manifest = NULL;
-    folder_progress fp = {.o = options};
+    /* progress: each weight file's share is its size, rewritten or copied (the others are small) */
+    widen_meter meter = {.fn = options->progress, .user = options->progress_user};
     for (size_t i = 0; i < p.count; i++)
-        if (p.files[i].op == PLAN_REWRITE) fp.total += m->files[p.files[i].part].ckpt->size;
+        if (p.files[i].part != SIZE_MAX && p.files[i].op != PLAN_DOC) meter.total += m->files[p.files[i].part].ckpt->size;
     if (!provenance) st = widen_fail(err, WIDEN_EIO, "out of memory");
     widen_apply_options fo = *options;
     widen_apply_stats shards;
@@ -912,8 +911,8 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
     fo.stats = &shards; /* the rewritten files', added to the others' on success */
     fo.manifest_path = NULL;
     fo.overwrite = 0;
-    fo.progress = on_progress;
-    fo.progress_user = &fp;
+    fo.progress = meter.fn ? widen_meter_progress : NULL;
+    fo.progress_user = &meter;
     if (!st && options->dry_run) {
         /* the folder's parent and the manifest's take files; each rewritten file passes apply's checks */
         st = widen_writable_folder(output, "a folder", err);
@@ -939,6 +938,7 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
         for (size_t i = 0; i < p.count && !st; i++) {
             plan_file *pf = &p.files[i];
             if ((pf->op == PLAN_REWRITE) != (pass == 0)) continue;
+            widen_meter_next(&meter, pf->part != SIZE_MAX && pf->op != PLAN_DOC ? m->files[pf->part].ckpt->size : 0);
             char *from = join(m->root, pf->in_rel), *to = join(tf.path, pf->out_rel);
             if (!from || !to) st = widen_fail(err, WIDEN_EIO, "out of memory");
             if (!st) st = make_parents(&tf, pf->out_rel, err);
@@ -951,12 +951,14 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
                                                   .prefix = m->components[part->component].prefix,
                                                   .entries = &entries};
                 st = widen_apply_file(part->ckpt, to, pf->share, &fo, &pf->record, err);
-                fp.base += part->ckpt->size;
+
             } else if (!st && pf->op == PLAN_COPY && pf->part != SIZE_MAX) {
                 /* weights: the file that was read and checked, through its open descriptor, whatever
                  * happened to its name since */
                 widen_mapping ck = widen_checkpoint_file(m->files[pf->part].ckpt);
-                st = copy_open(ck.fd, ck.size, from, to, options->fsync, &files, err);
+                st = copy_open(ck.fd, ck.size, from, to, options->fsync, &files, meter.fn ? widen_meter_progress : NULL,
+                               &meter, err);
+                if (st == WIDEN_EINTERRUPTED) widen_fail(err, st, "%s: interrupted; no output written", output);
             } else if (!st && pf->op == PLAN_COPY && pf->doc) {
                 st = write_file(to, pf->doc->text, pf->doc->size, options->fsync, &files, err); /* the document as read */
             } else if (!st && pf->op == PLAN_COPY) {
@@ -970,7 +972,7 @@ widen_status widen_model_apply(widen_model *m, const char *output, const widen_t
                 if (!st) st = write_file(to, text, len, options->fsync, &files, err);
                 free(text);
             }
-            if (!st && options->progress && options->progress(options->progress_user, fp.base, fp.total))
+            if (!st && meter.fn && widen_meter_progress(&meter, 1, 1)) /* the file done: a point to stop at */
                 st = widen_fail(err, WIDEN_EINTERRUPTED, "%s: interrupted; no output written", output);
             free(from);
             free(to);

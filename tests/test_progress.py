@@ -135,7 +135,14 @@ def test_folder_verify_progress_and_cancel(tmp_path):
     t = big_tensors()
     folders.write_shards(str(src), [{"blocks.0": t["blocks.0"]}, {"stem.weight": t["stem.weight"]},
                                     {"blocks.1": t["blocks.1"]}])
-    widen.apply(str(src), str(out), tensors="stem.weight", to=4, fsync=False)
+    calls = []
+    widen.apply(str(src), str(out), tensors="stem.weight", to=4, fsync=False, progress=lambda d, n: calls.append((d, n)))
+    check_calls(calls)  # the untouched shards' copies included, in steps
+    calls, stopped = [], tmp_path / "stopped"
+    with pytest.raises(widen.Interrupted):
+        widen.apply(str(src), str(stopped), tensors="stem.weight", to=4, progress=lambda d, n: calls.append((d, n)) or True)
+    check_calls(calls, cancelled=True)
+    assert not stopped.exists()
     calls = []
     r = widen.verify(str(src), str(out), threads=2, progress=lambda d, n: calls.append((d, n)))
     assert r.ok and r.tensors == 3 and r.transformed == 1, r.first
