@@ -19,27 +19,8 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 import widen  # noqa: E402
 from widen import _lib  # noqa: E402
 
-MiB = 1 << 20
-STEP = 64 * MiB  # the contract: progress at least every 64 MiB
+from progress_contract import MiB, STEP, check_calls  # noqa: E402
 
-
-def check_calls(calls, total=None, cancelled=False):
-    """The progress contract over the recorded (done, total) calls."""
-    assert calls, "no progress reported"
-    totals = {t for _, t in calls}
-    assert len(totals) == 1, f"the total changed during the run: {sorted(totals)}"
-    run_total = totals.pop()
-    if total is not None:
-        assert run_total == total
-    done = [d for d, _ in calls]
-    assert done == sorted(done), "progress went backwards"
-    if cancelled:
-        assert len(calls) == 1, f"{len(calls) - 1} progress calls after the cancel"
-        assert done[0] <= STEP
-        return
-    assert done[-1] == run_total
-    gaps = np.diff([0] + done)
-    assert gaps.max() <= STEP, f"{gaps.max()} bytes between two progress calls"
 
 
 def inflated_sizes(path):

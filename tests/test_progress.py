@@ -20,8 +20,7 @@ from widen import _lib  # noqa: E402
 xxhash = pytest.importorskip("xxhash")
 torch = pytest.importorskip("torch")
 
-MiB = 1 << 20
-STEP = 64 * MiB  # the contract: progress at least every 64 MiB
+from progress_contract import MiB, STEP, check_calls  # noqa: E402
 
 
 def big_tensors():
@@ -42,22 +41,6 @@ def files(tmp_path_factory):
     torch.save({k: torch.from_numpy(v.copy()) for k, v in t.items()}, pt)
     return d, t, st, pt
 
-
-def check_calls(calls, cancelled=False):
-    """The progress contract over the recorded (done, total) calls."""
-    assert calls, "no progress reported"
-    totals = {t for _, t in calls}
-    assert len(totals) == 1, f"the total changed during the run: {sorted(totals)}"
-    total = totals.pop()
-    done = [d for d, _ in calls]
-    assert done == sorted(done), "progress went backwards"
-    if cancelled:
-        assert len(calls) == 1, f"{len(calls) - 1} progress calls after the cancel"
-        assert done[0] <= STEP
-        return
-    assert done[-1] == total
-    gaps = np.diff([0] + done)
-    assert gaps.max() <= STEP, f"{gaps.max()} bytes between two progress calls"
 
 
 @pytest.mark.parametrize("kind", ["safetensors", "pt"])

@@ -17,22 +17,8 @@ import widen  # noqa: E402
 torch = pytest.importorskip("torch")
 xxhash = pytest.importorskip("xxhash")
 
-MiB = 1 << 20
-STEP = 64 * MiB
+from progress_contract import MiB, STEP, check_calls  # noqa: E402
 
-
-def check_calls(calls, skipped_end=False):
-    """skipped_end: the run stopped reading early (a difference found), and its last report jumps to
-    the total over what it did not read."""
-    assert calls, "no progress reported"
-    totals = {t for _, t in calls}
-    assert len(totals) == 1, f"the total changed during the run: {sorted(totals)}"
-    total = totals.pop()
-    done = [d for d, _ in calls]
-    assert done == sorted(done), "progress went backwards"
-    assert done[-1] == total, f"progress ended at {done[-1]} of {total}"
-    gaps = np.diff([0] + done[:-1] if skipped_end else [0] + done)
-    assert gaps.max() <= STEP, f"{gaps.max() / MiB:.0f} MiB between two progress calls"
 
 
 def test_hash_of_a_large_strided_tensor_on_threads_reports_progress(tmp_path):
