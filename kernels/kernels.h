@@ -7,6 +7,7 @@
 
 #include "widen/widen.h"
 
+#define WIDEN_LINE 64 /* cache line bytes: streaming stores want whole, aligned lines */
 #define WIDEN_PATTERN_BYTES 72 /* a 64-byte vector, plus room to start at any phase of an element */
 
 /* Index of a computable dtype in the convert table: F32, F16, BF16. */

@@ -40,6 +40,7 @@ typedef struct segment {
     size_t first;  /* output channel */
     size_t count;  /* elements per row */
     unsigned char pattern[WIDEN_PATTERN_BYTES]; /* fills */
+    int uniform;   /* a fill whose bytes are all pattern[0] (zeros) */
 } segment;
 
 /* Elements of `dtype` (F32, F16, BF16) to fp32 and back, through the ISA's converts. */
@@ -102,7 +103,8 @@ static void run_segment(const widen_kernels *k, const widen_remap_job *j, widen_
         return;
     }
     if (g->entry->kind != WIDEN_MAP_SOURCE) {
-        k->fill(d, g->count * dsz, g->pattern, dsz, stream);
+        if (g->uniform && !stream) memset(d, g->pattern[0], g->count * dsz); /* libc's memset: as fast as any */
+        else k->fill(d, g->count * dsz, g->pattern, dsz, stream);
         return;
     }
     const unsigned char *s =
@@ -111,6 +113,115 @@ static void run_segment(const widen_kernels *k, const widen_remap_job *j, widen_
         convert(d, s, g->count, stream);
     else
         k->copy(d, s, g->count * dsz, stream);
+}
+
+/* The segments of the map entries from channel n on, at most `most` of them; returns how many. */
+static size_t plan_segments(const widen_remap_job *j, size_t n, segment *segs, size_t most, size_t *next)
+{
+    size_t dsz = widen_dtype_bits(j->dst_dtype) / 8, used = 0;
+    for (; used < most && n < j->channels; used++) {
+        segment *g = &segs[used];
+        size_t len = segment_length(j, n);
+        unsigned char element[8] = {0};
+        g->entry = &j->map[n];
+        g->first = n;
+        g->count = len * j->inner;
+        if (g->entry->kind == WIDEN_MAP_CONST) widen_const_element(j->dst_dtype, g->entry->value, element);
+        for (size_t b = 0; b < sizeof g->pattern; b++) g->pattern[b] = element[b % dsz];
+        g->uniform = 1;
+        for (size_t b = 1; b < dsz; b++) g->uniform &= element[b] == element[0];
+        n += len;
+    }
+    *next = n;
+    return used;
+}
+
+/* Streaming stores are fast only on whole, aligned cache lines, and a line written partly by them
+ * and partly by ordinary stores is slow. A dense output that is all copies and fills (rows of a
+ * few hundred bytes: [out, 3, 14, 14] -> 4) is therefore written as one stream of lines: runs are
+ * streamed line by line, and each line that two runs (or two rows) share is put together here and
+ * streamed once. Only the output's first and last partial lines take ordinary stores. */
+typedef struct line_writer {
+    const widen_kernels *k;
+    unsigned char *start, *at; /* the output, and the next byte to write */
+    _Alignas(64) unsigned char line[WIDEN_LINE];
+} line_writer;
+
+/* Emits the line that ends at w->at (a line boundary). */
+static void line_flush(line_writer *w)
+{
+    unsigned char *first = w->at - WIDEN_LINE;
+    if (first >= w->start) w->k->copy(first, w->line, WIDEN_LINE, 1);
+    else memcpy(w->start, w->line + (w->start - first), (size_t)(w->at - w->start)); /* the output's first line */
+}
+
+/* `bytes` output bytes from src, or (src NULL) from pattern: an element of `size` repeated, starting
+ * at the phase `bytes` began with. */
+static void line_put(line_writer *w, const unsigned char *src, const unsigned char *pattern, size_t size, size_t bytes)
+{
+    size_t phase = 0; /* pattern bytes written so far, modulo size */
+    while (bytes) {
+        size_t off = (uintptr_t)w->at % WIDEN_LINE;
+        if (off == 0 && bytes >= WIDEN_LINE) {
+            size_t lines = bytes - bytes % WIDEN_LINE;
+            if (src) w->k->copy(w->at, src, lines, 1);
+            else w->k->fill(w->at, lines, pattern + phase, size, 1); /* lines keep the phase */
+            w->at += lines, bytes -= lines;
+            if (src) src += lines;
+            continue;
+        }
+        size_t take = WIDEN_LINE - off < bytes ? WIDEN_LINE - off : bytes;
+        memcpy(w->line + off, src ? src : pattern + phase, take);
+        w->at += take, bytes -= take;
+        if (src) src += take;
+        else phase = (phase + take) % size;
+        if ((uintptr_t)w->at % WIDEN_LINE == 0) line_flush(w);
+    }
+}
+
+/* The output's last partial line, with ordinary stores. */
+static void line_finish(line_writer *w)
+{
+    size_t off = (uintptr_t)w->at % WIDEN_LINE;
+    if (off == 0) return;
+    unsigned char *first = w->at - off;
+    if (first < w->start) first = w->start;
+    memcpy(first, w->line + ((uintptr_t)first % WIDEN_LINE), (size_t)(w->at - first));
+}
+
+/* Returns 1 if the job (no cast) is copies and fills only, into one dense output: the line writer's. */
+static int dense_moves(const widen_remap_job *j)
+{
+    if (j->src_dtype != j->dst_dtype || j->dst_chan_stride != j->inner || j->dst_row_stride != j->channels * j->inner)
+        return 0;
+    for (size_t n = 0; n < j->channels; n++)
+        if (j->map[n].kind > WIDEN_MAP_CONST) return 0;
+    return 1;
+}
+
+static void remap_lines(const widen_kernels *k, const widen_remap_job *j)
+{
+    size_t size = widen_dtype_bits(j->dst_dtype) / 8;
+    line_writer w = {.k = k, .start = j->dst, .at = j->dst};
+    enum { BATCH = 16 };
+    segment segs[BATCH];
+    size_t next, used = plan_segments(j, 0, segs, BATCH, &next);
+    int once = next >= j->channels; /* the whole map in one batch, planned once for every row */
+    for (size_t r = 0; r < j->rows; r++) {
+        const unsigned char *row = (const unsigned char *)j->src + r * j->src_row_stride * size;
+        for (size_t n = 0; n < j->channels;) {
+            if (once) n = j->channels;
+            else used = plan_segments(j, n, segs, BATCH, &n);
+            for (size_t g = 0; g < used; g++) {
+                const segment *s = &segs[g];
+                if (s->entry->kind == WIDEN_MAP_SOURCE)
+                    line_put(&w, row + (size_t)s->entry->channel * j->src_chan_stride * size, NULL, size, s->count * size);
+                else
+                    line_put(&w, NULL, s->pattern, size, s->count * size);
+            }
+        }
+    }
+    line_finish(&w);
 }
 
 /* Row by row (each output row written front to back), one call per segment. */
@@ -123,18 +234,7 @@ static void remap_runs(const widen_kernels *k, const widen_remap_job *j, int str
     enum { BATCH = 16 }; /* segments planned at a time: rows are walked once per batch */
     segment segs[BATCH];
     for (size_t n = 0; n < j->channels;) {
-        size_t used = 0;
-        for (; used < BATCH && n < j->channels; used++) {
-            segment *g = &segs[used];
-            size_t len = segment_length(j, n);
-            unsigned char element[8] = {0};
-            g->entry = &j->map[n];
-            g->first = n;
-            g->count = len * j->inner;
-            if (g->entry->kind == WIDEN_MAP_CONST) widen_const_element(j->dst_dtype, g->entry->value, element);
-            for (size_t b = 0; b < sizeof g->pattern; b++) g->pattern[b] = element[b % dsz];
-            n += len;
-        }
+        size_t used = plan_segments(j, n, segs, BATCH, &n);
         for (size_t r = 0; r < j->rows; r++)
             for (size_t g = 0; g < used; g++) run_segment(k, j, convert, &segs[g], r, ssz, dsz, stream);
     }
@@ -152,7 +252,8 @@ void widen_remap_run(const widen_kernels *k, const widen_remap_job *j)
         rest.dst = (unsigned char *)j->dst + done * j->dst_row_stride * dsz;
         rest.rows -= done;
     }
-    remap_runs(k, &rest, stream);
+    if (stream && k->fence && dense_moves(&rest)) remap_lines(k, &rest);
+    else remap_runs(k, &rest, stream);
     if (stream && k->fence) k->fence();
 }
 

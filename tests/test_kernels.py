@@ -195,3 +195,56 @@ def test_remap_rejects_bad_jobs():
                    (MapEntry * 1)(MapEntry(SOURCE, 0, 0, 0)))
     assert lib.widen_remap(ctypes.byref(job), 0, ctypes.byref(err)) == 2
     assert rng is not None
+
+
+STORES = {"auto": 0, "cached": 1, "stream": 2}
+
+
+def remap_raw(isa, src, dtype, rows, c, inner, entries, store, dst_offset, dst_row_pad, fill):
+    """A same-dtype remap into a garbage-filled buffer starting `dst_offset` bytes into a 64-byte
+    aligned block, rows `dst_row_pad` elements apart beyond dense; returns the block, guards included."""
+    n, size = len(entries), SIZE[dtype]
+    dst_row = n * inner + dst_row_pad
+    nbytes = rows * dst_row * size + 2 * GUARD + 64
+    buf = np.zeros(nbytes + 64, dtype=np.uint8)
+    base = (-buf.ctypes.data) % 64
+    buf[base:base + nbytes] = np.frombuffer(fill[:nbytes], dtype=np.uint8)
+    start = base + GUARD + dst_offset
+    cmap = (MapEntry * max(n, 1))()
+    for i, (kind, ch, val) in enumerate(entries):
+        cmap[i] = MapEntry(kind, ch, val, 0)
+    job = RemapJob(src.ctypes.data, buf.ctypes.data + start, DTYPES[dtype], DTYPES[dtype], rows, n, inner,
+                   c * inner, inner, dst_row, inner, cmap, store)
+    err = Error()
+    assert lib.widen_remap(ctypes.byref(job), isa, ctypes.byref(err)) == 0, err.message
+    return buf[base:base + nbytes].tobytes()
+
+
+@isa_params
+@pytest.mark.parametrize("dtype", ["U8", "F16", "BF16", "F32", "I64"])
+@pytest.mark.parametrize("store", list(STORES))
+def test_copies_and_fills_match_scalar(isa, dtype, store):
+    """The copy-and-fill paths (memset for zero fills; with streaming stores, a dense output written
+    as one stream of whole cache lines, shared lines put together first) against the scalar kernel:
+    inner 1 and odd, 0 and 1 rows, new channels at the front, middle and end, every start phase of
+    a cache line, rows that are not dense (strided), and runs of many lines."""
+    rng = np.random.default_rng(15)
+    fill = rng.bytes(1 << 22)
+    computable = dtype in ("F16", "BF16", "F32")
+    for rows, c, inner in [(0, 3, 5), (1, 3, 1), (1, 3, 196), (7, 3, 1), (5, 3, 13), (33, 3, 196), (3, 2, 4099),
+                           (2, 5, 64 // SIZE[dtype] + 1), (65, 1, 3)]:
+        src = np.frombuffer(b"\x00" + rng.bytes(max(rows * c * inner * SIZE[dtype], 1)), dtype=np.uint8)
+        src = src[1:]  # an unaligned source
+        maps = [
+            [(SOURCE, k, 0) for k in range(c)] + [(ZERO, 0, 0)],           # new channel at the end
+            [(ZERO, 0, 0)] + [(SOURCE, k, 0) for k in range(c)],           # at the front
+            [(SOURCE, 0, 0), (ZERO, 0, 0), (ZERO, 0, 0)] + [(SOURCE, k, 0) for k in range(1, c)],
+            [(SOURCE, c - 1 - k, 0) for k in range(c)],                   # runs that do not merge
+        ]
+        if computable:
+            maps.append([(SOURCE, k, 0) for k in range(c)] + [(CONST, 0, -0.1), (CONST, 0, -0.1), (ZERO, 0, 0)])
+        for entries in maps:
+            for dst_offset in (0, 1, 2, 8, 63):
+                for pad in (0, 3):
+                    args = (src, dtype, rows, c, inner, entries, STORES[store], dst_offset, pad, fill)
+                    assert remap_raw(isa, *args) == remap_raw(0, *args), (rows, c, inner, entries, dst_offset, pad)
