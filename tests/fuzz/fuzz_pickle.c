@@ -9,7 +9,7 @@
 static void entry(memory_output *out, widen_zip_writer *zw, const char *name, const void *data, size_t len)
 {
     unsigned char header[512], descriptor[24];
-    size_t n = widen_zip_begin(zw, name, header, sizeof header);
+    size_t n = widen_zip_begin(zw, name, -1, header, sizeof header);
     memory_write(&out->base, header, n, NULL);
     widen_zip_data(zw, data, len);
     memory_write(&out->base, data, len, NULL);
