@@ -84,6 +84,9 @@ def test_every_thread_count_writes_the_streams_bytes(source, name):
     assert all(outputs[n] == outputs["1"] for n in THREADS), "the bytes depend on the threads"
     assert all(manifests[n] == manifests["1"] for n in THREADS), "the hashes depend on the threads"
     assert outputs["1"] == streamed(path, args)
+    scalar = d / f"{name}-scalar.safetensors"  # the C reference kernels, side by side
+    run("apply", path, "-o", scalar, *args, "--threads", "3", "--no-fsync", env={"WIDEN_ISA": "scalar"}, check=0)
+    assert scalar.read_bytes() == outputs["1"], "the bytes depend on the ISA"
     run("verify", path, d / f"{name}-8.safetensors", "--manifest", d / f"{name}-8.json", "--threads", "3", check=0)
 
     _, got, _, _ = load(d / f"{name}-8.safetensors")
