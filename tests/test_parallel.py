@@ -152,3 +152,20 @@ def test_progress_on_threads_and_cancel(source, threads):
         assert len(calls) == stop_at, "progress called after the cancel"
         assert not os.path.exists(gone)
         assert not [f for f in os.listdir(d) if f.startswith(".") or "cancel" in f], "a temporary was left"
+
+
+def test_a_full_disk_on_a_worker_fails_the_run_and_leaves_nothing(source, tmp_path):
+    import resource
+    _, path, _ = source
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+    proc = subprocess.run([WIDEN, "apply", path, "-o", str(out_dir / "o.safetensors"), "--cast", "f16", "--threads",
+                           "4"], capture_output=True, text=True, preexec_fn=limit, env=cli_env())
+    assert proc.returncode == 4, proc.stderr
+    # a worker's pwrite, or its copy of the untouched run, met the limit: one message, the first
+    assert "o.safetensors" in proc.stderr and ("write failed" in proc.stderr or "too large" in proc.stderr)
+    assert len(proc.stderr.strip().split("\n")) == 1, proc.stderr
+    assert os.listdir(out_dir) == []
