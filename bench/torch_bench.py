@@ -12,9 +12,11 @@ wall time and peak RSS from /usr/bin/time; medians:
     bench/torch_bench.py --growth 1,4,16 [RUNS=3] [DIR=/tmp]   synthetic safetensors of 1, 4, 16 GiB
     bench/torch_bench.py --threads 1,2,4,8,16 [RUNS=3] [DIR=/tmp]
         vit_h_14 with --threads N: pt -> pt --to 4 (copy-bound) and safetensors --cast bf16 (every
-        tensor through the kernels), beside cp
+        tensor through the kernels), beside cp; with WIDEN_BASE set, the bf16 rows of that binary too,
+        interleaved in the same run (a before/after)
 
-Environment: WIDEN (the binary), PYTHON (a python3 with torch and torchvision), TIME (GNU time).
+Environment: WIDEN (the binary), WIDEN_BASE (another, for --threads), PYTHON (a python3 with torch and
+torchvision), TIME (GNU time).
 """
 import os
 import statistics
@@ -25,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WIDEN = os.environ.get("WIDEN", os.path.join(HERE, "..", "build", "release", "widen"))
 PY = os.environ.get("PYTHON", "/usr/bin/python3")
 TIME = os.environ.get("TIME", "/usr/bin/time")
+BASE = os.environ.get("WIDEN_BASE")
 
 RECIPE = """
 import sys, torch
@@ -96,6 +99,9 @@ def main_threads(counts, runs, folder):
     for n in counts:
         commands[f"safetensors --cast bf16, --threads {n}"] = [WIDEN, "apply", st, "-o", outs[2], "--cast", "bf16",
                                                              "--no-fsync", "--no-progress", "--threads", str(n)]
+        if BASE:
+            commands[f"(WIDEN_BASE) safetensors --cast bf16, --threads {n}"] = [
+                BASE, "apply", st, "-o", outs[2], "--cast", "bf16", "--no-fsync", "--no-progress", "--threads", str(n)]
     subprocess.run(["cat", pt, st], stdout=subprocess.DEVNULL, check=True)
     results = measure(commands, outs, runs)
     table(results, "cp (.pt)", f"vit_h_14 with --threads N, median of {runs} runs, {os.cpu_count()} CPUs; ratios to "

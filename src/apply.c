@@ -743,6 +743,7 @@ static widen_status apply_to(widen_checkpoint *ckpt, apply_target target, const 
     widen_file_output file;
     widen_file_output_init(&file, stream ? target.fd : out.fd, output);
     if (stream && !target.regular) file.base.copy = NULL; /* copy_file_range takes files only */
+    if (!stream) widen_file_output_at_offsets(&file); /* the temporary, empty: written at offsets */
     if (to_pt) {
         st = widen_torch_write(ckpt, transform, &plan, &file.base, &eo, NULL, err);
         if (!st && (options->manifest_path || (record && record->tensors)))

@@ -1,5 +1,8 @@
-/* execute.c: the data path: every output tensor, in order, in bounded chunks, through the kernels
- * and a hash, into a sink (a file for apply, a comparison for verify). */
+/* execute.c: the data path: every output tensor, in bounded chunks, through the kernels and a hash,
+ * into a sink (a file for apply, a comparison for verify): in order, or side by side into a file
+ * written at offsets. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,20 +13,54 @@
 
 enum { CHUNK = 4u << 20 }; /* output bytes produced per step */
 
+/* What the threads of one run share: progress, the stop flag, the first failure, the parallel
+ * phase's work list. */
+typedef struct exec_run {
+    widen_plan *plan;
+    uint64_t total;
+    _Atomic uint64_t done;
+    _Atomic int stop; /* the progress callback said stop, or a worker failed */
+    pthread_mutex_t report_lock; /* never two threads in the progress callback */
+    pthread_mutex_t error_lock;
+    widen_status st; /* a worker's failure: the first, or a real one over an interruption */
+    widen_error err;
+    struct exec_item *items; /* the parallel phase: runs of tensors, largest first */
+    size_t item_count;
+    _Atomic size_t next;
+    const struct exec_state *model; /* what each worker's state starts as */
+    void *sink_user;                /* whose lanes the workers take */
+} exec_run;
+
+/* One thread's state: its buffer, its hash states, its lane of the sink. */
 typedef struct exec_state {
+    exec_run *run;
     const widen_checkpoint *ckpt;
     const widen_exec_options *opt;
     const widen_kernels *kernels; /* remaps */
     const widen_kernels *hasher;  /* hashes: the active ISA's, whatever the remap ISA */
-    widen_pool *pool;
+    widen_pool *pool; /* NULL on a worker of the parallel phase: its kernels run on its own thread */
     unsigned char *buffer;
     widen_hash_state *in_hash, *out_hash;
     uint64_t in_cursor; /* input bytes of the current tensor hashed so far, in order */
-    uint64_t done, total;
     widen_sink_fn sink;
     void *sink_user;
     int no_copy; /* the sink's copy said it cannot copy here (another filesystem): stop asking */
 } exec_state;
+
+/* Counts `len` more output bytes as done and reports the run's progress; nonzero once the run is
+ * to stop. What is reported is read under the lock, so it never goes back. */
+static int advance(exec_state *s, uint64_t len)
+{
+    exec_run *r = s->run;
+    atomic_fetch_add(&r->done, len);
+    if (s->opt->progress) {
+        pthread_mutex_lock(&r->report_lock);
+        if (!atomic_load(&r->stop) && s->opt->progress(s->opt->progress_user, atomic_load(&r->done), r->total))
+            atomic_store(&r->stop, 1);
+        pthread_mutex_unlock(&r->report_lock);
+    }
+    return atomic_load(&r->stop);
+}
 
 /* Hashes the part of input span [begin, begin+len) of the current tensor that continues the
  * in-order prefix hashed so far; spans read out of order are hashed by a pass at the end. */
@@ -42,10 +79,7 @@ static widen_status emit(exec_state *s, size_t index, uint64_t offset, const voi
     s->hasher->hash_update(s->out_hash, data, len);
     widen_status st = s->sink(s->sink_user, index, offset, data, len, err);
     if (st) return st;
-    s->done += len;
-    if (s->opt->progress && s->opt->progress(s->opt->progress_user, s->done, s->total))
-        return widen_fail(err, WIDEN_EINTERRUPTED, "interrupted");
-    return WIDEN_OK;
+    return advance(s, len) ? widen_fail(err, WIDEN_EINTERRUPTED, "interrupted") : WIDEN_OK;
 }
 
 typedef struct split_job {
@@ -81,10 +115,11 @@ static void run_part(void *user, size_t part)
  * kernels are elementwise, so the bytes do not depend on the split. */
 static void run_job(exec_state *s, const widen_remap_job *job, size_t out_bytes)
 {
-    unsigned threads = widen_pool_threads(s->pool);
+    unsigned threads = s->pool ? widen_pool_threads(s->pool) : 1;
     split_job sj = {.kernels = s->kernels, .job = *job, .parts = 1, .by_rows = job->rows >= threads};
     if (threads > 1 && out_bytes >= (256u << 10)) sj.parts = threads;
-    widen_pool_run(s->pool, sj.parts, run_part, &sj);
+    if (sj.parts == 1) run_part(&sj, 0);
+    else widen_pool_run(s->pool, sj.parts, run_part, &sj);
 }
 
 /* Untouched bytes are moved by the sink's copy where it has one (the kernel copies page cache to
@@ -96,7 +131,7 @@ static void hash_copied(exec_state *s, widen_plan_tensor *p, uint32_t *crc)
 {
     const widen_tensor_info *t = p->in;
     s->hasher->hash_reset(s->out_hash);
-    for (uint64_t off = 0; off < t->nbytes; off += CHUNK) {
+    for (uint64_t off = 0; off < t->nbytes && !atomic_load(&s->run->stop); off += CHUNK) {
         size_t len = (size_t)(t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK);
         for (size_t at = 0; at < len; at += BLOCK) {
             const unsigned char *block = s->ckpt->map + t->offset + off + at;
@@ -121,7 +156,8 @@ typedef struct copy_job {
 
 /* Part 0 moves the run (the kernel copies), part 1 hashes it from the mapping, side by side. The
  * copy goes in steps of COPY_STEP with progress after each, so that a long untouched run does not
- * show as one jump (the progress callback is then called from the copying thread). */
+ * show as one jump (the progress callback is then called from the copying thread). A stop stops the
+ * hashing too, within a step. */
 enum { COPY_STEP = 64u << 20 };
 
 static void copy_part(void *user, size_t part)
@@ -137,8 +173,7 @@ static void copy_part(void *user, size_t part)
             /* "cannot copy here" only means so before the first byte; later, the input ended */
             if (j->st == WIDEN_EUSAGE && at > 0)
                 j->st = widen_fail(&j->err, WIDEN_EIO, "the input ended early (it changed while widen read it)");
-            else if (!j->st && at + len < j->bytes && s->opt->progress &&
-                     s->opt->progress(s->opt->progress_user, s->done + at + len, s->total))
+            else if (!j->st && advance(s, len))
                 j->st = widen_fail(&j->err, WIDEN_EINTERRUPTED, "interrupted");
         }
         return;
@@ -146,15 +181,15 @@ static void copy_part(void *user, size_t part)
     for (size_t i = j->first; i <= j->last; i++) hash_copied(j->s, &j->plan->tensors[i], j->s->opt->copied ? &j->crc : NULL);
 }
 
-/* Untouched tensors from `first` on that lie back to back in the input as in the output move in one
- * copy (the kernel copies a long run far faster than many short ones); returns how many did, 0 if
- * the sink has no copy here. */
-static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_status *st, widen_error *err)
+/* Untouched tensors from `first` on (before `end`) that lie back to back in the input as in the
+ * output move in one copy (the kernel copies a long run far faster than many short ones); returns how
+ * many did, 0 if the sink has no copy here. */
+static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, size_t end, widen_status *st, widen_error *err)
 {
     if (!s->opt->copy || s->no_copy) return 0;
     size_t last = first;
     uint64_t bytes = plan->tensors[first].in->nbytes;
-    while (!s->opt->copy_one_item && last + 1 < plan->count && plan->tensors[last + 1].op == WIDEN_OP_COPY &&
+    while (!s->opt->copy_one_item && last + 1 < end && plan->tensors[last + 1].op == WIDEN_OP_COPY &&
            !plan->tensors[last + 1].strided &&
            plan->tensors[last + 1].in->offset == plan->tensors[last].in->offset + plan->tensors[last].in->nbytes) {
         last++;
@@ -168,7 +203,7 @@ static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_stat
     int crc_known = only && only->crc_known;
     /* the bytes are read only to be hashed, or for a CRC-32 the sink needs and nothing gives */
     int read = !s->opt->unhashed_copies || (s->opt->copied && !crc_known);
-    if (read && widen_pool_threads(s->pool) > 1) {
+    if (read && s->pool && widen_pool_threads(s->pool) > 1) {
         widen_pool_run(s->pool, 2, copy_part, &job);
     } else {
         copy_part(&job, 0);
@@ -181,11 +216,7 @@ static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, widen_stat
     *st = job.st;
     if (*st && err) *err = job.err;
     if (!*st && s->opt->copied) *st = s->opt->copied(s->sink_user, first, bytes, crc_known ? only->crc : job.crc, err);
-    if (!*st) {
-        s->done += bytes;
-        if (s->opt->progress && s->opt->progress(s->opt->progress_user, s->done, s->total))
-            *st = widen_fail(err, WIDEN_EINTERRUPTED, "interrupted");
-    }
+    if (!*st && atomic_load(&s->run->stop)) *st = widen_fail(err, WIDEN_EINTERRUPTED, "interrupted"); /* the hashing stopped */
     return last - first + 1;
 }
 
@@ -332,34 +363,142 @@ static widen_status remap_tensor(exec_state *s, size_t index, widen_plan_tensor 
     return WIDEN_OK;
 }
 
-widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan, const widen_exec_options *opt,
-                           widen_sink_fn sink, void *sink_user, widen_error *err)
+/* Tensors [begin, end) of the plan, in order, on this state's thread (and its pool). */
+static widen_status run_tensors(exec_state *s, widen_plan *plan, size_t begin, size_t end, widen_error *err)
 {
-    widen_isa isa = opt->isa == WIDEN_ISA_COUNT ? widen_isa_active() : opt->isa;
-    exec_state s = {.ckpt = ckpt, .opt = opt, .kernels = widen_kernels_for(isa),
-                    .hasher = widen_kernels_for(widen_isa_active()), .sink = sink, .sink_user = sink_user,
-                    .total = plan->data_bytes};
     widen_status st = WIDEN_OK;
-    s.pool = widen_pool_new(opt->threads);
-    s.buffer = malloc(CHUNK);
-    s.in_hash = aligned_alloc(64, 2 * sizeof *s.in_hash);
-    s.out_hash = s.in_hash ? s.in_hash + 1 : NULL;
-    if (!s.kernels) st = widen_fail(err, WIDEN_EUSAGE, "no kernels for ISA %s", widen_isa_name(isa));
-    else if (!s.pool || !s.buffer || !s.in_hash || !s.out_hash) st = widen_fail(err, WIDEN_EIO, "out of memory");
-    for (size_t i = 0; i < plan->count && !st;) {
+    for (size_t i = begin; i < end && !st;) {
         widen_plan_tensor *p = &plan->tensors[i];
-        size_t moved = p->op == WIDEN_OP_COPY && !p->strided ? copy_run(&s, plan, i, &st, err) : 0;
+        size_t moved = p->op == WIDEN_OP_COPY && !p->strided ? copy_run(s, plan, i, end, &st, err) : 0;
         if (moved) {
             i += moved;
             continue;
         }
         /* strided tensors are gathered: here when copied or cast, in remap_tensor when remapped */
-        if (!st) st = p->strided && p->axis < 0 ? gather_tensor(&s, i, p, err)
-                      : p->op == WIDEN_OP_COPY ? copy_tensor(&s, i, p, err) : remap_tensor(&s, i, p, err);
+        if (!st) st = p->strided && p->axis < 0 ? gather_tensor(s, i, p, err)
+                      : p->op == WIDEN_OP_COPY ? copy_tensor(s, i, p, err) : remap_tensor(s, i, p, err);
         i++;
     }
+    return st;
+}
+
+static widen_status state_open(exec_state *s, widen_error *err)
+{
+    s->buffer = malloc(CHUNK);
+    s->in_hash = aligned_alloc(64, 2 * sizeof *s->in_hash);
+    s->out_hash = s->in_hash ? s->in_hash + 1 : NULL;
+    return s->buffer && s->in_hash ? WIDEN_OK : widen_fail(err, WIDEN_EIO, "out of memory");
+}
+
+static void state_close(exec_state *s)
+{
+    free(s->buffer);
+    free(s->in_hash);
+}
+
+/* The parallel phase's unit of work: plan tensors [first, last] (small ones gathered until they
+ * make a step, so that a million tiny tensors are not a million hand-overs), taken whole by one
+ * worker. */
+typedef struct exec_item {
+    size_t first, last;
+    uint64_t bytes;
+} exec_item;
+
+static int larger_first(const void *a, const void *b)
+{
+    const exec_item *x = a, *y = b;
+    if (x->bytes != y->bytes) return x->bytes < y->bytes ? 1 : -1;
+    return x->first < y->first ? -1 : x->first > y->first;
+}
+
+static void worker_failed(exec_run *r, widen_status st, const widen_error *err)
+{
+    pthread_mutex_lock(&r->error_lock);
+    if (!r->st || (r->st == WIDEN_EINTERRUPTED && st != WIDEN_EINTERRUPTED)) {
+        r->st = st;
+        r->err = *err;
+    }
+    pthread_mutex_unlock(&r->error_lock);
+    atomic_store(&r->stop, 1);
+}
+
+/* A worker of the parallel phase: its own buffer, hash states and lane; items until none are left
+ * or the run stops. */
+static void exec_worker(void *user, size_t lane)
+{
+    exec_run *r = user;
+    exec_state s = *r->model;
+    s.pool = NULL;
+    s.sink_user = s.opt->lane(r->sink_user, (unsigned)lane);
+    widen_error err;
+    widen_status st = state_open(&s, &err);
+    for (size_t n; !st && !atomic_load(&r->stop) && (n = atomic_fetch_add(&r->next, 1)) < r->item_count;) {
+        st = run_tensors(&s, r->plan, r->items[n].first, r->items[n].last + 1, &err);
+        /* the block its input ends in, which a release leaves to the next tensor's: that one may
+         * be done already, or be another worker's */
+        const widen_tensor_info *in = r->plan->tensors[r->items[n].last].in;
+        uint64_t end = in->offset + in->nbytes;
+        if (in->nbytes) widen_release(s.ckpt, (end - 1) / WIDEN_RELEASE_BLOCK * WIDEN_RELEASE_BLOCK, WIDEN_RELEASE_BLOCK);
+    }
+    if (st) worker_failed(r, st, &err);
+    state_close(&s);
+}
+
+/* Tensors over a thread's share of the output first, in order, each split across the pool; then the
+ * rest as items on `threads` workers, the largest first. */
+static widen_status run_parallel(exec_state *s, widen_plan *plan, widen_error *err)
+{
+    exec_run *r = s->run;
+    unsigned threads = widen_pool_threads(s->pool);
+    uint64_t share = plan->data_bytes / threads;
+    widen_status st = WIDEN_OK;
+    for (size_t i = 0; i < plan->count && !st; i++)
+        if (plan->tensors[i].nbytes > share) st = run_tensors(s, plan, i, i + 1, err);
+    if (st) return st;
+    if (!(r->items = malloc((plan->count ? plan->count : 1) * sizeof *r->items)))
+        return widen_fail(err, WIDEN_EIO, "out of memory");
+    for (size_t i = 0; i < plan->count; i++) {
+        uint64_t n = plan->tensors[i].nbytes;
+        exec_item *open = r->item_count ? &r->items[r->item_count - 1] : NULL;
+        if (n > share) continue;
+        if (open && open->last + 1 == i && open->bytes < CHUNK && n < CHUNK) open->last = i, open->bytes += n;
+        else r->items[r->item_count++] = (exec_item){.first = i, .last = i, .bytes = n};
+    }
+    qsort(r->items, r->item_count, sizeof *r->items, larger_first);
+    r->model = s;
+    widen_pool_run(s->pool, r->item_count < threads ? r->item_count : threads, exec_worker, r);
+    if (r->st) {
+        if (err) *err = r->err;
+        return r->st;
+    }
+    return WIDEN_OK;
+}
+
+widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan, const widen_exec_options *opt,
+                           widen_sink_fn sink, void *sink_user, widen_error *err)
+{
+    widen_isa isa = opt->isa == WIDEN_ISA_COUNT ? widen_isa_active() : opt->isa;
+    exec_run run = {.plan = plan, .total = plan->data_bytes, .sink_user = sink_user};
+    exec_state s = {.run = &run, .ckpt = ckpt, .opt = opt, .kernels = widen_kernels_for(isa),
+                    .hasher = widen_kernels_for(widen_isa_active()), .sink = sink,
+                    .sink_user = opt->lane ? opt->lane(sink_user, 0) : sink_user};
+    pthread_mutex_init(&run.report_lock, NULL);
+    pthread_mutex_init(&run.error_lock, NULL);
+    widen_status st = state_open(&s, err);
+    s.pool = widen_pool_new(opt->threads);
+    if (!s.kernels) st = widen_fail(err, WIDEN_EUSAGE, "no kernels for ISA %s", widen_isa_name(isa));
+    else if (!st && !s.pool) st = widen_fail(err, WIDEN_EIO, "out of memory");
+    if (!st && opt->lane && widen_pool_threads(s.pool) > 1) {
+        st = run_parallel(&s, plan, err);
+    } else if (!st) {
+        st = run_tensors(&s, plan, 0, plan->count, err);
+    }
+    /* a stop that reached a thread between its steps (its hashing of a copied run, its next item) */
+    if (!st && atomic_load(&run.stop)) st = widen_fail(err, WIDEN_EINTERRUPTED, "interrupted");
     if (s.pool) widen_pool_free(s.pool);
-    free(s.buffer);
-    free(s.in_hash);
+    state_close(&s);
+    free(run.items);
+    pthread_mutex_destroy(&run.report_lock);
+    pthread_mutex_destroy(&run.error_lock);
     return st;
 }

@@ -199,10 +199,16 @@ typedef struct widen_exec_options {
     /* runs the copy moves are not hashed (no manifest wants their hashes): read only for a CRC-32 the
      * sink needs and the plan does not know; their in_hash and out_hash stay zero */
     int unhashed_copies;
+    /* Optional: a sink (and copy) that takes tensors in any order, from several threads at once (a
+     * file written at offsets). Each thread then calls them with a user of its own, lane(sink_user,
+     * k) for k < threads; the bytes of one tensor still come in order, from one thread. */
+    void *(*lane)(void *sink_user, unsigned k);
 } widen_exec_options;
 
 /* Streams every plan tensor through the sink in output order, in bounded memory, and fills each
- * tensor's in_hash and out_hash. */
+ * tensor's in_hash and out_hash. With a lane and threads, tensors go side by side instead: each on
+ * one thread, the largest first, except tensors over a thread's share of the output, which go
+ * first, one at a time, split across all threads. The bytes and hashes are the same. */
 widen_status widen_execute(const widen_checkpoint *ckpt, widen_plan *plan,
                            const widen_exec_options *options, widen_sink_fn sink, void *sink_user,
                            widen_error *err);

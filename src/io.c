@@ -30,23 +30,38 @@ widen_status widen_write_all(int fd, const void *data, size_t len, const char *t
     return WIDEN_OK;
 }
 
-/* Clones [in_offset, in_offset+len) of in_fd to fd's position (both multiples of the block size) with
- * FICLONERANGE, and moves fd's position past it; 0 where the file system cannot (another one, no
- * reflink, a pipe): the caller copies instead. */
+widen_status widen_write_at(int fd, const void *data, size_t len, uint64_t offset, const char *target, widen_error *err)
+{
+    const unsigned char *p = data;
+    while (len) {
+        ssize_t n = pwrite(fd, p, len, (off_t)offset);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", target, strerror(n < 0 ? errno : EIO));
+        p += n;
+        offset += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return WIDEN_OK;
+}
+
+/* Clones [in_offset, in_offset+len) of in_fd to out_offset of fd (all multiples of the block size)
+ * with FICLONERANGE; 0 where the file system cannot (another one, no reflink, a pipe): the caller
+ * copies instead. */
 static int clone_range(int in_fd, uint64_t in_offset, int fd, uint64_t out_offset, uint64_t len)
 {
     struct file_clone_range range = {.src_fd = in_fd, .src_offset = in_offset, .src_length = len,
                                      .dest_offset = out_offset};
-    if (ioctl(fd, FICLONERANGE, &range) != 0) return 0;
-    return lseek(fd, (off_t)(out_offset + len), SEEK_SET) >= 0;
+    return ioctl(fd, FICLONERANGE, &range) == 0;
 }
 
-static widen_status copy_range(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target, widen_error *err)
+/* Copies to `*at`, moving it on, or to fd's position where `at` is NULL. */
+static widen_status copy_range(int in_fd, uint64_t in_offset, int fd, off64_t *at, uint64_t len, const char *target,
+                               widen_error *err)
 {
     off64_t from = (off64_t)in_offset;
     uint64_t done = 0;
     while (done < len) {
-        ssize_t n = copy_file_range(in_fd, &from, fd, NULL, (size_t)(len - done), 0);
+        ssize_t n = copy_file_range(in_fd, &from, fd, at, (size_t)(len - done), 0);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
             if (done == 0 && (n == 0 || errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
@@ -60,34 +75,50 @@ static widen_status copy_range(int in_fd, uint64_t in_offset, int fd, uint64_t l
     return WIDEN_OK;
 }
 
-widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target,
+/* widen_copy_all and widen_copy_at: to `*at` (moved on), or to fd's position where `at` is NULL.
+ * Where the output offset is congruent with the input's modulo the block size, the whole blocks
+ * between are cloned (XFS, btrfs, OpenZFS, NFS 4.2: no bytes moved, no space used) and only the
+ * partial blocks at either end copied; copy_file_range would copy the whole range. */
+static widen_status copy_to(int in_fd, uint64_t in_offset, int fd, off64_t *at, uint64_t len, const char *target,
                             widen_copy_counts *counts, widen_error *err)
 {
-    /* Where the output's position is congruent with the input's modulo the block size, the whole
-     * blocks between are cloned (XFS, btrfs, OpenZFS, NFS 4.2: no bytes moved, no space used) and
-     * only the partial blocks at either end copied; copy_file_range would copy the whole range. */
     enum { BLOCK = WIDEN_CLONE_BLOCK };
-    off_t out = len >= 2 * BLOCK ? lseek(fd, 0, SEEK_CUR) : -1;
+    off_t out = len < 2 * BLOCK ? -1 : at ? (off_t)*at : lseek(fd, 0, SEEK_CUR);
     uint64_t head = (BLOCK - in_offset % BLOCK) % BLOCK, whole = len > head ? (len - head) / BLOCK * BLOCK : 0;
     widen_status st = WIDEN_OK;
     if (out >= 0 && (uint64_t)out % BLOCK == in_offset % BLOCK && whole) {
-        if (head && (st = copy_range(in_fd, in_offset, fd, head, target, err))) return st;
-        if (clone_range(in_fd, in_offset + head, fd, (uint64_t)out + head, whole)) {
+        if (head && (st = copy_range(in_fd, in_offset, fd, at, head, target, err))) return st;
+        uint64_t past = (uint64_t)out + head + whole;
+        if (clone_range(in_fd, in_offset + head, fd, (uint64_t)out + head, whole) &&
+            (at ? (*at = (off64_t)past, 1) : lseek(fd, (off_t)past, SEEK_SET) >= 0)) {
             if (counts) counts->copied += head, counts->cloned += whole;
-            st = copy_range(in_fd, in_offset + head + whole, fd, len - head - whole, target, err);
+            st = copy_range(in_fd, in_offset + head + whole, fd, at, len - head - whole, target, err);
             if (!st && counts) counts->copied += len - head - whole;
             return st == WIDEN_EUSAGE ? widen_fail(err, WIDEN_EIO, "%s: the kernel copied part of a range and not "
                                                    "the rest", target) : st;
         }
-        st = copy_range(in_fd, in_offset + head, fd, len - head, target, err);
+        st = copy_range(in_fd, in_offset + head, fd, at, len - head, target, err);
         if (st == WIDEN_EUSAGE && head)
             st = widen_fail(err, WIDEN_EIO, "%s: the kernel copied part of a range and not the rest", target);
         if (!st && counts) counts->copied += len;
         return st;
     }
-    st = copy_range(in_fd, in_offset, fd, len, target, err);
+    st = copy_range(in_fd, in_offset, fd, at, len, target, err);
     if (!st && counts) counts->copied += len;
     return st;
+}
+
+widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target,
+                            widen_copy_counts *counts, widen_error *err)
+{
+    return copy_to(in_fd, in_offset, fd, NULL, len, target, counts, err);
+}
+
+widen_status widen_copy_at(int in_fd, uint64_t in_offset, int fd, uint64_t offset, uint64_t len, const char *target,
+                           widen_copy_counts *counts, widen_error *err)
+{
+    off64_t at = (off64_t)offset;
+    return copy_to(in_fd, in_offset, fd, &at, len, target, counts, err);
 }
 
 enum { OUTPUT_BUFFER = 1u << 20 };
@@ -151,17 +182,49 @@ static widen_status file_patch(widen_output *o, uint64_t at, const void *data, s
     return WIDEN_OK;
 }
 
+static widen_status file_write_at(widen_output *o, uint64_t at, const void *data, size_t len, widen_error *err)
+{
+    widen_file_output *f = (widen_file_output *)o;
+    widen_status st = widen_write_at(f->fd, data, len, at, f->target, err);
+    if (st) return st;
+    pthread_mutex_lock(&f->counts_lock);
+    f->counts.written += len;
+    pthread_mutex_unlock(&f->counts_lock);
+    return WIDEN_OK;
+}
+
+static widen_status file_copy_at(widen_output *o, uint64_t at, int in_fd, uint64_t in_offset, uint64_t len,
+                                 widen_error *err)
+{
+    widen_file_output *f = (widen_file_output *)o;
+    widen_copy_counts counts = {0};
+    widen_status st = widen_copy_at(in_fd, in_offset, f->fd, at, len, f->target, &counts, err);
+    pthread_mutex_lock(&f->counts_lock); /* what a failed copy moved counts too, as in file_copy */
+    f->counts.cloned += counts.cloned;
+    f->counts.copied += counts.copied;
+    pthread_mutex_unlock(&f->counts_lock);
+    return st;
+}
+
 void widen_file_output_init(widen_file_output *out, int fd, const char *target)
 {
     *out = (widen_file_output){.base = {.write = file_write, .copy = file_copy, .reserve = file_reserve,
                                         .patch = file_patch},
                                .fd = fd, .target = target};
+    pthread_mutex_init(&out->counts_lock, NULL);
+}
+
+void widen_file_output_at_offsets(widen_file_output *out)
+{
+    out->base.write_at = file_write_at;
+    out->base.copy_at = file_copy_at;
 }
 
 void widen_file_output_free(widen_file_output *out)
 {
     free(out->buffer);
     out->buffer = NULL;
+    pthread_mutex_destroy(&out->counts_lock);
 }
 
 void widen_mapping_release(const widen_mapping *m, uint64_t offset, uint64_t len)
@@ -172,7 +235,7 @@ void widen_mapping_release(const widen_mapping *m, uint64_t offset, uint64_t len
      * start of one item maps the end of the item before it, which that item's release has passed.
      * The block the range ends in is left to the next release (or the file's end): a million
      * four-byte items then cost no million system calls. */
-    const uint64_t block = 2u << 20;
+    const uint64_t block = WIDEN_RELEASE_BLOCK;
     uint64_t end = offset + len > m->size ? m->size : offset + len, begin = offset / block * block;
     if (end < m->size) end = end / block * block;
     if (end > begin) madvise((void *)(m->data + begin), (size_t)(end - begin), MADV_DONTNEED);

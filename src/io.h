@@ -3,6 +3,7 @@
 #ifndef WIDEN_IO_H
 #define WIDEN_IO_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -10,6 +11,8 @@
 
 /* Writes all of `len` bytes to fd; WIDEN_EIO naming `target` on failure. */
 widen_status widen_write_all(int fd, const void *data, size_t len, const char *target, widen_error *err);
+/* The same at file offset `offset` (pwrite: fd's position stays). */
+widen_status widen_write_at(int fd, const void *data, size_t len, uint64_t offset, const char *target, widen_error *err);
 
 /* Output layouts keep a long untouched run (at least WIDEN_CLONE_MIN bytes) at its input offset
  * modulo WIDEN_CLONE_BLOCK, so that file systems that clone share its whole blocks (widen_copy_all). */
@@ -28,6 +31,10 @@ typedef struct widen_copy_counts {
  * on failure. */
 widen_status widen_copy_all(int in_fd, uint64_t in_offset, int fd, uint64_t len, const char *target,
                             widen_copy_counts *counts, widen_error *err);
+/* The same to file offset `offset` of fd, whose position stays: several threads may copy into one
+ * file at once (disjoint ranges). */
+widen_status widen_copy_at(int in_fd, uint64_t in_offset, int fd, uint64_t offset, uint64_t len, const char *target,
+                           widen_copy_counts *counts, widen_error *err);
 
 /* Where a writer's bytes go, front to back: a file (apply), or a comparison with an existing file
  * (verify). `copy` moves input bytes without them passing through this process; NULL, or
@@ -41,6 +48,12 @@ struct widen_output {
      * is done. A file writes zeros and goes back; a comparison compares them when patched. */
     widen_status (*reserve)(widen_output *out, size_t len, widen_error *err);
     widen_status (*patch)(widen_output *out, uint64_t at, const void *data, size_t len, widen_error *err);
+    /* Optional, both or neither: an output that takes bytes at any offset, from several threads at
+     * once (disjoint ranges past what `write` sent), so that a layout known in advance is written
+     * in parallel. They leave `position` to the caller, who moves it past them at the end. */
+    widen_status (*write_at)(widen_output *out, uint64_t at, const void *data, size_t len, widen_error *err);
+    widen_status (*copy_at)(widen_output *out, uint64_t at, int in_fd, uint64_t in_offset, uint64_t len,
+                            widen_error *err);
     uint64_t position; /* bytes so far */
 };
 
@@ -53,9 +66,13 @@ typedef struct widen_file_output {
     unsigned char *buffer;
     size_t buffered;
     widen_copy_counts counts;
+    pthread_mutex_t counts_lock; /* write_at and copy_at count from several threads */
 } widen_file_output;
 
 void widen_file_output_init(widen_file_output *out, int fd, const char *target);
+/* Gives the output write_at and copy_at: for a file that starts empty at offset 0 (a temporary), where
+ * an output offset is the file's. */
+void widen_file_output_at_offsets(widen_file_output *out);
 widen_status widen_file_output_flush(widen_file_output *out, widen_error *err);
 void widen_file_output_free(widen_file_output *out);
 
@@ -66,7 +83,10 @@ typedef struct widen_mapping {
     int fd;
 } widen_mapping;
 
-/* Releases the pages of [offset, offset+len) of the mapping from this process. */
+/* Releases the pages of [offset, offset+len) of the mapping from this process: the whole
+ * WIDEN_RELEASE_BLOCKs from the one holding `offset` to the one holding the end, which is left to
+ * the next release (unless it is the file's last). */
+enum { WIDEN_RELEASE_BLOCK = 2u << 20 };
 void widen_mapping_release(const widen_mapping *m, uint64_t offset, uint64_t len);
 
 #endif

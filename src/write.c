@@ -1,5 +1,7 @@
-/* write.c: the safetensors writer: the header, then the data section streamed through the executor. */
+/* write.c: the safetensors writer: the header, then the data section streamed through the executor,
+ * or written side by side at its offsets where the output takes that. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "write.h"
 
@@ -27,12 +29,100 @@ static widen_status sink_write(void *user, size_t index, uint64_t offset, const 
     return w->out->write(w->out, data, len, err);
 }
 
+/* The layout is known before a byte is written (each tensor at the header's end plus its data
+ * offset), so a file that takes bytes at offsets gets its tensors from several threads at once:
+ * each thread through a lane of its own, which gathers its small writes into runs of consecutive
+ * bytes (a tensor of four bytes is no system call of its own) and writes the rest, and copies
+ * untouched runs, where the layout puts them. */
+enum { LANE_BUFFER = 1u << 20 };
+
+typedef struct write_lane {
+    widen_output *out;
+    int in_fd;
+    const uint64_t *at; /* per plan tensor: its offset in the output */
+    unsigned char *buffer;
+    uint64_t from; /* the output offset of buffer[0] */
+    size_t filled;
+} write_lane;
+
+typedef struct write_lanes {
+    write_lane *lane;
+    unsigned count;
+} write_lanes;
+
+static void *lane_of(void *user, unsigned k)
+{
+    write_lanes *l = user;
+    return k < l->count ? &l->lane[k] : NULL;
+}
+
+static widen_status lane_flush(write_lane *l, widen_error *err)
+{
+    widen_status st = l->filled ? l->out->write_at(l->out, l->from, l->buffer, l->filled, err) : WIDEN_OK;
+    l->filled = 0;
+    return st;
+}
+
+static widen_status lane_write(void *user, size_t index, uint64_t offset, const void *data, size_t len, widen_error *err)
+{
+    write_lane *l = user;
+    uint64_t at = l->at[index] + offset;
+    widen_status st = WIDEN_OK;
+    if (l->filled && (at != l->from + l->filled || l->filled + len > LANE_BUFFER)) st = lane_flush(l, err);
+    if (st) return st;
+    if (len >= LANE_BUFFER) return l->out->write_at(l->out, at, data, len, err);
+    if (!l->buffer && !(l->buffer = malloc(LANE_BUFFER))) return widen_fail(err, WIDEN_EIO, "out of memory");
+    if (!l->filled) l->from = at;
+    memcpy(l->buffer + l->filled, data, len);
+    l->filled += len;
+    return WIDEN_OK;
+}
+
+static widen_status lane_copy(void *user, size_t index, uint64_t offset, uint64_t in_offset, size_t len, widen_error *err)
+{
+    write_lane *l = user;
+    widen_status st = lane_flush(l, err);
+    return st ? st : l->out->copy_at(l->out, l->at[index] + offset, l->in_fd, in_offset, len, err);
+}
+
+static widen_status write_at_offsets(const widen_checkpoint *ckpt, widen_plan *plan, const unsigned char *header,
+                                     size_t header_len, widen_output *out, const widen_exec_options *options,
+                                     widen_error *err)
+{
+    uint64_t base = out->position;
+    write_lanes lanes = {.lane = calloc(options->threads, sizeof *lanes.lane), .count = options->threads};
+    uint64_t *at = malloc((plan->count ? plan->count : 1) * sizeof *at);
+    widen_status st = lanes.lane && at ? out->write_at(out, base, header, header_len, err)
+                                       : widen_fail(err, WIDEN_EIO, "out of memory");
+    uint64_t data = base + header_len;
+    for (size_t i = 0; at && i < plan->count; data += plan->tensors[i++].nbytes) at[i] = data;
+    for (unsigned k = 0; lanes.lane && k < lanes.count; k++)
+        lanes.lane[k] = (write_lane){.out = out, .in_fd = widen_checkpoint_fd(ckpt), .at = at};
+    widen_exec_options eo = *options;
+    eo.copy = lane_copy;
+    eo.lane = lane_of;
+    if (!st) st = widen_execute(ckpt, plan, &eo, lane_write, &lanes, err);
+    for (unsigned k = 0; lanes.lane && k < lanes.count; k++) {
+        if (!st) st = lane_flush(&lanes.lane[k], err);
+        free(lanes.lane[k].buffer);
+    }
+    if (!st) out->position = base + header_len + plan->data_bytes;
+    free(lanes.lane);
+    free(at);
+    return st;
+}
+
 widen_status widen_safetensors_write(const widen_checkpoint *ckpt, widen_plan *plan, const char *provenance,
                                      widen_output *out, const widen_exec_options *options, widen_error *err)
 {
     unsigned char *header = NULL;
     size_t header_len = 0;
     widen_status st = widen_safetensors_header(plan, ckpt, provenance, &header, &header_len, err);
+    if (!st && out->write_at && out->copy_at && options->threads > 1) {
+        st = write_at_offsets(ckpt, plan, header, header_len, out, options, err);
+        free(header);
+        return st;
+    }
     if (!st) st = out->write(out, header, header_len, err);
     free(header);
     if (st) return st;

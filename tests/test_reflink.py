@@ -71,8 +71,9 @@ def make_inputs(folder):
     return st, pt
 
 
-@pytest.mark.parametrize("ext", ["safetensors", "pt"])
-def test_widening_clones_the_untouched_body(xfs, tmp_path, ext):
+# a safetensors output on one thread (streamed) and on four (written at offsets: each clone at its own)
+@pytest.mark.parametrize("ext,threads", [("safetensors", "1"), ("safetensors", "4"), ("pt", "0")])
+def test_widening_clones_the_untouched_body(xfs, tmp_path, ext, threads):
     st, pt = make_inputs(xfs)
     src = st if ext == "safetensors" else pt
     out = xfs / f"out.{ext}"
@@ -83,7 +84,8 @@ def test_widening_clones_the_untouched_body(xfs, tmp_path, ext):
     # a .pt records no transform: its verify needs a manifest (whose hashes read the body; it is cloned
     # all the same)
     manifest = ["--manifest", str(tmp_path / "m.json")] if ext == "pt" else []
-    p = run("apply", src, "-o", out, "-t", "conv1.weight", "--to", "4", "--json", *manifest, check=0)
+    p = run("apply", src, "-o", out, "-t", "conv1.weight", "--to", "4", "--json", "--threads", threads, *manifest,
+            check=0)
     os.sync()
     grown = used(str(xfs)) - before
     size = out.stat().st_size

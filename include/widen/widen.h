@@ -358,7 +358,7 @@ void widen_apply_stats_init(widen_apply_stats *stats, size_t size);
 
 typedef struct widen_apply_options {
     size_t size;               /* sizeof(widen_apply_options), as widen_apply_options_init sets it */
-    unsigned threads;          /* 0: online CPUs */
+    unsigned threads;          /* 0: online CPUs. The output's bytes and hashes do not depend on it. */
     int fsync;                 /* fsync the output before the rename (recommended) */
     int overwrite;             /* replace an existing output (never the input) */
     const char *manifest_path; /* NULL: no manifest */
