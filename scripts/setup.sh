@@ -11,11 +11,11 @@ packages=(gcc g++ make cmake ninja-build pkg-config
           python3-venv python3-pip python3-setuptools python3-wheel xfsprogs
           gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
           clang-14 libfuzzer-14-dev libclang-rt-14-dev)
-# arm64 SLEEF for the cross-built NEON kernels (multiarch)
+# arm64 libraries for the cross-built library and CLI (multiarch; they bring libc6:arm64, which qemu runs them on)
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     dpkg --add-architecture arm64
 fi
-packages+=(libsleef-dev:arm64)
+packages+=(libsleef-dev:arm64 libjansson-dev:arm64 libdeflate-dev:arm64 zlib1g-dev:arm64 libxxhash-dev:arm64)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
