@@ -9,7 +9,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("WIDEN_BUILD", os.path.join(ROOT, "build", "release"))
-WIDEN = os.path.join(BUILD, "widen")
+# WIDEN: another CLI to drive (the aarch64 build's widen-qemu wrapper runs the arm64 CLI under qemu)
+WIDEN = os.environ.get("WIDEN") or os.path.join(BUILD, "widen")
 LIBWIDEN = os.path.join(BUILD, "libwiden.so")
 
 # safetensors' Dtype enum order: the reference writer sorts by it, descending, then by name.
