@@ -125,7 +125,7 @@ static void run_job(exec_state *s, const widen_remap_job *job, size_t out_bytes)
 /* Untouched bytes are moved by the sink's copy where it has one (the kernel copies page cache to
  * page cache) while a second thread hashes them from the mapping, and computes their CRC-32 when the
  * sink wants it: one read of each byte, in blocks small enough to stay in cache between the two. */
-enum { BLOCK = 256u << 10, COPY_MIN = 1u << 20 };
+enum { BLOCK = 256u << 10, COPY_MIN = 1u << 20, COPY_UNREAD_MIN = 4u << 10 };
 
 static void hash_copied(exec_state *s, widen_plan_tensor *p, uint32_t *crc)
 {
@@ -181,28 +181,40 @@ static void copy_part(void *user, size_t part)
     for (size_t i = j->first; i <= j->last; i++) hash_copied(j->s, &j->plan->tensors[i], j->s->opt->copied ? &j->crc : NULL);
 }
 
+static int untouched(const widen_plan_tensor *p)
+{
+    return p->op == WIDEN_OP_COPY && !p->strided;
+}
+
+/* The last of the untouched tensors from `first` (untouched) on, before `end`, that lie back to back
+ * in the input as in the output; their bytes in `*bytes`. */
+static size_t untouched_run(const widen_plan *plan, size_t first, size_t end, uint64_t *bytes)
+{
+    size_t last = first;
+    *bytes = plan->tensors[first].in->nbytes;
+    while (last + 1 < end && untouched(&plan->tensors[last + 1]) &&
+           plan->tensors[last + 1].in->offset == plan->tensors[last].in->offset + plan->tensors[last].in->nbytes)
+        *bytes += plan->tensors[++last].in->nbytes;
+    return last;
+}
+
 /* Untouched tensors from `first` on (before `end`) that lie back to back in the input as in the
  * output move in one copy (the kernel copies a long run far faster than many short ones); returns how
  * many did, 0 if the sink has no copy here. */
 static size_t copy_run(exec_state *s, widen_plan *plan, size_t first, size_t end, widen_status *st, widen_error *err)
 {
     if (!s->opt->copy || s->no_copy) return 0;
-    size_t last = first;
-    uint64_t bytes = plan->tensors[first].in->nbytes;
-    while (!s->opt->copy_one_item && last + 1 < end && plan->tensors[last + 1].op == WIDEN_OP_COPY &&
-           !plan->tensors[last + 1].strided &&
-           plan->tensors[last + 1].in->offset == plan->tensors[last].in->offset + plan->tensors[last].in->nbytes) {
-        last++;
-        bytes += plan->tensors[last].in->nbytes;
-    }
-    /* short runs go through the sink, buffered: a system call and two threads' handover per record of
-     * a few bytes would cost far more than the bytes */
-    if (bytes < COPY_MIN) return 0;
+    uint64_t bytes;
+    size_t last = untouched_run(plan, first, s->opt->copy_one_item ? first + 1 : end, &bytes);
     copy_job job = {.s = s, .plan = plan, .first = first, .last = last, .bytes = bytes};
     const widen_plan_tensor *only = first == last ? &plan->tensors[first] : NULL;
     int crc_known = only && only->crc_known;
     /* the bytes are read only to be hashed, or for a CRC-32 the sink needs and nothing gives */
     int read = !s->opt->unhashed_copies || (s->opt->copied && !crc_known);
+    /* short runs go through the sink, buffered: a system call and two threads' handover per record of
+     * a few bytes would cost far more than the bytes. Unread, a run of a few pages costs one system
+     * call where reading it would cost a page fault per page and a copy. */
+    if (bytes < (read ? COPY_MIN : COPY_UNREAD_MIN)) return 0;
     if (read && s->pool && widen_pool_threads(s->pool) > 1) {
         widen_pool_run(s->pool, 2, copy_part, &job);
     } else {
@@ -369,7 +381,7 @@ static widen_status run_tensors(exec_state *s, widen_plan *plan, size_t begin, s
     widen_status st = WIDEN_OK;
     for (size_t i = begin; i < end && !st;) {
         widen_plan_tensor *p = &plan->tensors[i];
-        size_t moved = p->op == WIDEN_OP_COPY && !p->strided ? copy_run(s, plan, i, end, &st, err) : 0;
+        size_t moved = untouched(p) ? copy_run(s, plan, i, end, &st, err) : 0;
         if (moved) {
             i += moved;
             continue;
@@ -384,7 +396,7 @@ static widen_status run_tensors(exec_state *s, widen_plan *plan, size_t begin, s
 
 static widen_status state_open(exec_state *s, widen_error *err)
 {
-    s->buffer = malloc(CHUNK);
+    s->buffer = widen_buffer_alloc(CHUNK);
     s->in_hash = aligned_alloc(64, 2 * sizeof *s->in_hash);
     s->out_hash = s->in_hash ? s->in_hash + 1 : NULL;
     return s->buffer && s->in_hash ? WIDEN_OK : widen_fail(err, WIDEN_EIO, "out of memory");
@@ -392,7 +404,7 @@ static widen_status state_open(exec_state *s, widen_error *err)
 
 static void state_close(exec_state *s)
 {
-    free(s->buffer);
+    widen_buffer_free(s->buffer, CHUNK);
     free(s->in_hash);
 }
 
@@ -444,25 +456,41 @@ static void exec_worker(void *user, size_t lane)
     state_close(&s);
 }
 
-/* Tensors over a thread's share of the output first, in order, each split across the pool; then the
- * rest as items on `threads` workers, the largest first. */
+/* The last tensor of the unit that starts at `first`: where untouched runs are moved unread (cloned
+ * where the file system clones), a run of untouched tensors back to back in the input and of at
+ * least COPY_MIN bytes is one unit, moved in one copy_run, so that the small tensors inside it are
+ * cloned with it rather than written and its blocks are not cut at every tensor; otherwise the
+ * tensor alone (the runs' bytes are read to be hashed, and many workers hash them faster). */
+static size_t unit_end(const exec_state *s, const widen_plan *plan, size_t first, uint64_t *bytes)
+{
+    *bytes = plan->tensors[first].nbytes;
+    if (!s->opt->unhashed_copies || s->opt->copied || !s->opt->copy || !untouched(&plan->tensors[first])) return first;
+    uint64_t run;
+    size_t last = untouched_run(plan, first, plan->count, &run);
+    if (run < COPY_MIN) return first;
+    *bytes = run;
+    return last;
+}
+
+/* Units (unit_end) over a thread's share of the output first, in order, each split across the pool;
+ * then the rest as items on `threads` workers, the largest first. */
 static widen_status run_parallel(exec_state *s, widen_plan *plan, widen_error *err)
 {
     exec_run *r = s->run;
     unsigned threads = widen_pool_threads(s->pool);
-    uint64_t share = plan->data_bytes / threads;
+    uint64_t share = plan->data_bytes / threads, n;
     widen_status st = WIDEN_OK;
-    for (size_t i = 0; i < plan->count && !st; i++)
-        if (plan->tensors[i].nbytes > share) st = run_tensors(s, plan, i, i + 1, err);
+    for (size_t i = 0, last; i < plan->count && !st; i = last + 1)
+        if ((last = unit_end(s, plan, i, &n)), n > share) st = run_tensors(s, plan, i, last + 1, err);
     if (st) return st;
     if (!(r->items = malloc((plan->count ? plan->count : 1) * sizeof *r->items)))
         return widen_fail(err, WIDEN_EIO, "out of memory");
-    for (size_t i = 0; i < plan->count; i++) {
-        uint64_t n = plan->tensors[i].nbytes;
+    for (size_t i = 0, last; i < plan->count; i = last + 1) {
+        last = unit_end(s, plan, i, &n);
         exec_item *open = r->item_count ? &r->items[r->item_count - 1] : NULL;
         if (n > share) continue;
-        if (open && open->last + 1 == i && open->bytes < CHUNK && n < CHUNK) open->last = i, open->bytes += n;
-        else r->items[r->item_count++] = (exec_item){.first = i, .last = i, .bytes = n};
+        if (open && open->last + 1 == i && open->bytes < CHUNK && n < CHUNK) open->last = last, open->bytes += n;
+        else r->items[r->item_count++] = (exec_item){.first = i, .last = last, .bytes = n};
     }
     qsort(r->items, r->item_count, sizeof *r->items, larger_first);
     r->model = s;

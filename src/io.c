@@ -121,7 +121,7 @@ widen_status widen_copy_at(int in_fd, uint64_t in_offset, int fd, uint64_t offse
     return copy_to(in_fd, in_offset, fd, &at, len, target, counts, err);
 }
 
-enum { OUTPUT_BUFFER = 1u << 20 };
+enum { OUTPUT_BUFFER = 2u << 20 };
 
 widen_status widen_file_output_flush(widen_file_output *f, widen_error *err)
 {
@@ -134,7 +134,7 @@ static widen_status file_write(widen_output *o, const void *data, size_t len, wi
 {
     widen_file_output *f = (widen_file_output *)o;
     widen_status st = WIDEN_OK;
-    if (!f->buffer && !(f->buffer = malloc(OUTPUT_BUFFER))) return widen_fail(err, WIDEN_EIO, "out of memory");
+    if (!f->buffer && !(f->buffer = widen_buffer_alloc(OUTPUT_BUFFER))) return widen_fail(err, WIDEN_EIO, "out of memory");
     if (f->buffered + len > OUTPUT_BUFFER) st = widen_file_output_flush(f, err);
     if (!st && len >= OUTPUT_BUFFER) st = widen_write_all(f->fd, data, len, f->target, err);
     else if (!st) {
@@ -222,7 +222,7 @@ void widen_file_output_at_offsets(widen_file_output *out)
 
 void widen_file_output_free(widen_file_output *out)
 {
-    free(out->buffer);
+    widen_buffer_free(out->buffer, OUTPUT_BUFFER);
     out->buffer = NULL;
     pthread_mutex_destroy(&out->counts_lock);
 }
@@ -239,4 +239,25 @@ void widen_mapping_release(const widen_mapping *m, uint64_t offset, uint64_t len
     uint64_t end = offset + len > m->size ? m->size : offset + len, begin = offset / block * block;
     if (end < m->size) end = end / block * block;
     if (end > begin) madvise((void *)(m->data + begin), (size_t)(end - begin), MADV_DONTNEED);
+}
+
+enum { HUGE_PAGE = 2u << 20 };
+
+void *widen_buffer_alloc(size_t len)
+{
+    /* mapped one huge page over, then trimmed to a huge page boundary */
+    unsigned char *m = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return NULL;
+    size_t head = (HUGE_PAGE - (uintptr_t)m % HUGE_PAGE) % HUGE_PAGE;
+    if (head) munmap(m, head);
+    if (HUGE_PAGE - head) munmap(m + head + len, HUGE_PAGE - head);
+#ifdef MADV_HUGEPAGE
+    madvise(m + head, len, MADV_HUGEPAGE);
+#endif
+    return m + head;
+}
+
+void widen_buffer_free(void *p, size_t len)
+{
+    if (p) munmap(p, len);
 }

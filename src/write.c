@@ -34,7 +34,7 @@ static widen_status sink_write(void *user, size_t index, uint64_t offset, const 
  * each thread through a lane of its own, which gathers its small writes into runs of consecutive
  * bytes (a tensor of four bytes is no system call of its own) and writes the rest, and copies
  * untouched runs, where the layout puts them. */
-enum { LANE_BUFFER = 1u << 20 };
+enum { LANE_BUFFER = 2u << 20 };
 
 typedef struct write_lane {
     widen_output *out;
@@ -71,7 +71,7 @@ static widen_status lane_write(void *user, size_t index, uint64_t offset, const 
     if (l->filled && (at != l->from + l->filled || l->filled + len > LANE_BUFFER)) st = lane_flush(l, err);
     if (st) return st;
     if (len >= LANE_BUFFER) return l->out->write_at(l->out, at, data, len, err);
-    if (!l->buffer && !(l->buffer = malloc(LANE_BUFFER))) return widen_fail(err, WIDEN_EIO, "out of memory");
+    if (!l->buffer && !(l->buffer = widen_buffer_alloc(LANE_BUFFER))) return widen_fail(err, WIDEN_EIO, "out of memory");
     if (!l->filled) l->from = at;
     memcpy(l->buffer + l->filled, data, len);
     l->filled += len;
@@ -104,7 +104,7 @@ static widen_status write_at_offsets(const widen_checkpoint *ckpt, widen_plan *p
     if (!st) st = widen_execute(ckpt, plan, &eo, lane_write, &lanes, err);
     for (unsigned k = 0; lanes.lane && k < lanes.count; k++) {
         if (!st) st = lane_flush(&lanes.lane[k], err);
-        free(lanes.lane[k].buffer);
+        widen_buffer_free(lanes.lane[k].buffer, LANE_BUFFER);
     }
     if (!st) out->position = base + header_len + plan->data_bytes;
     free(lanes.lane);

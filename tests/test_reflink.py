@@ -108,6 +108,33 @@ def test_widening_clones_the_untouched_body(xfs, tmp_path, ext, threads):
     out.unlink()
 
 
+# a backbone's untouched body is big matrices with small norms and biases between them: on any number
+# of threads the whole run is cloned in one piece, the small tensors with it, and only the header and
+# the transformed stem are written
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_small_tensors_inside_an_untouched_run_are_cloned_with_it(xfs, tmp_path, threads):
+    src, out = xfs / "layers.safetensors", xfs / f"layers-{threads}.safetensors"
+    tensors = {"conv1.weight": ("F32", stem())}
+    for k in range(8):
+        tensors[f"layer{k}.a.weight"] = ("F32", body(BODY // 8) + k)
+        tensors[f"layer{k}.b.bias"] = ("F32", body(5120) - k)
+    if not src.exists():
+        save(str(src), tensors, {"format": "pt"})
+    p = run("apply", src, "-o", out, "-t", "conv1.weight", "--to", "4", "--json", "--threads", threads, check=0)
+    b = json.loads(p.stdout)["bytes"]
+    stem_out = 64 * 4 * 7 * 7 * 4
+    with open(out, "rb") as f:
+        header = 8 + int.from_bytes(f.read(8), "little")
+    assert b["written"] <= header + stem_out, b  # not one small tensor written
+    assert b["cloned"] >= os.path.getsize(out) - header - stem_out - 2 * 4096, b
+    plain = tmp_path / "plain.safetensors"
+    run("apply", src, "-o", plain, "-t", "conv1.weight", "--to", "4", "--no-fsync", "--threads", threads, check=0)
+    with open(out, "rb") as a, open(plain, "rb") as c:
+        assert a.read() == c.read()
+    run("verify", src, out, check=0)
+    out.unlink()
+
+
 def test_a_folders_untouched_shards_are_cloned_whole(xfs):
     src, dst = xfs / "vit", xfs / "vit4"
     if dst.exists():

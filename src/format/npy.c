@@ -267,11 +267,6 @@ widen_status widen_npy_read(widen_checkpoint *c, widen_error *err)
 /* The temporary file's arrays start on multiples of this, as a safetensors file's do. */
 #define NPZ_ALIGN 64u
 
-static void npz_forget(void *user, uint64_t offset, uint64_t len)
-{
-    widen_release(user, offset, len);
-}
-
 typedef struct npz_member {
     const widen_zip_entry *e;
     widen_npy_header h;
@@ -680,7 +675,8 @@ widen_status widen_npz_read_bounded(widen_checkpoint *c, uint64_t max_inflated, 
 {
     npz_pending *p = calloc(1, sizeof *p);
     if (!p) return widen_fail(err, WIDEN_EIO, "out of memory");
-    widen_status st = widen_zip_read(c->map, c->size, c->path, &p->zip, npz_forget, c, err);
+    widen_mapping file = {c->map, c->size, c->fd};
+    widen_status st = widen_zip_read(&file, c->path, &p->zip, err);
     if (!st) st = widen_zip_check_zipfile(c->map, c->size, c->path, &p->zip, err);
     if (!st) st = npz_members(c, p, max_inflated, err);
     if (!st) c->open_work = p->work;

@@ -681,11 +681,6 @@ void widen_torch_free(void *state)
     free(ts);
 }
 
-static void forget_pages(void *user, uint64_t offset, uint64_t len)
-{
-    widen_release(user, offset, len);
-}
-
 static const widen_zip_entry *record(const torch_state *ts, const char *name)
 {
     size_t plen = strlen(ts->prefix), nlen = strlen(name);
@@ -768,7 +763,8 @@ widen_status widen_torch_read(widen_checkpoint *c, widen_error *err)
     if (!ts) return NOMEM();
     c->format_state = ts;
     c->format_free = widen_torch_free;
-    widen_status st = widen_zip_read(c->map, c->size, c->path, &ts->zip, forget_pages, c, err);
+    widen_mapping file = {c->map, c->size, c->fd};
+    widen_status st = widen_zip_read(&file, c->path, &ts->zip, err);
     if (st || (st = check_archive(c, ts, err))) return st;
     const widen_zip_entry *pkl = record(ts, "data.pkl");
     char what[600];

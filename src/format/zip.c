@@ -1,7 +1,9 @@
 /* zip.c: reading and writing the ZIP archives of torch.save: stored entries, ZIP64, 64-byte aligned
  * data, data descriptors. CRCs come from libdeflate (PCLMUL-fast where the CPU has it). */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <libdeflate.h>
 
 #include "zip.h"
@@ -43,9 +45,28 @@ static char lower(char c)
     return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
 }
 
-widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *path, widen_zip *zip,
-                            void (*forget)(void *user, uint64_t offset, uint64_t len), void *forget_user, widen_error *err)
+/* The 30 bytes of the local header at `offset` (below size - 30): read from the file, or the mapping. */
+static widen_status local_header(const widen_mapping *file, uint64_t offset, unsigned char out[30], const char *path,
+                                 widen_error *err)
 {
+    if (file->fd < 0) {
+        memcpy(out, file->data + offset, 30);
+        return WIDEN_OK;
+    }
+    size_t got = 0;
+    while (got < 30) {
+        ssize_t n = pread(file->fd, out + got, 30 - got, (off_t)(offset + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return widen_fail(err, WIDEN_EIO, "%s: cannot read: %s", path, n < 0 ? strerror(errno) : "it got shorter");
+        got += (size_t)n;
+    }
+    return WIDEN_OK;
+}
+
+widen_status widen_zip_read(const widen_mapping *file, const char *path, widen_zip *zip, widen_error *err)
+{
+    const unsigned char *m = file->data;
+    uint64_t size = file->size;
     memset(zip, 0, sizeof *zip);
     if (size < 22) return BAD("%s: zip archive too short for an end record", path);
     uint64_t eocd = size - 22, floor = size > 22 + 65535 ? size - 22 - 65535 : 0;
@@ -108,11 +129,13 @@ widen_status widen_zip_read(const unsigned char *m, uint64_t size, const char *p
         else if (flags & 0x20) st = BAD("%s: zip entry '%s' holds patch data", path, e->name);
         else if (rd16(m + at + 34)) st = BAD("%s: zip entry '%s' is on another disk", path, e->name);
         else if (method == 0 && csize != usize) st = BAD("%s: zip entry '%s': stored sizes disagree", path, e->name);
-        else if (size < 30 || local > size - 30 || rd32(m + local) != LOCAL) st = BAD("%s: zip entry '%s': bad local header", path, e->name);
+        unsigned char h[30];
+        if (!st && (size < 30 || local > size - 30)) st = BAD("%s: zip entry '%s': bad local header", path, e->name);
+        if (!st && !(st = local_header(file, local, h, path, err)) && rd32(h) != LOCAL)
+            st = BAD("%s: zip entry '%s': bad local header", path, e->name);
         if (st) break;
         e->header_offset = local;
-        e->data_offset = local + 30 + rd16(m + local + 26) + rd16(m + local + 28);
-        if (forget) forget(forget_user, local, 30);
+        e->data_offset = local + 30 + rd16(h + 26) + rd16(h + 28);
         e->size = csize;
         e->usize = usize;
         e->crc = rd32(m + at + 16);

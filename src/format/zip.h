@@ -32,12 +32,10 @@ typedef struct widen_zip {
  * (miniz) finds them. Rejects (exit 3) encrypted entries, entries past the end of the file or
  * overlapping, names holding a NUL byte, and two names equal apart from ASCII case (miniz finds
  * records by a case-insensitive binary search, so which of two such entries torch reads is not
- * defined). Compressed entries are listed (method), for the caller to name or refuse. `forget` (may
- * be NULL) is told each local header read: they lie all over the file, and a page fault may map far
- * more than the bytes read (large page-cache folios), so the caller drops those pages. */
-widen_status widen_zip_read(const unsigned char *map, uint64_t size, const char *path, widen_zip *zip,
-                            void (*forget)(void *user, uint64_t offset, uint64_t len), void *forget_user,
-                            widen_error *err);
+ * defined). Compressed entries are listed (method), for the caller to name or refuse. The local
+ * headers lie all over the file: where the mapping has a file descriptor they are read with pread,
+ * since a page fault for 30 bytes maps and later drops far more (fault-around, large folios). */
+widen_status widen_zip_read(const widen_mapping *file, const char *path, widen_zip *zip, widen_error *err);
 void widen_zip_free(widen_zip *zip);
 /* What Python's zipfile (np.load's reader) checks on top, for an archive widen_zip_read has read: the
  * directory where zipfile computes it (no bytes before the archive or after the directory), names
