@@ -123,9 +123,17 @@ widen_status widen_copy_at(int in_fd, uint64_t in_offset, int fd, uint64_t offse
 
 enum { OUTPUT_BUFFER = 2u << 20 };
 
+/* `len` bytes for output offset `at` (a file written at offsets says where; a stream writes at its
+ * own position, which is `at`) */
+static widen_status put(widen_file_output *f, const void *data, size_t len, uint64_t at, widen_error *err)
+{
+    return f->positional ? widen_write_at(f->fd, data, len, at, f->target, err)
+                         : widen_write_all(f->fd, data, len, f->target, err);
+}
+
 widen_status widen_file_output_flush(widen_file_output *f, widen_error *err)
 {
-    widen_status st = f->buffered ? widen_write_all(f->fd, f->buffer, f->buffered, f->target, err) : WIDEN_OK;
+    widen_status st = f->buffered ? put(f, f->buffer, f->buffered, f->buffered_at, err) : WIDEN_OK;
     f->buffered = 0;
     return st;
 }
@@ -135,9 +143,13 @@ static widen_status file_write(widen_output *o, const void *data, size_t len, wi
     widen_file_output *f = (widen_file_output *)o;
     widen_status st = WIDEN_OK;
     if (!f->buffer && !(f->buffer = widen_buffer_alloc(OUTPUT_BUFFER))) return widen_fail(err, WIDEN_EIO, "out of memory");
-    if (f->buffered + len > OUTPUT_BUFFER) st = widen_file_output_flush(f, err);
-    if (!st && len >= OUTPUT_BUFFER) st = widen_write_all(f->fd, data, len, f->target, err);
-    else if (!st) {
+    /* a writer that wrote at offsets moves the position past those bytes: the buffer ends there */
+    if (f->buffered + len > OUTPUT_BUFFER || (f->buffered && f->buffered_at + f->buffered != o->position))
+        st = widen_file_output_flush(f, err);
+    if (!st && len >= OUTPUT_BUFFER) {
+        st = put(f, data, len, o->position, err);
+    } else if (!st) {
+        if (!f->buffered) f->buffered_at = o->position;
         memcpy(f->buffer + f->buffered, data, len);
         f->buffered += len;
     }
@@ -149,7 +161,8 @@ static widen_status file_copy(widen_output *o, int in_fd, uint64_t in_offset, ui
 {
     widen_file_output *f = (widen_file_output *)o;
     widen_status st = widen_file_output_flush(f, err);
-    if (!st) st = widen_copy_all(in_fd, in_offset, f->fd, len, f->target, &f->counts, err);
+    if (!st) st = f->positional ? widen_copy_at(in_fd, in_offset, f->fd, o->position, len, f->target, &f->counts, err)
+                                : widen_copy_all(in_fd, in_offset, f->fd, len, f->target, &f->counts, err);
     if (!st) o->position += len;
     return st;
 }
@@ -169,15 +182,18 @@ static widen_status file_reserve(widen_output *o, size_t len, widen_error *err)
 static widen_status file_patch(widen_output *o, uint64_t at, const void *data, size_t len, widen_error *err)
 {
     widen_file_output *f = (widen_file_output *)o;
-    uint64_t buffered_from = o->position - f->buffered;
+    uint64_t buffered_from = f->buffered ? f->buffered_at : o->position;
     const unsigned char *p = data;
     if (at > o->position || len > o->position - at) return widen_fail(err, WIDEN_EIO, "%s: a patch past the end", f->target);
-    while (len && at < buffered_from) {
-        ssize_t n = pwrite(f->fd, p, (size_t)(buffered_from - at < len ? buffered_from - at : len), (off_t)at);
+    uint64_t buffered_to = buffered_from + f->buffered;
+    while (len && (at < buffered_from || at >= buffered_to)) { /* a part not in the buffer: in the file */
+        uint64_t part = at < buffered_from && buffered_from - at < len ? buffered_from - at : len;
+        ssize_t n = pwrite(f->fd, p, (size_t)part, (off_t)at);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return widen_fail(err, WIDEN_EIO, "%s: write failed: %s", f->target, strerror(n < 0 ? errno : EIO));
         p += n, at += (uint64_t)n, len -= (size_t)n;
     }
+    if (len > buffered_to - at) return widen_fail(err, WIDEN_EIO, "%s: a patch across the buffer's end", f->target);
     if (len) memcpy(f->buffer + (at - buffered_from), p, len);
     return WIDEN_OK;
 }
@@ -218,6 +234,7 @@ void widen_file_output_at_offsets(widen_file_output *out)
 {
     out->base.write_at = file_write_at;
     out->base.copy_at = file_copy_at;
+    out->positional = 1; /* write and copy too: at the position, which the caller moves past write_at's bytes */
 }
 
 void widen_file_output_free(widen_file_output *out)

@@ -71,8 +71,10 @@ typedef struct widen_file_output {
     const char *target; /* named in messages */
     unsigned char *buffer;
     size_t buffered;
+    uint64_t buffered_at; /* the output offset of buffer[0] */
     widen_copy_counts counts;
     pthread_mutex_t counts_lock; /* write_at and copy_at count from several threads */
+    int positional;              /* a file written at offsets: write and copy go to `position` too */
 } widen_file_output;
 
 void widen_file_output_init(widen_file_output *out, int fd, const char *target);

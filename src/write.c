@@ -2,6 +2,7 @@
  * or written side by side at its offsets where the output takes that. */
 #include <stdlib.h>
 #include <string.h>
+#include <libdeflate.h>
 
 #include "write.h"
 
@@ -29,17 +30,18 @@ static widen_status sink_write(void *user, size_t index, uint64_t offset, const 
     return w->out->write(w->out, data, len, err);
 }
 
-/* The layout is known before a byte is written (each tensor at the header's end plus its data
- * offset), so a file that takes bytes at offsets gets its tensors from several threads at once:
- * each thread through a lane of its own, which gathers its small writes into runs of consecutive
- * bytes (a tensor of four bytes is no system call of its own) and writes the rest, and copies
- * untouched runs, where the layout puts them. */
+/* A layout known before a byte is written (each tensor at its own offset) lets a file that takes
+ * bytes at offsets get its tensors from several threads at once: each thread through a lane of its
+ * own, which gathers its small writes into runs of consecutive bytes (a tensor of four bytes is no
+ * system call of its own) and writes the rest, and copies untouched runs, where the layout puts
+ * them. */
 enum { LANE_BUFFER = 2u << 20 };
 
 typedef struct write_lane {
     widen_output *out;
     int in_fd;
     const uint64_t *at; /* per plan tensor: its offset in the output */
+    uint32_t *crc;      /* per plan tensor: the CRC-32 of its bytes, or NULL */
     unsigned char *buffer;
     uint64_t from; /* the output offset of buffer[0] */
     size_t filled;
@@ -68,6 +70,8 @@ static widen_status lane_write(void *user, size_t index, uint64_t offset, const 
     write_lane *l = user;
     uint64_t at = l->at[index] + offset;
     widen_status st = WIDEN_OK;
+    /* one tensor's bytes come in order, from one thread: its CRC-32 grows as they come */
+    if (l->crc) l->crc[index] = libdeflate_crc32(l->crc[index], data, len);
     if (l->filled && (at != l->from + l->filled || l->filled + len > LANE_BUFFER)) st = lane_flush(l, err);
     if (st) return st;
     if (len >= LANE_BUFFER) return l->out->write_at(l->out, at, data, len, err);
@@ -85,29 +89,49 @@ static widen_status lane_copy(void *user, size_t index, uint64_t offset, uint64_
     return st ? st : l->out->copy_at(l->out, l->at[index] + offset, l->in_fd, in_offset, len, err);
 }
 
+static widen_status lane_copied(void *user, size_t index, uint64_t len, uint32_t crc, widen_error *err)
+{
+    (void)len, (void)err;
+    write_lane *l = user;
+    l->crc[index] = crc;
+    return WIDEN_OK;
+}
+
+widen_status widen_write_tensors_at(const widen_checkpoint *ckpt, widen_plan *plan, const uint64_t *at, uint32_t *crc,
+                                    widen_output *out, const widen_exec_options *options, widen_error *err)
+{
+    write_lanes lanes = {.lane = calloc(options->threads, sizeof *lanes.lane), .count = options->threads};
+    if (!lanes.lane) return widen_fail(err, WIDEN_EIO, "out of memory");
+    for (unsigned k = 0; k < lanes.count; k++)
+        lanes.lane[k] = (write_lane){.out = out, .in_fd = widen_checkpoint_fd(ckpt), .at = at, .crc = crc};
+    for (size_t i = 0; crc && i < plan->count; i++) crc[i] = 0;
+    widen_exec_options eo = *options;
+    eo.copy = lane_copy;
+    eo.lane = lane_of;
+    /* records copied one at a time, each with its CRC-32 (from the input's directory, or the
+     * hashing pass) */
+    eo.copy_one_item = crc != NULL;
+    eo.copied = crc ? lane_copied : NULL;
+    widen_status st = widen_execute(ckpt, plan, &eo, lane_write, &lanes, err);
+    for (unsigned k = 0; k < lanes.count; k++) {
+        if (!st) st = lane_flush(&lanes.lane[k], err);
+        widen_buffer_free(lanes.lane[k].buffer, LANE_BUFFER);
+    }
+    free(lanes.lane);
+    return st;
+}
+
 static widen_status write_at_offsets(const widen_checkpoint *ckpt, widen_plan *plan, const unsigned char *header,
                                      size_t header_len, widen_output *out, const widen_exec_options *options,
                                      widen_error *err)
 {
     uint64_t base = out->position;
-    write_lanes lanes = {.lane = calloc(options->threads, sizeof *lanes.lane), .count = options->threads};
     uint64_t *at = malloc((plan->count ? plan->count : 1) * sizeof *at);
-    widen_status st = lanes.lane && at ? out->write_at(out, base, header, header_len, err)
-                                       : widen_fail(err, WIDEN_EIO, "out of memory");
+    widen_status st = at ? out->write_at(out, base, header, header_len, err) : widen_fail(err, WIDEN_EIO, "out of memory");
     uint64_t data = base + header_len;
     for (size_t i = 0; at && i < plan->count; data += plan->tensors[i++].nbytes) at[i] = data;
-    for (unsigned k = 0; lanes.lane && k < lanes.count; k++)
-        lanes.lane[k] = (write_lane){.out = out, .in_fd = widen_checkpoint_fd(ckpt), .at = at};
-    widen_exec_options eo = *options;
-    eo.copy = lane_copy;
-    eo.lane = lane_of;
-    if (!st) st = widen_execute(ckpt, plan, &eo, lane_write, &lanes, err);
-    for (unsigned k = 0; lanes.lane && k < lanes.count; k++) {
-        if (!st) st = lane_flush(&lanes.lane[k], err);
-        widen_buffer_free(lanes.lane[k].buffer, LANE_BUFFER);
-    }
+    if (!st) st = widen_write_tensors_at(ckpt, plan, at, NULL, out, options, err);
     if (!st) out->position = base + header_len + plan->data_bytes;
-    free(lanes.lane);
     free(at);
     return st;
 }

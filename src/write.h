@@ -12,6 +12,13 @@
 widen_status widen_safetensors_write(const widen_checkpoint *ckpt, widen_plan *plan, const char *provenance,
                                      widen_output *out, const widen_exec_options *options, widen_error *err);
 
+/* For an output with write_at and copy_at: every plan tensor's bytes to output offset at[i], from
+ * options->threads threads side by side (widen_execute's lanes); the output's position is left to
+ * the caller. With crc, the tensors are zip records: each untouched one is copied alone, and crc[i]
+ * gets the CRC-32 of tensor i's bytes. */
+widen_status widen_write_tensors_at(const widen_checkpoint *ckpt, widen_plan *plan, const uint64_t *at, uint32_t *crc,
+                                    widen_output *out, const widen_exec_options *options, widen_error *err);
+
 /* Where a written archive put what: for each output storage key, whose bytes it holds; and every
  * entry, with its local header and data offsets. */
 typedef struct widen_torch_layout {

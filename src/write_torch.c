@@ -199,6 +199,87 @@ static widen_status open_through(archive_sink *s, size_t index, widen_error *err
     return WIDEN_OK;
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* The data records of an output that takes bytes at offsets: where every local header, record and  */
+/* data descriptor goes is known before a byte of data is written (the sizes are the plan's), so the */
+/* records' bytes go from several threads at once, and the headers and descriptors, which hold the   */
+/* CRC-32s, after them. The bytes are the streamed writer's.                                        */
+
+/* Small writes at offsets, gathered while they follow each other (a descriptor and the next header). */
+typedef struct gather {
+    widen_output *out;
+    unsigned char buffer[64u << 10];
+    uint64_t from;
+    size_t filled;
+} gather;
+
+static widen_status gather_flush(gather *g, widen_error *err)
+{
+    widen_status st = g->filled ? g->out->write_at(g->out, g->from, g->buffer, g->filled, err) : WIDEN_OK;
+    g->filled = 0;
+    return st;
+}
+
+static widen_status gather_put(gather *g, uint64_t at, const unsigned char *data, size_t len, widen_error *err)
+{
+    widen_status st = WIDEN_OK;
+    if (g->filled && (at != g->from + g->filled || g->filled + len > sizeof g->buffer)) st = gather_flush(g, err);
+    if (st || !len) return st;
+    if (len > sizeof g->buffer) return g->out->write_at(g->out, at, data, len, err);
+    if (!g->filled) g->from = at;
+    memcpy(g->buffer + g->filled, data, len);
+    g->filled += len;
+    return WIDEN_OK;
+}
+
+/* Record k's local header into `header` (its length: 0 when out of memory) as zw's next entry. */
+static size_t data_header(widen_zip_writer *zw, const widen_plan *plan, size_t k, unsigned char *header, size_t size)
+{
+    char name[64];
+    snprintf(name, sizeof name, ARCHIVE_PREFIX "data/%zu", k);
+    return widen_zip_begin(zw, name, congruent_to(&plan->tensors[k]), header, size);
+}
+
+static widen_status records_at_offsets(archive_sink *s, widen_plan *plan, const widen_exec_options *eo, widen_error *err)
+{
+    widen_zip_writer *zw = s->zw, probe = {.offset = zw->offset, .alignment = zw->alignment};
+    widen_output *out = s->out;
+    uint64_t base = out->position - zw->offset; /* the output offset of the archive's first byte */
+    uint64_t *at = malloc(plan->count * sizeof *at);
+    uint32_t *crc = malloc(plan->count * sizeof *crc);
+    gather *g = malloc(sizeof *g);
+    unsigned char header[128 + 4 + WIDEN_CLONE_BLOCK], descriptor[24];
+    widen_status st = at && crc && g ? WIDEN_OK : NOMEM();
+    /* where each record's bytes go: the layout the streamed writer makes, with sizes for data */
+    for (size_t k = 0; k < plan->count && !st; k++) {
+        if (!data_header(&probe, plan, k, header, sizeof header)) st = NOMEM();
+        else at[k] = base + probe.entries[probe.count - 1].data_offset;
+        widen_zip_copied(&probe, plan->tensors[k].nbytes, 0);
+        widen_zip_end(&probe, descriptor);
+    }
+    widen_zip_writer_free(&probe);
+    if (!st) st = widen_write_tensors_at(s->ckpt, plan, at, crc, out, eo, err);
+    /* then the headers and descriptors, with the CRC-32s; a record copied whole keeps its input's */
+    if (g) *g = (gather){.out = out};
+    for (size_t k = 0; k < plan->count && !st; k++) {
+        uint64_t header_at = base + zw->offset;
+        size_t len = data_header(zw, plan, k, header, sizeof header);
+        if (!len) st = NOMEM();
+        else if (base + zw->offset != at[k]) st = widen_fail(err, WIDEN_EIO, "internal error: a record moved");
+        else st = gather_put(g, header_at, header, len, err);
+        widen_zip_copied(zw, plan->tensors[k].nbytes, plan->tensors[k].crc_known ? plan->tensors[k].crc : crc[k]);
+        uint64_t descriptor_at = base + zw->offset;
+        len = widen_zip_end(zw, descriptor);
+        if (!st) st = gather_put(g, descriptor_at, descriptor, len, err);
+    }
+    if (!st) st = gather_flush(g, err);
+    if (!st) out->position = base + zw->offset;
+    free(at);
+    free(crc);
+    free(g);
+    return st;
+}
+
 static widen_status sink_archive(void *user, size_t index, uint64_t offset, const void *data, size_t len, widen_error *err)
 {
     (void)offset;
@@ -392,10 +473,14 @@ widen_status widen_torch_write(widen_checkpoint *c, const widen_transform *tr, w
     if (!st && torch_layout) st = small_record(&sink, ".format_version", "1", 1, err);
     if (!st && torch_layout) st = small_record(&sink, ".storage_alignment", "64", 2, err);
     if (!st) st = small_record(&sink, "byteorder", "little", 6, err);
-    if (!st) st = widen_execute(c, &plan, &copying, sink_archive, &sink, err);
+    if (!st && out->write_at && out->copy_at && eo->threads > 1 && plan.count) {
+        st = records_at_offsets(&sink, &plan, eo, err);
+    } else {
+        if (!st) st = widen_execute(c, &plan, &copying, sink_archive, &sink, err);
+        if (!st && w.keys) st = open_through(&sink, w.keys - 1, err);
+        if (!st && w.keys) st = record_end(&sink, &plan.tensors[w.keys - 1], err);
+    }
     if (!st) share_hashes(&w, tensor_plan, &plan);
-    if (!st && w.keys) st = open_through(&sink, w.keys - 1, err);
-    if (!st && w.keys) st = record_end(&sink, &plan.tensors[w.keys - 1], err);
     if (!st) st = small_record(&sink, "version", "3\n", 2, err);
     if (!st) { /* derived from the content (the pickle, each record's CRC-32 and size), so equal inputs
                 * and arguments give equal files, without reading the bytes of records copied whole */

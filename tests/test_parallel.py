@@ -1,6 +1,7 @@
-"""A safetensors output written side by side at its offsets (issue 15): the bytes, the hashes and the
-counts are those of the ordered stream, for every thread count; the values are NumPy's; progress
-keeps its contract on several threads, and a cancel leaves no output."""
+"""Outputs written side by side at their offsets (issue 15), safetensors and .pt: the bytes, the
+hashes and the counts are those of the ordered stream, for every thread count; the values are
+NumPy's (and torch's, for a .pt); progress keeps its contract on several threads, and a cancel or a
+full disk leaves no output."""
 import json
 import os
 import subprocess
@@ -58,9 +59,9 @@ TRANSFORMS = {
 }
 
 
-def streamed(path, args):
+def streamed(path, args, fmt=()):
     """The ordered stream's bytes: standard output goes front to back whatever the threads."""
-    proc = subprocess.run([WIDEN, "apply", path, "-o", "-", *args, "--threads", "8", "--no-progress"],
+    proc = subprocess.run([WIDEN, "apply", path, "-o", "-", *args, *fmt, "--threads", "8", "--no-progress"],
                           capture_output=True, env=cli_env())
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -107,6 +108,39 @@ def test_every_thread_count_writes_the_streams_bytes(source, name):
             assert got[key][0] == dtype and np.array_equal(got[key][1], a), key
 
 
+# a .pt's zip records laid out in advance: each record's bytes from a worker, then the local headers
+# and data descriptors with their CRC-32s; the archive is the ordered writer's, byte for byte
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_a_pt_output_on_every_thread_count_is_the_streams(source, name):
+    torch = pytest.importorskip("torch")
+    d, path, t = source
+    args = TRANSFORMS[name]
+    outputs, manifests = {}, {}
+    for threads in THREADS:
+        out, man = d / f"{name}-{threads}.pt", d / f"{name}-{threads}.pt.json"
+        proc = run("apply", path, "-o", out, *args, "--threads", threads, "--no-fsync", "--manifest", man,
+                   "--json", check=0)
+        counts = json.loads(proc.stdout)["bytes"]
+        assert counts["cloned"] + counts["copied"] + counts["written"] == os.path.getsize(out), (threads, counts)
+        outputs[threads] = out.read_bytes()
+        manifests[threads] = json.loads(man.read_text())["tensors"]
+    assert all(outputs[n] == outputs["1"] for n in THREADS), "the bytes depend on the threads"
+    assert all(manifests[n] == manifests["1"] for n in THREADS), "the hashes depend on the threads"
+    assert outputs["1"] == streamed(path, args, ("--format", "pt"))
+    run("verify", path, d / f"{name}-8.pt", "--manifest", d / f"{name}-8.pt.json", check=0)
+    # torch reads what the ordered safetensors writer wrote (whose values test_every_thread_count...
+    # checks against NumPy), bit for bit
+    plain = d / f"{name}-plain.safetensors"
+    run("apply", path, "-o", plain, *args, "--threads", "1", "--no-fsync", check=0)
+    _, want, _, _ = load(plain)
+    got = torch.load(str(d / f"{name}-8.pt"), weights_only=True)
+    assert set(got) == set(want)
+    for key, (dtype, a) in want.items():
+        g = got[key]
+        bits = g.view(torch.int16) if g.dtype == torch.bfloat16 else g
+        assert tuple(g.shape) == a.shape and np.array_equal(bits.numpy().view(a.dtype), a), key
+
+
 def bf16(bits):
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
@@ -127,17 +161,27 @@ def test_a_pt_input_with_views_and_strides(tmp_path):
         run("apply", src, "-o", out, "--cast", "bf16", "--threads", threads, "--no-fsync", check=0)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+    pts = []
+    for threads in ("1", "3"):  # and to a .pt: views and strides, records copied whole and cast
+        out = tmp_path / f"o{threads}.pt"
+        run("apply", src, "-o", out, "--to", "4", "-t", "conv", "--threads", threads, "--no-fsync", check=0)
+        pts.append(out.read_bytes())
+    assert pts[0] == pts[1]
+    back = torch.load(str(tmp_path / "o3.pt"), weights_only=True)
+    assert torch.equal(back["t"], base.t()) and torch.equal(back["view"], base[3:200])
+    assert torch.equal(back["conv"][:, :3], sd["conv"]) and not back["conv"][:, 3].any()
+    assert torch.equal(back["big"], sd["big"]) and torch.equal(back["s49"], sd["s49"])
     _, got, _, _ = load(tmp_path / "o3.safetensors")
     assert np.array_equal(got["t"][1], f32_to_bf16_bits(base.t().numpy()))
     assert np.array_equal(got["ids"][1], np.arange(200000))
     run("verify", src, tmp_path / "o3.safetensors", check=0)
 
 
-@pytest.mark.parametrize("threads", [2, 8])
-def test_progress_on_threads_and_cancel(source, threads):
+@pytest.mark.parametrize("threads,ext", [(2, "safetensors"), (8, "safetensors"), (3, "pt")])
+def test_progress_on_threads_and_cancel(source, threads, ext):
     d, path, _ = source
     calls = []
-    out = str(d / f"p{threads}.safetensors")
+    out = str(d / f"p{threads}.{ext}")
     widen.apply(path, out, cast="bf16", threads=threads, fsync=False, overwrite=True,
                 progress=lambda done, total: calls.append((done, total)))
     done = [c[0] for c in calls]
@@ -145,7 +189,7 @@ def test_progress_on_threads_and_cancel(source, threads):
     assert max(np.diff([0] + done)) <= 64 * MiB
     for stop_at in (1, 5):
         calls = []
-        gone = str(d / f"cancel{threads}-{stop_at}.safetensors")
+        gone = str(d / f"cancel{threads}-{stop_at}.{ext}")
         with pytest.raises(widen.Interrupted):
             widen.apply(path, gone, cast="bf16", threads=threads, fsync=False,
                         progress=lambda done, total: calls.append(done) or len(calls) >= stop_at)
@@ -154,7 +198,8 @@ def test_progress_on_threads_and_cancel(source, threads):
         assert not [f for f in os.listdir(d) if f.startswith(".") or "cancel" in f], "a temporary was left"
 
 
-def test_a_full_disk_on_a_worker_fails_the_run_and_leaves_nothing(source, tmp_path):
+@pytest.mark.parametrize("ext", ["safetensors", "pt"])
+def test_a_full_disk_on_a_worker_fails_the_run_and_leaves_nothing(source, tmp_path, ext):
     import resource
     _, path, _ = source
     out_dir = tmp_path / "out"
@@ -162,10 +207,10 @@ def test_a_full_disk_on_a_worker_fails_the_run_and_leaves_nothing(source, tmp_pa
 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
-    proc = subprocess.run([WIDEN, "apply", path, "-o", str(out_dir / "o.safetensors"), "--cast", "f16", "--threads",
+    proc = subprocess.run([WIDEN, "apply", path, "-o", str(out_dir / f"o.{ext}"), "--cast", "f16", "--threads",
                            "4"], capture_output=True, text=True, preexec_fn=limit, env=cli_env())
     assert proc.returncode == 4, proc.stderr
     # a worker's pwrite, or its copy of the untouched run, met the limit: one message, the first
-    assert "o.safetensors" in proc.stderr and ("write failed" in proc.stderr or "too large" in proc.stderr)
+    assert f"o.{ext}" in proc.stderr and ("write failed" in proc.stderr or "too large" in proc.stderr)
     assert len(proc.stderr.strip().split("\n")) == 1, proc.stderr
     assert os.listdir(out_dir) == []
