@@ -91,11 +91,18 @@ def vit_files(folder):
 
 def main_threads(counts, runs, folder):
     pt, st = vit_files(folder)
-    outs = [os.path.join(folder, n) for n in ("threads-cp", "threads-out.pt", "threads-out.safetensors")]
+    outs = [os.path.join(folder, n) for n in ("threads-cp", "threads-out.pt", "threads-out.safetensors",
+                                              "threads-cast.pt")]
     commands = {"cp (.pt)": ["cp", pt, outs[0]]}
     for n in counts:
         commands[f"pt -> pt --to 4, --threads {n}"] = [WIDEN, "apply", pt, "-o", outs[1], "--to", "4", "--no-fsync",
                                                      "--no-progress", "--threads", str(n)]
+    for n in counts:
+        commands[f"pt --cast bf16, --threads {n}"] = [WIDEN, "apply", pt, "-o", outs[3], "--cast", "bf16",
+                                                    "--no-fsync", "--no-progress", "--threads", str(n)]
+        if BASE:
+            commands[f"(WIDEN_BASE) pt --cast bf16, --threads {n}"] = [
+                BASE, "apply", pt, "-o", outs[3], "--cast", "bf16", "--no-fsync", "--no-progress", "--threads", str(n)]
     for n in counts:
         commands[f"safetensors --cast bf16, --threads {n}"] = [WIDEN, "apply", st, "-o", outs[2], "--cast", "bf16",
                                                              "--no-fsync", "--no-progress", "--threads", str(n)]
