@@ -94,21 +94,14 @@ def main_threads(counts, runs, folder):
     outs = [os.path.join(folder, n) for n in ("threads-cp", "threads-out.pt", "threads-out.safetensors",
                                               "threads-cast.pt")]
     commands = {"cp (.pt)": ["cp", pt, outs[0]]}
-    for n in counts:
-        commands[f"pt -> pt --to 4, --threads {n}"] = [WIDEN, "apply", pt, "-o", outs[1], "--to", "4", "--no-fsync",
-                                                     "--no-progress", "--threads", str(n)]
-    for n in counts:
-        commands[f"pt --cast bf16, --threads {n}"] = [WIDEN, "apply", pt, "-o", outs[3], "--cast", "bf16",
-                                                    "--no-fsync", "--no-progress", "--threads", str(n)]
-        if BASE:
-            commands[f"(WIDEN_BASE) pt --cast bf16, --threads {n}"] = [
-                BASE, "apply", pt, "-o", outs[3], "--cast", "bf16", "--no-fsync", "--no-progress", "--threads", str(n)]
-    for n in counts:
-        commands[f"safetensors --cast bf16, --threads {n}"] = [WIDEN, "apply", st, "-o", outs[2], "--cast", "bf16",
-                                                             "--no-fsync", "--no-progress", "--threads", str(n)]
-        if BASE:
-            commands[f"(WIDEN_BASE) safetensors --cast bf16, --threads {n}"] = [
-                BASE, "apply", st, "-o", outs[2], "--cast", "bf16", "--no-fsync", "--no-progress", "--threads", str(n)]
+    rows = [("pt -> pt --to 4", pt, outs[1], ["--to", "4"], False),
+            ("pt --cast bf16", pt, outs[3], ["--cast", "bf16"], True),
+            ("safetensors --cast bf16", st, outs[2], ["--cast", "bf16"], True)]
+    for label, src, out, args, with_base in rows:
+        for n in counts:
+            for prefix, binary in [("", WIDEN)] + ([("(WIDEN_BASE) ", BASE)] if BASE and with_base else []):
+                commands[f"{prefix}{label}, --threads {n}"] = [binary, "apply", src, "-o", out, *args, "--no-fsync",
+                                                              "--no-progress", "--threads", str(n)]
     subprocess.run(["cat", pt, st], stdout=subprocess.DEVNULL, check=True)
     results = measure(commands, outs, runs)
     table(results, "cp (.pt)", f"vit_h_14 with --threads N, median of {runs} runs, {os.cpu_count()} CPUs; ratios to "

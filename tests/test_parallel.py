@@ -67,14 +67,13 @@ def streamed(path, args, fmt=()):
     return proc.stdout
 
 
-@pytest.mark.parametrize("name", list(TRANSFORMS))
-def test_every_thread_count_writes_the_streams_bytes(source, name):
-    d, path, t = source
-    args = TRANSFORMS[name]
+def on_every_thread_count(d, path, name, ext):
+    """The output of TRANSFORMS[name] (and its manifest) at each of THREADS, which must all be equal,
+    with counts that add up to the file; the bytes."""
     outputs, manifests = {}, {}
     for threads in THREADS:
-        out, man = d / f"{name}-{threads}.safetensors", d / f"{name}-{threads}.json"
-        proc = run("apply", path, "-o", out, *args, "--threads", threads, "--no-fsync", "--manifest", man,
+        out, man = d / f"{name}-{threads}.{ext}", d / f"{name}-{threads}.{ext}.json"
+        proc = run("apply", path, "-o", out, *TRANSFORMS[name], "--threads", threads, "--no-fsync", "--manifest", man,
                    "--json", check=0)
         counts = json.loads(proc.stdout)["bytes"]
         assert counts["cloned"] + counts["copied"] + counts["written"] == os.path.getsize(out), (threads, counts)
@@ -84,11 +83,20 @@ def test_every_thread_count_writes_the_streams_bytes(source, name):
         manifests[threads] = json.loads(man.read_text())["tensors"]
     assert all(outputs[n] == outputs["1"] for n in THREADS), "the bytes depend on the threads"
     assert all(manifests[n] == manifests["1"] for n in THREADS), "the hashes depend on the threads"
-    assert outputs["1"] == streamed(path, args)
+    return outputs["1"]
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_every_thread_count_writes_the_streams_bytes(source, name):
+    d, path, t = source
+    args = TRANSFORMS[name]
+    first = on_every_thread_count(d, path, name, "safetensors")
+    assert first == streamed(path, args)
     scalar = d / f"{name}-scalar.safetensors"  # the C reference kernels, side by side
     run("apply", path, "-o", scalar, *args, "--threads", "3", "--no-fsync", env={"WIDEN_ISA": "scalar"}, check=0)
-    assert scalar.read_bytes() == outputs["1"], "the bytes depend on the ISA"
-    run("verify", path, d / f"{name}-8.safetensors", "--manifest", d / f"{name}-8.json", "--threads", "3", check=0)
+    assert scalar.read_bytes() == first, "the bytes depend on the ISA"
+    run("verify", path, d / f"{name}-8.safetensors", "--manifest", d / f"{name}-8.safetensors.json", "--threads", "3",
+        check=0)
 
     _, got, _, _ = load(d / f"{name}-8.safetensors")
     assert set(got) == set(t)
@@ -115,18 +123,7 @@ def test_a_pt_output_on_every_thread_count_is_the_streams(source, name):
     torch = pytest.importorskip("torch")
     d, path, t = source
     args = TRANSFORMS[name]
-    outputs, manifests = {}, {}
-    for threads in THREADS:
-        out, man = d / f"{name}-{threads}.pt", d / f"{name}-{threads}.pt.json"
-        proc = run("apply", path, "-o", out, *args, "--threads", threads, "--no-fsync", "--manifest", man,
-                   "--json", check=0)
-        counts = json.loads(proc.stdout)["bytes"]
-        assert counts["cloned"] + counts["copied"] + counts["written"] == os.path.getsize(out), (threads, counts)
-        outputs[threads] = out.read_bytes()
-        manifests[threads] = json.loads(man.read_text())["tensors"]
-    assert all(outputs[n] == outputs["1"] for n in THREADS), "the bytes depend on the threads"
-    assert all(manifests[n] == manifests["1"] for n in THREADS), "the hashes depend on the threads"
-    assert outputs["1"] == streamed(path, args, ("--format", "pt"))
+    assert on_every_thread_count(d, path, name, "pt") == streamed(path, args, ("--format", "pt"))
     run("verify", path, d / f"{name}-8.pt", "--manifest", d / f"{name}-8.pt.json", check=0)
     # torch reads what the ordered safetensors writer wrote (whose values test_every_thread_count...
     # checks against NumPy), bit for bit
