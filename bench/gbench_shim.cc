@@ -12,10 +12,10 @@
 namespace {
 
 void Run(benchmark::State &state, wb_benchmark *b) {
-  void *s = b->prepare(b->arg);
+  void *s = b->prepare(b->arg, !b->checked);
   if (!s) {
     b->failed = 1;
-    snprintf(b->error, sizeof b->error, "out of memory");
+    snprintf(b->error, sizeof b->error, "%s: setup failed (XNNPACK refused the job)", b->name);
     state.SkipWithError(b->error);
     return;
   }

@@ -12,13 +12,13 @@ extern "C" {
 
 #define WB_MAX_REPETITIONS 1000
 
-/* One benchmark: Google Benchmark calls `prepare` (buffers allocated and touched, untimed), then `run`
- * once per iteration (timed, wall clock), then `check` once per benchmark (untimed: 0 if the output is
- * right, else a message in `error`), then `release`. */
+/* One benchmark: Google Benchmark calls `prepare` (the buffers set up, untimed; `first` before the
+ * call whose output is checked), then `run` once per iteration (timed, wall clock), then `check` once
+ * per benchmark (untimed: 0 if the output is right, else a message in `error`), then `release`. */
 typedef struct wb_benchmark {
     const char *name;                /* Google Benchmark's name: "<contender>/<case>" */
     void *arg;
-    void *(*prepare)(void *arg);     /* returns the state run/check/release get; NULL: out of memory */
+    void *(*prepare)(void *arg, int first); /* the state run/check/release get; NULL: it failed */
     void (*run)(void *state);
     int (*check)(void *state, char *error, size_t size);
     void (*release)(void *state);

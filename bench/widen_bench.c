@@ -200,6 +200,7 @@ static void dim_name(uint64_t d, char *out, size_t size)
 typedef struct case_spec {
     const char *shape, *map, *to, *at, *init, *dtype, *cast;
     long axis;
+    int axis_given;
 } case_spec;
 
 /* The fill's bits in dtype `d`, where every new channel holds the same fill XNNPACK can write. */
@@ -252,7 +253,8 @@ static int build_case(const case_spec *s, unsigned threads, bench_case *bc)
     memset(bc, 0, sizeof *bc);
     if (parse_shape(s->shape, shape, &rank)) return WIDEN_EUSAGE;
     int whole = !s->map && !s->to && !s->at && !s->init; /* a copy or a cast: one run of every element */
-    long axis = whole ? 0 : s->axis < 0 ? s->axis + rank : s->axis;
+    long axis = s->axis < 0 ? s->axis + rank : s->axis; /* checked where given, though a whole copy ignores it */
+    if (whole && !s->axis_given) axis = 0;
     if (axis < 0 || axis >= rank) return fail(WIDEN_EUSAGE, "--axis: a tensor of rank %d has no axis %ld", rank, s->axis);
     if (parse_dtype(s->dtype, &bc->in_dtype) || widen_dtype_bits(bc->in_dtype) % 8)
         return fail(WIDEN_EUSAGE, "--dtype: '%s' is not a dtype of whole bytes (f32, f16, bf16, u8, i64, ...)", s->dtype);
@@ -350,29 +352,49 @@ static void fill_input(unsigned char *buf, size_t bytes, widen_dtype dtype)
         memcpy(buf + at, pattern, bytes - at < WB_PATTERN_BYTES ? bytes - at : WB_PATTERN_BYTES);
 }
 
-typedef struct buffers {
-    unsigned char *src, *dst, *dst_base;
-} buffers;
+/* One input and one output buffer for the whole run, as large as the largest case needs, allocated
+ * and touched once: a benchmark's setup is then only refilling the input when the case changes, and
+ * no run pays for page faults or sees pages another run did not. */
+static struct {
+    unsigned char *src, *dst_base, *dst;
+    size_t src_bytes, dst_bytes;
+    widen_dtype filled_dtype;
+    size_t filled_bytes; /* the input's first filled_bytes hold filled_dtype's pattern */
+} arena;
 
-static int buffers_alloc(buffers *b, const bench_case *bc, size_t src_bytes)
+static int arena_reserve(size_t src_bytes, size_t dst_bytes)
 {
-    b->src = aligned_alloc(64, (src_bytes + 63) / 64 * 64 + 64);
-    b->dst_base = aligned_alloc(64, (bc->out_bytes + 4096 + 63) / 64 * 64);
-    if (!b->src || !b->dst_base) {
-        free(b->src);
-        free(b->dst_base);
-        return -1;
-    }
-    b->dst = b->dst_base + WB_DST_OFFSET;
-    fill_input(b->src, src_bytes, bc->in_dtype);
-    memset(b->dst, 0, bc->out_bytes); /* touched once, outside the timing */
+    arena.src = aligned_alloc(64, (src_bytes + 63) / 64 * 64 + 64);
+    arena.dst_base = aligned_alloc(64, (dst_bytes + WB_DST_OFFSET + 63) / 64 * 64);
+    if (!arena.src || !arena.dst_base) return -1;
+    arena.src_bytes = src_bytes, arena.dst_bytes = dst_bytes;
+    arena.dst = arena.dst_base + WB_DST_OFFSET;
+    memset(arena.src, 0, src_bytes);
+    memset(arena.dst, 0, dst_bytes);
+    arena.filled_bytes = 0;
     return 0;
 }
 
-static void buffers_free(buffers *b)
+static void arena_free(void)
 {
-    free(b->src);
-    free(b->dst_base);
+    free(arena.src);
+    free(arena.dst_base);
+}
+
+typedef struct buffers {
+    unsigned char *src, *dst;
+} buffers;
+
+/* The buffers of a case: src_bytes of input in the case's dtype; with `poison`, an output of bytes no
+ * kernel writes here (0xa5), so that a check never passes on what an earlier run left. */
+static void buffers_get(buffers *b, const bench_case *bc, size_t src_bytes, int poison)
+{
+    if (arena.filled_dtype != bc->in_dtype || arena.filled_bytes < src_bytes) {
+        fill_input(arena.src, src_bytes, bc->in_dtype);
+        arena.filled_dtype = bc->in_dtype, arena.filled_bytes = src_bytes;
+    }
+    b->src = arena.src, b->dst = arena.dst;
+    if (poison) memset(b->dst, 0xa5, bc->out_bytes);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -492,14 +514,14 @@ static void work(void *arg, unsigned index, unsigned count)
     }
 }
 
-static void *contender_prepare(void *arg)
+static void *contender_prepare(void *arg, int first)
 {
     const contender *ct = arg;
     const bench_case *bc = ct->bc;
     state *st = calloc(1, sizeof *st);
     if (!st) return NULL;
     st->ct = ct;
-    if (buffers_alloc(&st->b, bc, ct->kind == MEMCPY ? bc->out_bytes : bc->in_bytes)) return free(st), NULL;
+    buffers_get(&st->b, bc, ct->kind == MEMCPY ? bc->out_bytes : bc->in_bytes, first);
     if (ct->kind == XNNPACK) {
         size_t shape[3] = {bc->rows, bc->c, bc->inner}, pre[3] = {0, bc->pad_before, 0}, post[3] = {0, bc->pad_after, 0};
         uint32_t bits32 = bc->pad_bits;
@@ -521,7 +543,6 @@ static void *contender_prepare(void *arg)
         }
         if (s != xnn_status_success) {
             if (st->op) xnn_delete_operator(st->op);
-            buffers_free(&st->b);
             return free(st), NULL;
         }
     }
@@ -553,7 +574,6 @@ static void contender_release(void *arg)
 {
     state *st = arg;
     if (st->op) xnn_delete_operator(st->op);
-    buffers_free(&st->b);
     free(st);
 }
 
@@ -563,7 +583,7 @@ static int reference(bench_case *bc, const char *dump)
 {
     buffers b;
     widen_error err;
-    if (buffers_alloc(&b, bc, bc->in_bytes)) return fail(WIDEN_EIO, "%s: out of memory", bc->name);
+    buffers_get(&b, bc, bc->in_bytes, 1);
     widen_remap_job job = {b.src, b.dst, bc->in_dtype, bc->out_dtype, bc->rows, bc->n, bc->inner, bc->c * bc->inner,
                            bc->inner, bc->n * bc->inner, bc->inner, bc->map, WIDEN_STORE_CACHED, bc->c, 0};
     int rc = 0;
@@ -579,7 +599,6 @@ static int reference(bench_case *bc, const char *dump)
             if (f) fclose(f);
         }
     }
-    buffers_free(&b);
     return rc;
 }
 
@@ -620,7 +639,8 @@ static result summarize(const wb_benchmark *b)
 }
 
 typedef struct run_info {
-    const char *repetitions, *min_time; /* the flags' last values */
+    long repetitions;   /* --benchmark_repetitions' last value */
+    double min_time;    /* --benchmark_min_time's */
     unsigned threads;
     wb_context ctx;
 } run_info;
@@ -656,7 +676,7 @@ static void print_header(FILE *out, const run_info *ri)
     fprintf(out, "widen-bench %s: %d CPUs at %.0f MHz", WIDEN_VERSION_STRING, ri->ctx.num_cpus, ri->ctx.mhz_per_cpu);
     if (ri->ctx.have_load_avg)
         fprintf(out, ", load average %.2f %.2f %.2f", ri->ctx.load_avg[0], ri->ctx.load_avg[1], ri->ctx.load_avg[2]);
-    fprintf(out, "; %u thread%s; medians of %s repetitions in random interleaving, min time %s s\n", ri->threads,
+    fprintf(out, "; %u thread%s; medians of %ld repetitions in random interleaving, min time %g s\n", ri->threads,
             ri->threads == 1 ? "" : "s", ri->repetitions, ri->min_time);
 }
 
@@ -693,10 +713,22 @@ static void print_table(FILE *out, const bench_case *cases, const case_range *ra
     }
 }
 
+/* A JSON string: names hold what --map and --init accepted, but escape whatever they hold. */
+static void json_string(const char *text)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+        if (*p == '"' || *p == '\\') printf("\\%c", *p);
+        else if (*p < 0x20) printf("\\u%04x", *p);
+        else putchar(*p);
+    }
+    putchar('"');
+}
+
 static void print_json(const bench_case *cases, const case_range *ranges, size_t ncases, const contender *cts,
                        const result *res, const wb_benchmark *bms, const run_info *ri)
 {
-    printf("{\"widen_bench\":\"%s\",\"cpus\":%d,\"mhz_per_cpu\":%.0f,\"repetitions\":%s,\"min_time\":%s,"
+    printf("{\"widen_bench\":\"%s\",\"cpus\":%d,\"mhz_per_cpu\":%.0f,\"repetitions\":%ld,\"min_time\":%g,"
            "\"threads\":%u,\"results\":[", WIDEN_VERSION_STRING, ri->ctx.num_cpus, ri->ctx.mhz_per_cpu, ri->repetitions,
            ri->min_time, ri->threads);
     int first = 1;
@@ -706,7 +738,9 @@ static void print_json(const bench_case *cases, const case_range *ranges, size_t
             const contender *ct = &cts[i];
             if (!res[i].have && !bms[i].failed) continue;
             const char *kernel = ct->kind == WIDEN ? widen_isa_name(ct->isa) : ct->label;
-            printf("%s{\"case\":\"%s\",\"kernel\":\"%s\",\"store\":", first ? "" : ",", cases[k].name, kernel);
+            printf("%s{\"case\":", first ? "" : ",");
+            json_string(cases[k].name);
+            printf(",\"kernel\":\"%s\",\"store\":", kernel);
             first = 0;
             if (ct->kind == WIDEN) printf("\"%s\"", ct->store_name);
             else printf("null");
@@ -715,10 +749,9 @@ static void print_json(const bench_case *cases, const case_range *ranges, size_t
             printf(",\"threads\":%u,\"input_bytes\":%zu,\"output_bytes\":%zu,\"moved_bytes\":%.0f", ri->threads,
                    cases[k].in_bytes, cases[k].out_bytes, moved_bytes(ct));
             if (bms[i].failed) {
-                char esc[1024];
-                /* the message holds only widen's names and hex digits: no quotes or backslashes */
-                widen_escape_text(bms[i].error, esc, sizeof esc);
-                printf(",\"error\":\"%s\"}", esc);
+                printf(",\"error\":");
+                json_string(bms[i].error);
+                printf("}");
                 continue;
             }
             double out_rate = res[i].median * (double)cases[k].out_bytes / moved_bytes(ct);
@@ -745,7 +778,7 @@ static void print_markdown(const bench_case *cases, const case_range *ranges, si
             while (j < ncol && strcmp(columns[j], cts[i].label)) j++;
             if (j == ncol && ncol < 64) columns[ncol++] = cts[i].label;
         }
-    printf("%d CPUs at %.0f MHz, %u thread%s; medians of %s repetitions in random interleaving, min time %s s; "
+    printf("%d CPUs at %.0f MHz, %u thread%s; medians of %ld repetitions in random interleaving, min time %g s; "
            "ratios to memcpy of the output (bytes read + written per second); **bold**: an AVX2/AVX-512 figure below "
            "%.2f\n\n", ri->ctx.num_cpus, ri->ctx.mhz_per_cpu, ri->threads, ri->threads == 1 ? "" : "s", ri->repetitions,
            ri->min_time, WB_TARGET);
@@ -805,7 +838,7 @@ static int version(void)
 }
 
 /* The README's standard cases. */
-static const char *const suite_shapes[][2] = {{"64,3,512,512", "1"}, {"20480,3,14,14", "1"}, {"16M,3", "1"}};
+static const char *const suite_shapes[] = {"64,3,512,512", "20480,3,14,14", "16M,3"}; /* axis 1, to 4 */
 static const char *const suite_dtypes[] = {"F32", "F16", "BF16"};
 
 /* A comma-separated list of names out of `names`, or "all": bit i set for names[i]. */
@@ -851,8 +884,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < N_DEFAULT_FLAGS; i++) args[nargs++] = (char *)default_flags[i];
     for (int i = 1; i < argc; i++) args[nargs++] = argv[i];
     run_info ri = {0};
-    ri.repetitions = last_flag(nargs, args, "--benchmark_repetitions", "1");
-    ri.min_time = last_flag(nargs, args, "--benchmark_min_time", "0.5");
+    ri.repetitions = strtol(last_flag(nargs, args, "--benchmark_repetitions", "1"), NULL, 10);
+    ri.min_time = strtod(last_flag(nargs, args, "--benchmark_min_time", "0.5"), NULL);
     int pass_through = 0, list_tests = 0;
     for (int i = 1; i < nargs; i++) {
         if (!strncmp(args[i], "--benchmark_format=", 19)) pass_through = 1;
@@ -883,7 +916,7 @@ int main(int argc, char **argv)
         {"check", no_argument, NULL, OPT_CHECK},       {"dump", required_argument, NULL, OPT_DUMP},
         {"version", no_argument, NULL, OPT_VERSION},   {"help", no_argument, NULL, OPT_HELP},
         {NULL, 0, NULL, 0}};
-    case_spec spec = {NULL, NULL, NULL, NULL, NULL, "F32", NULL, 1};
+    case_spec spec = {NULL, NULL, NULL, NULL, NULL, "F32", NULL, 1, 0};
     const char *isa_list = NULL, *store_list = "cached,stream", *dump = NULL;
     unsigned long long threads = 1;
     int suite = 0, json = 0, markdown = 0, check = 0, have_dtype = 0, have_axis = 0, o;
@@ -894,7 +927,7 @@ int main(int argc, char **argv)
         case OPT_AXIS: {
             char *end;
             errno = 0;
-            spec.axis = strtol(optarg, &end, 10), have_axis = 1;
+            spec.axis = strtol(optarg, &end, 10), have_axis = spec.axis_given = 1;
             if (!*optarg || *end || errno || spec.axis > WIDEN_MAX_RANK || spec.axis < -WIDEN_MAX_RANK)
                 return fail(WIDEN_EUSAGE, "--axis: '%s' is not an axis", optarg);
             break;
@@ -962,13 +995,13 @@ int main(int argc, char **argv)
     if (suite) {
         for (size_t s = 0; !rc && s < sizeof suite_shapes / sizeof *suite_shapes; s++)
             for (size_t d = 0; !rc && d < 3; d++) {
-                case_spec cs = {suite_shapes[s][0], NULL, "4", NULL, NULL, suite_dtypes[d], NULL, 1};
+                case_spec cs = {suite_shapes[s], NULL, "4", NULL, NULL, suite_dtypes[d], NULL, 1, 1};
                 rc = build_case(&cs, (unsigned)threads, &cases[ncases++]);
             }
         for (size_t from = 0; !rc && from < 3; from++)
             for (size_t to = 0; !rc && to < 3; to++) {
                 if (from == to) continue;
-                case_spec cs = {"64M", NULL, NULL, NULL, NULL, suite_dtypes[from], suite_dtypes[to], 0};
+                case_spec cs = {"64M", NULL, NULL, NULL, NULL, suite_dtypes[from], suite_dtypes[to], 0, 0};
                 rc = build_case(&cs, (unsigned)threads, &cases[ncases++]);
             }
     } else {
@@ -1020,6 +1053,15 @@ int main(int argc, char **argv)
                                 .bytes_moved = moved_bytes(&cts[i])};
     }
 
+    size_t most_src = 0, most_dst = 0;
+    for (size_t k = 0; k < ncases; k++) {
+        size_t in = cases[k].in_bytes > cases[k].out_bytes ? cases[k].in_bytes : cases[k].out_bytes;
+        if (in > most_src) most_src = in;
+        if (cases[k].out_bytes > most_dst) most_dst = cases[k].out_bytes;
+    }
+    if (!list_tests && arena_reserve(most_src, most_dst))
+        return fail(WIDEN_EIO, "out of memory for %zu + %zu bytes of buffers", most_src, most_dst);
+
     /* The reference outputs (and --dump's files). */
     for (size_t k = 0; !list_tests && k < ncases; k++)
         if ((rc = reference(&cases[k], dump))) return rc;
@@ -1028,8 +1070,8 @@ int main(int argc, char **argv)
     if (check || dump) { /* every contender once, untimed */
         for (size_t i = 0; i < n; i++) {
             if (cts[i].kind == MEMCPY) continue;
-            void *st = contender_prepare(&cts[i]);
-            if (!st) return fail(WIDEN_EIO, "%s: out of memory", bms[i].name);
+            void *st = contender_prepare(&cts[i], 1);
+            if (!st) return fail(WIDEN_EIO, "%s: setup failed (XNNPACK refused the job)", bms[i].name);
             contender_run(st);
             char error[256];
             if (contender_check(st, error, sizeof error)) {
@@ -1062,5 +1104,6 @@ int main(int argc, char **argv)
     free(cts), free(bms), free(res), free(args);
     xnn_deinitialize();
     pool_stop();
+    arena_free();
     return failed ? WIDEN_DIFFERENT : 0;
 }
