@@ -11,7 +11,10 @@
 
 namespace {
 
+int progress = 0;  // name each benchmark on stderr as it starts (random interleaving reports at the end)
+
 void Run(benchmark::State &state, wb_benchmark *b) {
+  if (progress) fprintf(stderr, "\rrunning %s\x1b[K", b->name);
   void *s = b->prepare(b->arg, !b->checked);
   if (!s) {
     b->failed = 1;
@@ -39,9 +42,8 @@ void Run(benchmark::State &state, wb_benchmark *b) {
 // use on its own where widen-bench is asked for Google Benchmark's output (--benchmark_format).
 class Collector : public benchmark::BenchmarkReporter {
  public:
-  Collector(std::map<std::string, wb_benchmark *> by_name, benchmark::BenchmarkReporter *inner, int progress,
-            wb_context *context)
-      : by_name_(std::move(by_name)), inner_(inner), progress_(progress), context_(context) {}
+  Collector(std::map<std::string, wb_benchmark *> by_name, benchmark::BenchmarkReporter *inner, wb_context *context)
+      : by_name_(std::move(by_name)), inner_(inner), context_(context) {}
 
   bool ReportContext(const Context &c) override {
     context_->num_cpus = c.cpu_info.num_cpus;
@@ -62,14 +64,9 @@ class Collector : public benchmark::BenchmarkReporter {
       if (rate == r.counters.end()) continue;
       if (r.run_type == Run::RT_Iteration) {
         if (b->repetitions < WB_MAX_REPETITIONS) b->rates[b->repetitions++] = rate->second.value;
-        if (progress_) {
-          done_++;
-          fprintf(stderr, "\r%zu runs done: %s", done_, r.benchmark_name().c_str());
-          fprintf(stderr, "\x1b[K");
-          fflush(stderr);
-        }
       } else if (r.aggregate_name == "median") {
         b->aggregate_median = rate->second.value;
+        b->aggregate_repetitions = static_cast<size_t>(r.repetitions);
         b->have_aggregates = 1;
       } else if (r.aggregate_name == "cv") {
         b->aggregate_cv = rate->second.value;
@@ -79,24 +76,23 @@ class Collector : public benchmark::BenchmarkReporter {
   }
 
   void Finalize() override {
-    if (progress_ && done_) fprintf(stderr, "\r\x1b[K");
+    if (progress) fprintf(stderr, "\r\x1b[K");
     if (inner_) inner_->Finalize();
   }
 
  private:
   std::map<std::string, wb_benchmark *> by_name_;
   benchmark::BenchmarkReporter *inner_;
-  int progress_;
   wb_context *context_;
-  size_t done_ = 0;
 };
 
 }  // namespace
 
 extern "C" void wb_gbench_initialize(int *argc, char **argv) { benchmark::Initialize(argc, argv); }
 
-extern "C" size_t wb_gbench_run(wb_benchmark *benchmarks, size_t count, int pass_through, int progress,
+extern "C" size_t wb_gbench_run(wb_benchmark *benchmarks, size_t count, int pass_through, int show_progress,
                                 wb_context *context) {
+  progress = show_progress;
   std::map<std::string, wb_benchmark *> by_name;
   for (size_t i = 0; i < count; i++) {
     wb_benchmark *b = &benchmarks[i];
@@ -106,7 +102,7 @@ extern "C" size_t wb_gbench_run(wb_benchmark *benchmarks, size_t count, int pass
   }
   // Google Benchmark owns the reporter it creates (a function-local static): not deleted here.
   benchmark::BenchmarkReporter *inner = pass_through ? benchmark::CreateDefaultDisplayReporter() : nullptr;
-  Collector collector(by_name, inner, progress, context);
+  Collector collector(by_name, inner, context);
   size_t ran = benchmark::RunSpecifiedBenchmarks(&collector);
   benchmark::ClearRegisteredBenchmarks();
   return ran;

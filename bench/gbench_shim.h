@@ -28,6 +28,7 @@ typedef struct wb_benchmark {
     size_t repetitions;              /* rates[] entries: one per repetition (from the iteration runs) */
     double rates[WB_MAX_REPETITIONS];/* bytes_moved per second of wall time */
     double aggregate_median, aggregate_cv; /* Google Benchmark's own aggregates, where it reported only those */
+    size_t aggregate_repetitions;    /* ... and over how many repetitions */
     int have_aggregates;
     int checked;                     /* check ran */
     int failed;                      /* check or prepare failed: error says why */
@@ -48,7 +49,8 @@ void wb_gbench_initialize(int *argc, char **argv);
 /* Registers the benchmarks, runs them (honouring --benchmark_filter, _repetitions, _out, ...) and
  * fills each one's results. pass_through: Google Benchmark's display reporter (the one
  * --benchmark_format chooses) prints to stdout as it would on its own; else nothing is printed and
- * progress, when set, goes to stderr as one line per finished run. Returns how many benchmarks ran. */
+ * progress, when set, names the benchmark running on one line of stderr (erased at the end). Returns
+ * how many benchmarks ran. */
 size_t wb_gbench_run(wb_benchmark *benchmarks, size_t count, int pass_through, int progress, wb_context *context);
 
 #ifdef __cplusplus

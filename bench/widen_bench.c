@@ -639,7 +639,7 @@ static result summarize(const wb_benchmark *b)
         r.cv = n > 1 && mean > 0 ? sqrt(sq / (double)(n - 1)) / mean : 0;
         r.have = 1;
     } else if (b->have_aggregates) { /* --benchmark_report_aggregates_only: Google Benchmark's own */
-        r.median = b->aggregate_median, r.cv = b->aggregate_cv, r.have = 1;
+        r.median = b->aggregate_median, r.cv = b->aggregate_cv, r.repetitions = b->aggregate_repetitions, r.have = 1;
     }
     return r;
 }

@@ -234,3 +234,10 @@ def test_dump_scalar_output_matches_numpy(tmp_path, shape, args, dtype, cast, ax
     want = numpy_reference(x, dtype, cast, axis, entries)
     assert got.size == want.size
     np.testing.assert_array_equal(got, want.reshape(-1))
+
+
+def test_aggregates_only_still_summarized():
+    doc = json.loads(bench("--shape", "4,3,8", "--to", "4", "--isa", "scalar", "--json",
+                           "--benchmark_report_aggregates_only=true", *FAST, check=0).stdout)
+    assert [r["repetitions"] for r in doc["results"]] == [2, 2, 2, 2]
+    assert all(r["bytes_per_second"] > 0 for r in doc["results"])
