@@ -600,10 +600,9 @@ static int reference(bench_case *bc, const char *dump)
         snprintf(path, sizeof path, "%s.%s", dump, i ? "out" : "in");
         FILE *f = fopen(path, "wb");
         size_t bytes = i ? bc->out_bytes : bc->in_bytes;
-        if (!f || fwrite(i ? b.dst : b.src, 1, bytes, f) != bytes || fclose(f)) {
-            rc = fail(WIDEN_EIO, "%s: %s", path, strerror(errno));
-            if (f) fclose(f);
-        }
+        int ok = f && fwrite(i ? b.dst : b.src, 1, bytes, f) == bytes;
+        if (f && fclose(f)) ok = 0;
+        if (!ok) rc = fail(WIDEN_EIO, "%s: %s", path, strerror(errno));
     }
     return rc;
 }

@@ -241,3 +241,8 @@ def test_aggregates_only_still_summarized():
                            "--benchmark_report_aggregates_only=true", *FAST, check=0).stdout)
     assert [r["repetitions"] for r in doc["results"]] == [2, 2, 2, 2]
     assert all(r["bytes_per_second"] > 0 for r in doc["results"])
+
+
+def test_dump_to_a_folder_that_is_not_there_is_an_io_error(tmp_path):
+    p = bench("--shape", "2,3", "--dump", str(tmp_path / "missing" / "case"), check=4)
+    assert len(p.stderr.splitlines()) == 1 and "missing/case.in" in p.stderr
