@@ -89,7 +89,7 @@ static const char usage[] =
     "Also: --benchmark_filter=REGEX, --benchmark_list_tests, --benchmark_report_aggregates_only, ...\n"
     "\n"
     "exit status: 0 ok, 1 a contender's output differs from the scalar kernel's, 2 usage error,\n"
-    "4 out of memory\n";
+    "4 out of memory, or a --dump file that cannot be written\n";
 
 static int fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
