@@ -133,6 +133,7 @@ def test_a_pt_input_with_views_and_strides(tmp_path):
     run("verify", src, tmp_path / "o3.safetensors", check=0)
 
 
+@pytest.mark.host_only("the Python package over this build's library")
 @pytest.mark.parametrize("threads", [2, 8])
 def test_progress_on_threads_and_cancel(source, threads):
     d, path, _ = source
