@@ -2,7 +2,7 @@
 # test.sh: the README's second command (and CI's). Installs, builds, and runs the whole test suite:
 # once on the release build, once on the AddressSanitizer + UndefinedBehaviorSanitizer build, and its
 # end-to-end tests once more on the arm64 CLI under qemu-aarch64 (the whole project is cross-built,
-# build/aarch64; its NEON kernels are also checked under qemu by both other runs); the
+# build/aarch64; its NEON kernels are also checked under qemu by the release run); the
 # libFuzzer targets (build/fuzz, clang) replay their regressions and fuzz for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."

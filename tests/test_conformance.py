@@ -26,6 +26,8 @@ def test_isa_matches_scalar_on_random_jobs(isa):
 
 
 @HOST
+@pytest.mark.skipif(bool(os.environ.get("WIDEN_SANITIZE")),
+                    reason="the same arm64 program as the release run's (not sanitized): run once, there")
 def test_neon_matches_scalar_under_qemu():
     """The NEON kernels, cross-built by scripts/test.sh, run under qemu-aarch64."""
     assert os.path.exists(AARCH64), "build/aarch64 is missing: scripts/test.sh cross-builds it"
