@@ -1,5 +1,6 @@
 """Independent Python references for the tests: a safetensors writer and reader written from
 FORMATS.md (not from widen's code), NumPy dtype handling, and helpers to run the CLI."""
+import functools
 import json
 import os
 import struct
@@ -12,6 +13,20 @@ BUILD = os.environ.get("WIDEN_BUILD", os.path.join(ROOT, "build", "release"))
 # WIDEN: another CLI to drive (the aarch64 build's widen-qemu wrapper runs the arm64 CLI under qemu)
 WIDEN = os.environ.get("WIDEN") or os.path.join(BUILD, "widen")
 LIBWIDEN = os.path.join(BUILD, "libwiden.so")
+# FOREIGN: the CLI driven is not this build's own (WIDEN=build/aarch64/widen-qemu: the arm64 CLI under
+# qemu-aarch64). The tests marked host_only (they need this build's library, its conformance program
+# or x86 tools) are skipped there (conftest.py), and SCALE shrinks the files the other tests make.
+FOREIGN = os.path.realpath(WIDEN) != os.path.realpath(os.path.join(BUILD, "widen"))
+# SCALE: a factor on the sizes of the large files tests make (WIDEN_SCALE sets it; under an emulator, where
+# every byte a kernel touches costs about 20 times more, 1/4 by default). Tests that must cross a threshold
+# (the 64 MiB progress step, a pipe's capacity, a memory bound) scale only the part above it: scaled().
+SCALE = float(os.environ.get("WIDEN_SCALE") or (0.25 if FOREIGN else 1))
+
+
+def scaled(size, at_least=0, align=1):
+    """size * SCALE, but never under at_least, rounded up to a multiple of align."""
+    n = max(int(size * SCALE), at_least)
+    return -(-n // align) * align
 
 # safetensors' Dtype enum order: the reference writer sorts by it, descending, then by name.
 DTYPE_ORDER = ["BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ",
@@ -83,6 +98,26 @@ def cli_env(env=None):
     if env:
         full_env.update(env)
     return full_env
+
+
+@functools.lru_cache(maxsize=None)
+def cli_version():
+    """The driven CLI's `widen --version` lines as a dict: isa, usable (a list, scalar first), cpu."""
+    out = subprocess.run([WIDEN, "--version"], capture_output=True, text=True, env=cli_env(), check=True).stdout
+    fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    fields["usable"] = fields.get("usable", "scalar").split()
+    return fields
+
+
+def cli_isas():
+    """The SIMD ISAs the driven CLI can use here (`usable:` of --version, scalar left out): avx2 and avx512
+    on this machine's build, neon for the arm64 CLI under qemu."""
+    return [isa for isa in cli_version()["usable"] if isa != "scalar"]
+
+
+def unusable_isa():
+    """An ISA the driven CLI's machine cannot have: WIDEN_ISA set to it is refused (exit 2)."""
+    return "avx2" if "neon" in cli_version()["usable"] else "neon"
 
 
 def run(*args, env=None, check=None):

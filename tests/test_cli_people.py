@@ -334,6 +334,7 @@ def big_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.host_only("this build's library (ctypes)")
 @pytest.mark.parametrize("threads", [2] if os.environ.get("WIDEN_SANITIZE") else [1, 2])
 def test_long_untouched_run_reports_progress_every_64_mib(tmp_path, big_file, threads):
     big, path = BIG, big_file

@@ -24,6 +24,7 @@ ARM = os.environ.get("WIDEN_AARCH64", os.path.join(ROOT, "build", "aarch64", "wi
 QEMU = ["qemu-aarch64-static"]
 
 pytestmark = [
+    pytest.mark.host_only("drives both CLIs itself: this build's, and the arm64 one under qemu"),
     pytest.mark.skipif(bool(os.environ.get("WIDEN_SANITIZE")), reason="the release run compares the same bytes"),
     pytest.mark.skipif(not os.path.exists(ARM), reason=f"no aarch64 build at {ARM} (cmake --preset aarch64)"),
     pytest.mark.skipif(shutil.which(QEMU[0]) is None, reason="qemu-aarch64-static is missing"),

@@ -14,8 +14,9 @@ REGRESSIONS = os.path.join(ROOT, "tests", "fuzz", "regressions")
 TARGETS = ["safetensors", "torch", "pickle", "map", "verify", "folder", "npy", "legacy"]
 SECONDS = int(os.environ.get("WIDEN_FUZZ_SECONDS", "10"))
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("WIDEN_SANITIZE")),
-                                reason="the fuzz build is sanitized itself; it runs in the release pass")
+pytestmark = [pytest.mark.skipif(bool(os.environ.get("WIDEN_SANITIZE")),
+                                 reason="the fuzz build is sanitized itself; it runs in the release pass"),
+              pytest.mark.host_only("the libFuzzer targets are built for this machine (build/fuzz)")]
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -6,6 +6,9 @@ import pytest
 
 from reference import LIBWIDEN, from_dtype_bits, to_dtype_bits
 
+pytestmark = pytest.mark.host_only("the kernels through this build's library (ctypes); test_conformance.py "
+                                   "runs the NEON ones under qemu")
+
 lib = ctypes.CDLL(LIBWIDEN)
 
 ISAS = ["scalar", "avx2", "avx512", "neon"]

@@ -11,6 +11,8 @@ import reference
 
 from reference import LIBWIDEN, ROOT
 
+pytestmark = pytest.mark.host_only("this build's libwiden.so itself: its symbols, version, headers, pkg-config and CMake files")
+
 HEADER = os.path.join(ROOT, "include", "widen", "widen.h")
 
 

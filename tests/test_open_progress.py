@@ -21,6 +21,8 @@ from widen import _lib  # noqa: E402
 
 from progress_contract import MiB, STEP, check_calls  # noqa: E402
 
+# all but test_cli_shows_the_inflating call the library
+HOST = pytest.mark.host_only("opens, applies and verifies through this build's library")
 
 
 def inflated_sizes(path):
@@ -65,6 +67,7 @@ def deleted_descriptors(folder):
     return found
 
 
+@HOST
 def test_open_reports_the_inflating(archives):
     _, arrays, deflated, _ = archives
     members = inflated_sizes(deflated)
@@ -79,6 +82,7 @@ def test_open_reports_the_inflating(archives):
     assert calls[-1][1] > STEP  # so that the gap above was checked over more than one step
 
 
+@HOST
 def test_open_of_the_mixed_archive_counts_the_crc_and_the_copy(archives):
     _, _, _, mixed = archives
     members = inflated_sizes(mixed)
@@ -91,6 +95,7 @@ def test_open_of_the_mixed_archive_counts_the_crc_and_the_copy(archives):
     check_calls(calls, total=stored + members["noise.npy"][1] + array_bytes)
 
 
+@HOST
 def test_files_opened_from_their_headers_report_nothing(tmp_path):
     path = str(tmp_path / "s.safetensors")
     save(path, {"w": ("F32", np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2))})
@@ -100,6 +105,7 @@ def test_files_opened_from_their_headers_report_nothing(tmp_path):
     assert calls == []
 
 
+@HOST
 @pytest.mark.parametrize("how", ["true", "raise"])
 def test_a_cancelled_open_leaves_nothing_behind(archives, tmp_path, monkeypatch, how):
     _, _, deflated, mixed = archives
@@ -145,6 +151,7 @@ def open_model_with(path, progress):
     return status, err.message.decode()
 
 
+@HOST
 def test_a_folder_reports_its_files_opens_in_one_run(archives, tmp_path):
     _, _, deflated, _ = archives
     folder = tmp_path / "model"
@@ -167,6 +174,7 @@ def test_a_folder_reports_its_files_opens_in_one_run(archives, tmp_path):
     check_calls(calls, total=sum(size for _, size in inflated_sizes(deflated).values()))
 
 
+@HOST
 def test_verify_counts_the_inflating_in_its_run_and_stops_there(archives, tmp_path):
     _, _, deflated, _ = archives
     out = str(tmp_path / "wide.npz")
@@ -184,6 +192,7 @@ def test_verify_counts_the_inflating_in_its_run_and_stops_there(archives, tmp_pa
     assert calls[0][0] <= inflated
 
 
+@HOST
 def test_apply_and_hash_report_the_open_then_their_run(archives, tmp_path):
     _, _, deflated, _ = archives
     inflated = sum(size for _, size in inflated_sizes(deflated).values())
@@ -211,6 +220,7 @@ def test_cli_shows_the_inflating(archives):
     assert proc.returncode == 0 and proc.stderr == ""
 
 
+@HOST
 def test_widen_apply_by_path_reports_the_open_and_stops_there(archives, tmp_path):
     """widen_apply(path, ...) opens the input itself: its progress sees the inflating first (a run of
     its own) and a cancel there leaves no output."""

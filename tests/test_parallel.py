@@ -174,6 +174,7 @@ def test_a_pt_input_with_views_and_strides(tmp_path):
     run("verify", src, tmp_path / "o3.safetensors", check=0)
 
 
+@pytest.mark.host_only("the Python package over this build's library")
 @pytest.mark.parametrize("threads,ext", [(2, "safetensors"), (8, "safetensors"), (3, "pt")])
 def test_progress_on_threads_and_cancel(source, threads, ext):
     d, path, _ = source

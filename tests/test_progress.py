@@ -22,6 +22,8 @@ torch = pytest.importorskip("torch")
 
 from progress_contract import MiB, STEP, check_calls  # noqa: E402
 
+pytestmark = pytest.mark.host_only("progress, cancellation and struct sizes through this build's library")
+
 
 def big_tensors():
     """About 150 MiB: two large tensors around a small stem, so that a run spans several steps."""

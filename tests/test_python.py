@@ -16,6 +16,8 @@ os.environ["WIDEN_LIBRARY"] = os.path.abspath(LIBWIDEN)
 sys.path.insert(0, os.path.join(ROOT, "python"))
 import widen  # noqa: E402
 
+pytestmark = pytest.mark.host_only("the Python package over this build's library")
+
 xxhash = pytest.importorskip("xxhash")
 
 

@@ -19,6 +19,8 @@ xxhash = pytest.importorskip("xxhash")
 
 from progress_contract import MiB, STEP, check_calls  # noqa: E402
 
+pytestmark = pytest.mark.host_only("progress through this build's library")
+
 
 
 def test_hash_of_a_large_strided_tensor_on_threads_reports_progress(tmp_path):

@@ -10,6 +10,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from reference import LIBWIDEN, ROOT, WIDEN, cli_env, save
 
@@ -52,6 +53,7 @@ def test_stdout_in_non_blocking_mode_gets_the_whole_output(tmp_path):
     assert b"".join(got) == want
 
 
+@pytest.mark.host_only("the Python package over this build's library")
 def test_python_apply_into_a_socket_with_a_timeout(tmp_path):
     path, want = source(tmp_path)
     a, b = socket.socketpair()
@@ -69,6 +71,7 @@ def test_python_apply_into_a_socket_with_a_timeout(tmp_path):
     assert b"".join(got) == want
 
 
+@pytest.mark.host_only("the Python package over this build's library")
 def test_what_cannot_stream_names_only_what_can(tmp_path):
     npy, npz = str(tmp_path / "a.npy"), str(tmp_path / "a.npz")
     np.save(npy, np.ones((2, 3, 4, 4), np.float32))

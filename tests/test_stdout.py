@@ -259,6 +259,7 @@ def drain(fd, sink):
             sink.append(chunk)
 
 
+@pytest.mark.host_only("this build's library (ctypes)")
 def test_apply_to_fd_into_a_pipe_reports_progress_every_64_mib(big):
     lib = Lib(big)
     seen, got = [], []
@@ -289,6 +290,7 @@ def test_apply_to_fd_into_a_pipe_reports_progress_every_64_mib(big):
     assert all(b >= a for a, b in zip(seen, seen[1:]))
 
 
+@pytest.mark.host_only("this build's library (ctypes)")
 def test_apply_to_fd_refuses_before_writing(tmp_path, inputs):
     src = inputs[0]["safetensors"]
     lib = Lib(src, "conv1.weight")
@@ -323,6 +325,7 @@ def test_apply_to_fd_refuses_before_writing(tmp_path, inputs):
         lib.close()
 
 
+@pytest.mark.host_only("the Python package over this build's library")
 def test_python_apply_into_an_open_file_and_a_pipe(tmp_path, inputs):
     """widen.apply(src, file object or descriptor): the bytes -o FILE writes, from the position on."""
     import widen
