@@ -1,10 +1,10 @@
 #!/usr/bin/python3
 """File-to-file benchmark on a real backbone: torchvision's vit_h_14 (random init, about 2.5 GB),
 saved with torch.save as .pt and converted to .safetensors. Measured in the same run, each command
-RUNS times interleaved, page cache warm, output removed and `sync` run before each timed command,
-wall time and peak RSS from /usr/bin/time; medians:
+RUNS times, in an order shuffled per run, page cache warm, outputs removed and `sync` run (then half a
+second's pause) before each timed command, wall time and peak RSS from /usr/bin/time; medians:
 
-    cp · the PyTorch recipe (load, build the 4-channel conv_proj weight, save) · widen apply --to 4
+    cp of each input · the PyTorch recipe (load, build the 4-channel conv_proj weight, save) · widen apply --to 4
     --no-fsync for pt -> pt, safetensors -> safetensors, pt -> safetensors · widen apply with fsync
     against cp followed by sync
 
@@ -19,9 +19,11 @@ Environment: WIDEN (the binary), WIDEN_BASE (another, for --threads), PYTHON (a 
 torchvision), TIME (GNU time).
 """
 import os
+import random
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WIDEN = os.environ.get("WIDEN", os.path.join(HERE, "..", "build", "release", "widen"))
@@ -56,26 +58,35 @@ def timed(cmd, shell=False):
 
 
 def measure(commands, outputs, runs):
+    """Each run times every command once, in an order shuffled per run (seeded): on a VM whose disk
+    discards and writes back the previous command's 2.5 GB in the background, a fixed order would
+    charge that to whichever command follows the heaviest one."""
     results = {name: [] for name in commands}
+    order = random.Random(0)
     for _ in range(runs):
-        for name, cmd in commands.items():
+        names = list(commands)
+        order.shuffle(names)
+        for name in names:
+            cmd = commands[name]
             for path in outputs:
                 if os.path.exists(path):
                     os.unlink(path)
             subprocess.run(["sync"], check=True)
+            time.sleep(0.5)
             results[name].append(timed(cmd, shell=isinstance(cmd, str)))
     return results
 
 
-def table(results, base, note, label="cp"):
+def table(results, base, note, label="cp", bases=None):
+    """bases: a row's own baseline row, where it is not `base`"""
     print(note)
     print()
     print(f"| command | median wall (s) | ratio to {label} | peak RSS (MiB) |")
     print("|---|---|---|---|")
-    b = statistics.median(w for w, _ in results[base])
+    median = {name: statistics.median(w for w, _ in samples) for name, samples in results.items()}
     for name, samples in results.items():
-        wall = statistics.median(w for w, _ in samples)
-        print(f"| {name} | {wall:.2f} | {wall / b:.2f} | {max(r for _, r in samples) / 1024:.1f} |")
+        b = median[(bases or {}).get(name, base)]
+        print(f"| {name} | {median[name]:.2f} | {median[name] / b:.2f} | {max(r for _, r in samples) / 1024:.1f} |")
     print()
 
 
@@ -113,9 +124,11 @@ def main_threads(counts, runs, folder):
 
 def main_vit(runs, folder):
     pt, st = vit_files(folder)
-    out = {k: os.path.join(folder, f"bench-out.{k}") for k in ("cp", "recipe", "pt", "st", "ptst", "fsync", "cpsync")}
+    out = {k: os.path.join(folder, f"bench-out.{k}") for k in ("cp", "cpst", "recipe", "pt", "st", "ptst", "fsync",
+                                                                 "cpsync")}
     commands = {
         "cp (.pt)": ["cp", pt, out["cp"]],
+        "cp (.safetensors)": ["cp", st, out["cpst"]],
         "PyTorch recipe (.pt -> .pt)": [PY, "-c", RECIPE, pt, out["recipe"]],
         "widen .pt -> .pt": [WIDEN, "apply", pt, "-o", out["pt"] + ".pt", "--to", "4", "--no-fsync", "--no-progress"],
         "widen .safetensors -> .safetensors": [WIDEN, "apply", st, "-o", out["st"] + ".safetensors", "--to", "4",
@@ -130,8 +143,12 @@ def main_vit(runs, folder):
     subprocess.run(["cat", pt, st], stdout=subprocess.DEVNULL, check=True)
     results = measure(commands, paths, runs)
     size = os.path.getsize(pt)
-    table(results, "cp (.pt)", f"vit_h_14 (torchvision, random init): {size / 1e9:.2f} GB .pt, median of {runs} runs, "
-          f"{os.cpu_count()} CPUs; ratios to `cp` of the .pt (the fsync rows compare with `cp + sync`)")
+    table(results, "cp (.pt)", f"vit_h_14 (torchvision, random init): {size / 1e9:.2f} GB .pt, median of {runs} runs in "
+          f"shuffled order, {os.cpu_count()} CPUs; ratios to `cp` of the same input file (the fsync rows: to `cp` "
+          f"and `sync`)",
+          bases={"cp (.safetensors)": "cp (.safetensors)", "widen .safetensors -> .safetensors": "cp (.safetensors)",
+                 "cp + sync (.safetensors)": "cp + sync (.safetensors)",
+                 "widen with fsync (.safetensors)": "cp + sync (.safetensors)"})
     for p in paths:
         if os.path.exists(p):
             os.unlink(p)

@@ -45,6 +45,10 @@ static void copy_avx512(void *dst, const void *src, size_t bytes, int stream)
     unsigned char *d = dst;
     const unsigned char *s = src;
     size_t head = (V - ((uintptr_t)d & (V - 1))) & (V - 1);
+    if (!stream && bytes < WIDEN_SHORT_COPY) {
+        widen_copy_short_avx2(d, s, bytes);
+        return;
+    }
     if (!stream || bytes < head + V) {
         memcpy(dst, src, bytes);
         return;
@@ -129,8 +133,6 @@ CONVERT_AVX512(bf16_to_f32, BF16, F32, 2, 4, store512, f32_from_bf16(LOAD256(in)
 CONVERT_AVX512(f16_to_bf16, F16, BF16, 2, 2, store256, bf16_from_f32(_mm512_castps_si512(_mm512_cvtph_ps(LOAD256(in)))))
 CONVERT_AVX512(bf16_to_f16, BF16, F16, 2, 2, store256,
                _mm512_cvtps_ph(_mm512_castsi512_ps(f32_from_bf16(LOAD256(in))), _MM_FROUND_TO_NEAREST_INT))
-
-size_t widen_rows_avx2(const widen_remap_job *job, int stream);
 
 /* Short rows: one vpermb per 64-byte step, fill bytes zeroed by its mask, the fill pattern OR'ed in. */
 __attribute__((target("avx512vbmi"))) static size_t rows_vbmi(const widen_remap_job *job, int stream)

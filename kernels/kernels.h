@@ -9,6 +9,7 @@
 
 #define WIDEN_LINE 64 /* cache line bytes: streaming stores want whole, aligned lines */
 #define WIDEN_PATTERN_BYTES 72 /* a 64-byte vector, plus room to start at any phase of an element */
+#define WIDEN_SHORT_COPY 4096  /* cached copies shorter than this take widen_copy_short_avx2, not memcpy */
 
 /* Index of a computable dtype in the convert table: F32, F16, BF16. */
 enum { WIDEN_CK_F32, WIDEN_CK_F16, WIDEN_CK_BF16, WIDEN_CK_COUNT };
@@ -130,5 +131,10 @@ void widen_normal_scalar(float *out, size_t n, float std, uint64_t seed, uint64_
 
 /* Scalar conversions of n elements (unaligned), for SIMD tails and the scalar table. */
 void widen_convert_scalar(int from, int to, void *dst, const void *src, size_t n);
+
+/* Shared by the AVX2 and AVX-512 kernels (both compiled with AVX2): the short-row byte permutation,
+ * and the cached copy of fewer than WIDEN_SHORT_COPY bytes (avx2.c says why it is not memcpy). */
+size_t widen_rows_avx2(const widen_remap_job *job, int stream);
+void widen_copy_short_avx2(unsigned char *d, const unsigned char *s, size_t n);
 
 #endif
