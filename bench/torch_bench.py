@@ -4,9 +4,9 @@ saved with torch.save as .pt and converted to .safetensors. Measured in the same
 RUNS times, in an order shuffled per run, page cache warm, outputs removed and `sync` run (then half a
 second's pause) before each timed command, wall time and peak RSS from /usr/bin/time; medians:
 
-    cp of each input · the PyTorch recipe (load, build the 4-channel conv_proj weight, save) · widen apply --to 4
-    --no-fsync for pt -> pt, safetensors -> safetensors, pt -> safetensors · widen apply with fsync
-    against cp followed by sync
+    cp of each input · the PyTorch recipe (load, build the 4-channel conv_proj weight, save) · widen
+    apply --to 4 --no-fsync for pt -> pt, safetensors -> safetensors, pt -> safetensors · widen apply
+    with fsync against cp followed by sync
 
     bench/torch_bench.py [RUNS=3] [DIR=/tmp]
     bench/torch_bench.py --growth 1,4,16 [RUNS=3] [DIR=/tmp]   synthetic safetensors of 1, 4, 16 GiB

@@ -41,10 +41,10 @@ static void stream_lines(unsigned char *d, const unsigned char *s, size_t bytes)
 }
 
 /* A short copy with ordinary stores (under WIDEN_SHORT_COPY bytes): four 32-byte loads and stores a
- * step, the last vector overlapping the one before. glibc's memmove (2.36, AVX-512 and AVX2
- * variants) moves runs of 1 to 4 KiB, the rows of a stem [out, 3, k, k], at 0.6 to 0.75 x the speed
- * of this loop on the machines measured (README, kernel table); it stays the copy for longer runs.
- * Also the AVX-512 kernels' short copy: on the AMD core measured, 64-byte steps were no faster. */
+ * step, the last vector overlapping the one before. glibc 2.36's memmove (the AVX-512 variant it
+ * picks on the AMD VM measured) moved runs of 1 to 4 KiB, the rows of a stem [out, 3, k, k], at about
+ * half the speed of the naive loop's shorter memcpy calls (README, kernel table); it stays the copy
+ * for longer runs. Also the AVX-512 kernels' short copy: on that core, 64-byte steps were no faster. */
 void widen_copy_short_avx2(unsigned char *d, const unsigned char *s, size_t n)
 {
     if (n < V) {
