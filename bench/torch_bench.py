@@ -11,9 +11,9 @@ second's pause) before each timed command, wall time and peak RSS from /usr/bin/
     bench/torch_bench.py [RUNS=3] [DIR=/tmp]
     bench/torch_bench.py --growth 1,4,16 [RUNS=3] [DIR=/tmp]   synthetic safetensors of 1, 4, 16 GiB
     bench/torch_bench.py --threads 1,2,4,8,16 [RUNS=3] [DIR=/tmp]
-        vit_h_14 with --threads N: pt -> pt --to 4 (copy-bound) and safetensors --cast bf16 (every
-        tensor through the kernels), beside cp; with WIDEN_BASE set, the bf16 rows of that binary too,
-        interleaved in the same run (a before/after)
+        vit_h_14 with --threads N: pt -> pt --to 4 (copy-bound), and every tensor through the kernels:
+        pt and safetensors --cast bf16, an .npz of it (made by widen) --cast f16; beside cp; with
+        WIDEN_BASE set, the cast rows of that binary too, interleaved in the same run (a before/after)
 
 Environment: WIDEN (the binary), WIDEN_BASE (another, for --threads), PYTHON (a python3 with torch and
 torchvision), TIME (GNU time).
@@ -102,12 +102,16 @@ def vit_files(folder):
 
 def main_threads(counts, runs, folder):
     pt, st = vit_files(folder)
+    npz = os.path.join(folder, "vit_h_14.npz")
+    if not os.path.exists(npz):
+        subprocess.run([WIDEN, "apply", st, "-o", npz, "--no-progress"], check=True)
     outs = [os.path.join(folder, n) for n in ("threads-cp", "threads-out.pt", "threads-out.safetensors",
-                                              "threads-cast.pt")]
+                                              "threads-cast.pt", "threads-cast.npz")]
     commands = {"cp (.pt)": ["cp", pt, outs[0]]}
     rows = [("pt -> pt --to 4", pt, outs[1], ["--to", "4"], False),
             ("pt --cast bf16", pt, outs[3], ["--cast", "bf16"], True),
-            ("safetensors --cast bf16", st, outs[2], ["--cast", "bf16"], True)]
+            ("safetensors --cast bf16", st, outs[2], ["--cast", "bf16"], True),
+            ("npz --cast f16", npz, outs[4], ["--cast", "f16"], True)]
     for label, src, out, args, with_base in rows:
         for n in counts:
             for prefix, binary in [("", WIDEN)] + ([("(WIDEN_BASE) ", BASE)] if BASE and with_base else []):

@@ -210,20 +210,23 @@ static int is_ascii(const char *s)
     return 1;
 }
 
-static widen_status member_begin(npz_sink *s, size_t index, widen_error *err)
+/* Member `index`'s layout for a local header at `offset` (into s->members[index]), its local header
+ * with the CRC-32 left zero, its ZIP64 extra field and its .npy header; returns the .npy header's
+ * length. */
+static size_t member_layout(npz_sink *s, size_t index, uint64_t offset, unsigned char local[30],
+                            unsigned char extra[20], unsigned char npy[WIDEN_NPY_HEADER_MAX])
 {
     const widen_plan_tensor *p = &s->plan->tensors[index];
     widen_npz_member *m = &s->members[index];
-    unsigned char npy[WIDEN_NPY_HEADER_MAX], local[30];
     size_t npy_len = npy_header(p, npy), name_len = strlen(p->name) + 4;
     uint64_t size = npy_len + p->nbytes;
     int big = size > ZIP64_LIMIT;
-    m->header_offset = s->out->position;
+    m->header_offset = offset;
     m->npy_offset = m->header_offset + 30 + name_len + 20;
     m->data_offset = m->npy_offset + npy_len;
     m->size = size;
     m->flags = is_ascii(p->name) ? 0 : 0x800; /* zipfile marks a name it had to encode as UTF-8 */
-    memset(local, 0, sizeof local);
+    memset(local, 0, 30);
     wr32(local, 0x04034b50);
     wr16(local + 4, big ? 45 : 20);
     wr16(local + 6, m->flags);
@@ -233,16 +236,23 @@ static widen_status member_begin(npz_sink *s, size_t index, widen_error *err)
     wr32(local + 22, big ? 0xffffffffu : (uint32_t)size);
     wr16(local + 26, (uint16_t)name_len);
     wr16(local + 28, 20);
-    unsigned char extra[20]; /* ZIP64 (force_zip64=True): sizes */
-    wr16(extra, 0x0001);
+    wr16(extra, 0x0001); /* ZIP64 (force_zip64=True): sizes */
     wr16(extra + 2, 16);
     wr64(extra + 4, size);
     wr64(extra + 12, size);
+    return npy_len;
+}
+
+static widen_status member_begin(npz_sink *s, size_t index, widen_error *err)
+{
+    const widen_plan_tensor *p = &s->plan->tensors[index];
+    unsigned char npy[WIDEN_NPY_HEADER_MAX], local[30], extra[20];
+    size_t npy_len = member_layout(s, index, s->out->position, local, extra, npy);
     widen_output *o = s->out;
     widen_status st = o->write(o, local, 14, err);
     if (!st) st = o->reserve(o, 4, err); /* the CRC */
     if (!st) st = o->write(o, local + 18, 12, err);
-    if (!st) st = o->write(o, p->name, name_len - 4, err);
+    if (!st) st = o->write(o, p->name, strlen(p->name), err);
     if (!st) st = o->write(o, ".npy", 4, err);
     if (!st) st = o->write(o, extra, sizeof extra, err);
     if (!st) st = o->write(o, npy, npy_len, err);
@@ -298,6 +308,54 @@ static widen_status sink_member_copied(void *user, size_t index, uint64_t len, u
     npz_sink *s = user;
     s->crc = crc32_extend(s->crc, crc, len);
     return WIDEN_OK;
+}
+
+/* The members of an output that takes bytes at offsets: every member's place is known before a byte
+ * of data is written (stored members, whose sizes are the plan's), so the arrays go from several
+ * threads at once (widen_write_tensors_at, which also gives each array's CRC-32), and the local
+ * headers after them, each with the CRC-32 of its .npy header and array. The bytes are the streamed
+ * writer's. */
+static widen_status members_at_offsets(npz_sink *s, widen_plan *plan, const widen_exec_options *eo, widen_error *err)
+{
+    widen_output *out = s->out;
+    uint64_t *at = malloc(plan->count * sizeof *at), end = out->position;
+    uint32_t *crc = malloc(plan->count * sizeof *crc);
+    unsigned char npy[WIDEN_NPY_HEADER_MAX], local[30], extra[20], *buf = NULL;
+    size_t cap = 0;
+    widen_status st = at && crc ? WIDEN_OK : NOMEM();
+    for (size_t k = 0; k < plan->count && !st; k++) {
+        member_layout(s, k, end, local, extra, npy);
+        at[k] = s->members[k].data_offset;
+        end = at[k] + plan->tensors[k].nbytes;
+    }
+    if (!st) st = widen_write_tensors_at(s->ckpt, plan, at, crc, out, eo, err);
+    for (size_t k = 0; k < plan->count && !st; k++) {
+        widen_npz_member *m = &s->members[k];
+        const char *name = plan->tensors[k].name;
+        size_t npy_len = member_layout(s, k, m->header_offset, local, extra, npy), nlen = strlen(name);
+        size_t len = (size_t)(m->data_offset - m->header_offset);
+        if (len > cap) {
+            unsigned char *grown = realloc(buf, len);
+            if (!grown) {
+                st = NOMEM();
+                break;
+            }
+            buf = grown, cap = len;
+        }
+        m->crc = crc32_extend(libdeflate_crc32(0, npy, npy_len), crc[k], plan->tensors[k].nbytes);
+        wr32(local + 14, m->crc);
+        memcpy(buf, local, 30);
+        memcpy(buf + 30, name, nlen);
+        memcpy(buf + 30 + nlen, ".npy", 4);
+        memcpy(buf + 34 + nlen, extra, sizeof extra);
+        memcpy(buf + 34 + nlen + sizeof extra, npy, npy_len);
+        st = out->write_at(out, m->header_offset, buf, len, err);
+    }
+    if (!st) out->position = end;
+    free(at);
+    free(crc);
+    free(buf);
+    return st;
 }
 
 /* zipfile's _write_end_record: the central directory (ZIP64 fields only where a value is past
@@ -397,13 +455,17 @@ widen_status widen_npz_write(const widen_checkpoint *ckpt, widen_plan *plan, con
     if (plan->count) qsort(plan->tensors, plan->count, sizeof *plan->tensors, by_input_order);
     npz_sink s = {.ckpt = ckpt, .out = out, .plan = plan};
     if (!(s.members = calloc(plan->count + 1, sizeof *s.members))) return NOMEM();
-    widen_exec_options eo = *options;
-    eo.copy = sink_member_copy;
-    eo.copy_one_item = 1;
-    eo.copied = sink_member_copied;
-    st = widen_execute(ckpt, plan, &eo, sink_member, &s, err);
-    if (!st && plan->count) st = begin_through(&s, plan->count - 1, err);
-    if (!st && plan->count) st = member_end(&s, plan->count - 1, err);
+    if (out->write_at && out->copy_at && options->threads > 1 && plan->count) {
+        st = members_at_offsets(&s, plan, options, err);
+    } else {
+        widen_exec_options eo = *options;
+        eo.copy = sink_member_copy;
+        eo.copy_one_item = 1;
+        eo.copied = sink_member_copied;
+        st = widen_execute(ckpt, plan, &eo, sink_member, &s, err);
+        if (!st && plan->count) st = begin_through(&s, plan->count - 1, err);
+        if (!st && plan->count) st = member_end(&s, plan->count - 1, err);
+    }
     if (!st) st = write_directory(&s, widen_npz_comment_for(provenance), layout, err);
     if (!st && layout) {
         layout->members = s.members;

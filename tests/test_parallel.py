@@ -1,4 +1,4 @@
-"""Outputs written side by side at their offsets (issue 15), safetensors and .pt: the bytes, the
+"""Outputs written side by side at their offsets (issue 15), safetensors, .pt and .npz: the bytes, the
 hashes and the counts are those of the ordered stream, for every thread count; the values are
 NumPy's (and torch's, for a .pt); progress keeps its contract on several threads, and a cancel or a
 full disk leaves no output."""
@@ -138,6 +138,29 @@ def test_a_pt_output_on_every_thread_count_is_the_streams(source, name):
         assert tuple(g.shape) == a.shape and np.array_equal(bits.numpy().view(a.dtype), a), key
 
 
+# an .npz's members laid out in advance as np.savez lays them out: each array from a worker, then the
+# local headers with their CRC-32s (of the .npy header and the array); the archive is the ordered
+# writer's (one thread), byte for byte, and zipfile and np.load read it with their CRC checks
+@pytest.mark.parametrize("name", ["f16", "to4"])  # .npz has no BF16
+def test_an_npz_output_on_every_thread_count_is_the_ordered_writers(source, name):
+    import zipfile
+    d, path, _ = source
+    args = TRANSFORMS[name]
+    on_every_thread_count(d, path, name, "npz")
+    out = d / f"{name}-8.npz"
+    run("verify", path, out, "--manifest", d / f"{name}-8.npz.json", check=0)
+    with zipfile.ZipFile(out) as z:
+        assert z.testzip() is None, "a member's CRC-32 is wrong"
+    plain = d / f"{name}-npz-plain.safetensors"  # its values are checked against NumPy above
+    run("apply", path, "-o", plain, *args, "--threads", "1", "--no-fsync", check=0)
+    _, want, _, _ = load(plain)
+    with np.load(out) as got:
+        assert set(got.files) == set(want)
+        for key, (_, a) in want.items():
+            g = got[key]
+            assert g.shape == a.shape and g.dtype == a.dtype and np.array_equal(g, a), key
+
+
 def bf16(bits):
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
@@ -196,7 +219,7 @@ def test_progress_on_threads_and_cancel(source, threads, ext):
         assert not [f for f in os.listdir(d) if f.startswith(".") or "cancel" in f], "a temporary was left"
 
 
-@pytest.mark.parametrize("ext", ["safetensors", "pt"])
+@pytest.mark.parametrize("ext", ["safetensors", "pt", "npz"])
 def test_a_full_disk_on_a_worker_fails_the_run_and_leaves_nothing(source, tmp_path, ext):
     import resource
     _, path, _ = source
