@@ -201,6 +201,8 @@ typedef struct npz_sink {
     widen_npz_member *members; /* per plan item */
     size_t begun;              /* members begun */
     uint32_t crc;              /* of the open member so far */
+    unsigned char *scratch;    /* member_header's bytes */
+    size_t scratch_cap;
 } npz_sink;
 
 static int is_ascii(const char *s)
@@ -210,15 +212,22 @@ static int is_ascii(const char *s)
     return 1;
 }
 
-/* Member `index`'s layout for a local header at `offset` (into s->members[index]), its local header
- * with the CRC-32 left zero, its ZIP64 extra field and its .npy header; returns the .npy header's
- * length. */
-static size_t member_layout(npz_sink *s, size_t index, uint64_t offset, unsigned char local[30],
-                            unsigned char extra[20], unsigned char npy[WIDEN_NPY_HEADER_MAX])
+/* Member `index`'s bytes in front of its array, for a local header at `offset`: the local header (its
+ * CRC-32 left zero), the name, the ZIP64 extra field and the .npy header, into s->scratch; records
+ * where its parts lie in s->members[index] and the .npy header's CRC-32 in *npy_crc. Returns the
+ * length, 0 when out of memory. */
+static size_t member_header(npz_sink *s, size_t index, uint64_t offset, uint32_t *npy_crc)
 {
     const widen_plan_tensor *p = &s->plan->tensors[index];
     widen_npz_member *m = &s->members[index];
-    size_t npy_len = npy_header(p, npy), name_len = strlen(p->name) + 4;
+    unsigned char npy[WIDEN_NPY_HEADER_MAX];
+    size_t npy_len = npy_header(p, npy), nlen = strlen(p->name), name_len = nlen + 4;
+    size_t len = 30 + name_len + 20 + npy_len;
+    if (len > s->scratch_cap) {
+        unsigned char *grown = realloc(s->scratch, len);
+        if (!grown) return 0;
+        s->scratch = grown, s->scratch_cap = len;
+    }
     uint64_t size = npy_len + p->nbytes;
     int big = size > ZIP64_LIMIT;
     m->header_offset = offset;
@@ -226,6 +235,7 @@ static size_t member_layout(npz_sink *s, size_t index, uint64_t offset, unsigned
     m->data_offset = m->npy_offset + npy_len;
     m->size = size;
     m->flags = is_ascii(p->name) ? 0 : 0x800; /* zipfile marks a name it had to encode as UTF-8 */
+    unsigned char *local = s->scratch, *extra = local + 30 + name_len;
     memset(local, 0, 30);
     wr32(local, 0x04034b50);
     wr16(local + 4, big ? 45 : 20);
@@ -236,27 +246,24 @@ static size_t member_layout(npz_sink *s, size_t index, uint64_t offset, unsigned
     wr32(local + 22, big ? 0xffffffffu : (uint32_t)size);
     wr16(local + 26, (uint16_t)name_len);
     wr16(local + 28, 20);
+    memcpy(local + 30, p->name, nlen);
+    memcpy(local + 30 + nlen, ".npy", 4);
     wr16(extra, 0x0001); /* ZIP64 (force_zip64=True): sizes */
     wr16(extra + 2, 16);
     wr64(extra + 4, size);
     wr64(extra + 12, size);
-    return npy_len;
+    memcpy(extra + 20, npy, npy_len);
+    *npy_crc = libdeflate_crc32(0, npy, npy_len);
+    return len;
 }
 
 static widen_status member_begin(npz_sink *s, size_t index, widen_error *err)
 {
-    const widen_plan_tensor *p = &s->plan->tensors[index];
-    unsigned char npy[WIDEN_NPY_HEADER_MAX], local[30], extra[20];
-    size_t npy_len = member_layout(s, index, s->out->position, local, extra, npy);
     widen_output *o = s->out;
-    widen_status st = o->write(o, local, 14, err);
-    if (!st) st = o->reserve(o, 4, err); /* the CRC */
-    if (!st) st = o->write(o, local + 18, 12, err);
-    if (!st) st = o->write(o, p->name, strlen(p->name), err);
-    if (!st) st = o->write(o, ".npy", 4, err);
-    if (!st) st = o->write(o, extra, sizeof extra, err);
-    if (!st) st = o->write(o, npy, npy_len, err);
-    s->crc = libdeflate_crc32(0, npy, npy_len);
+    size_t len = member_header(s, index, o->position, &s->crc);
+    widen_status st = len ? o->write(o, s->scratch, 14, err) : NOMEM();
+    if (!st) st = o->reserve(o, 4, err); /* the CRC, patched in by member_end (a comparison skips it until then) */
+    if (!st) st = o->write(o, s->scratch + 18, len - 18, err);
     return st;
 }
 
@@ -319,42 +326,27 @@ static widen_status members_at_offsets(npz_sink *s, widen_plan *plan, const wide
 {
     widen_output *out = s->out;
     uint64_t *at = malloc(plan->count * sizeof *at), end = out->position;
-    uint32_t *crc = malloc(plan->count * sizeof *crc);
-    unsigned char npy[WIDEN_NPY_HEADER_MAX], local[30], extra[20], *buf = NULL;
-    size_t cap = 0;
+    uint32_t *crc = malloc(plan->count * sizeof *crc), npy_crc;
     widen_status st = at && crc ? WIDEN_OK : NOMEM();
     for (size_t k = 0; k < plan->count && !st; k++) {
-        member_layout(s, k, end, local, extra, npy);
-        at[k] = s->members[k].data_offset;
-        end = at[k] + plan->tensors[k].nbytes;
+        if (!member_header(s, k, end, &npy_crc)) st = NOMEM();
+        else at[k] = s->members[k].data_offset, end = at[k] + plan->tensors[k].nbytes;
     }
     if (!st) st = widen_write_tensors_at(s->ckpt, plan, at, crc, out, eo, err);
     for (size_t k = 0; k < plan->count && !st; k++) {
         widen_npz_member *m = &s->members[k];
-        const char *name = plan->tensors[k].name;
-        size_t npy_len = member_layout(s, k, m->header_offset, local, extra, npy), nlen = strlen(name);
-        size_t len = (size_t)(m->data_offset - m->header_offset);
-        if (len > cap) {
-            unsigned char *grown = realloc(buf, len);
-            if (!grown) {
-                st = NOMEM();
-                break;
-            }
-            buf = grown, cap = len;
+        size_t len = member_header(s, k, m->header_offset, &npy_crc);
+        if (!len) {
+            st = NOMEM();
+            break;
         }
-        m->crc = crc32_extend(libdeflate_crc32(0, npy, npy_len), crc[k], plan->tensors[k].nbytes);
-        wr32(local + 14, m->crc);
-        memcpy(buf, local, 30);
-        memcpy(buf + 30, name, nlen);
-        memcpy(buf + 30 + nlen, ".npy", 4);
-        memcpy(buf + 34 + nlen, extra, sizeof extra);
-        memcpy(buf + 34 + nlen + sizeof extra, npy, npy_len);
-        st = out->write_at(out, m->header_offset, buf, len, err);
+        m->crc = crc32_extend(npy_crc, crc[k], plan->tensors[k].nbytes);
+        wr32(s->scratch + 14, m->crc);
+        st = out->write_at(out, m->header_offset, s->scratch, len, err);
     }
     if (!st) out->position = end;
     free(at);
     free(crc);
-    free(buf);
     return st;
 }
 
@@ -473,6 +465,7 @@ widen_status widen_npz_write(const widen_checkpoint *ckpt, widen_plan *plan, con
         s.members = NULL;
     }
     free(s.members);
+    free(s.scratch);
     return st;
 }
 
