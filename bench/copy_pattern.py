@@ -8,19 +8,17 @@ wall time and of system time (the copies are all kernel time):
 
     cp FILE
     widen apply FILE --to 4 --no-fsync --no-progress
-    replay, widen's offsets: the output's longest run of untouched tensors, copied from its input
-        offset to its output offset in widen's steps (64 MiB, each split at the input's next 4 KiB
-        block as widen's clone attempt splits it)
-    replay, congruent mod 2 MiB: the same run to an output offset congruent with its input offset
-        modulo 2 MiB, each step split at the input's next 2 MiB (a layout widen tried and does not
-        use: README)
+    replay, as widen copies: the output's longest run of untouched tensors, copied from its input
+        offset to its output offset in widen's steps (64 MiB), each split at the input's next 4 KiB
+        block (where cloning would start) and at the output's next 2 MiB boundary
+    replay, not split at 2 MiB: the same, without the second split (widen before it)
     replay, as cp: the same number of bytes from the start of the input to the start of the output,
         at the files' positions (no offsets), in calls as large as the kernel takes, as cp does
 
     bench/copy_pattern.py [RUNS=9] [FILE=/tmp/vit_h_14.safetensors]
 
 FILE is a safetensors file (torch_bench.py leaves vit_h_14.safetensors in its folder). Environment:
-WIDEN (the binary).
+WIDEN (the binary), WIDEN_BASE (another, timed beside it in the same runs: a before/after).
 """
 import json
 import os
@@ -35,8 +33,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WIDEN = os.environ.get("WIDEN", os.path.join(HERE, "..", "build", "release", "widen"))
+BASE = os.environ.get("WIDEN_BASE")
 STEP = 64 << 20
 BLOCK = 4096
+ALIGN = 2 << 20
 
 
 def tensors(path):
@@ -67,8 +67,8 @@ def longest_untouched_run(src, out):
 
 def replay(src, dst, s, d, n, step, split):
     """copy_file_range of n bytes from src offset s to dst offset d, in steps of `step`, each split
-    at the input's next multiple of `split` (0: not split); with step 0, n bytes from the files'
-    positions"""
+    at the input's next 4 KiB block and, with `split`, at the output's next multiple of 2 MiB; with
+    step 0, n bytes from the files' positions"""
     i = os.open(src, os.O_RDONLY)
     o = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     while not step and n > 0:
@@ -79,8 +79,9 @@ def replay(src, dst, s, d, n, step, split):
     at = 0
     while at < n:
         m = min(step, n - at)
-        head = min((-(s + at)) % split, m) if split else 0
-        for a, length in ((at, head), (at + head, m - head)):
+        head = min((-(s + at)) % BLOCK, m)
+        lead = min((-(d + at + head)) % ALIGN, m - head) if split else 0
+        for a, length in ((at, head), (at + head, lead), (at + head + lead, m - head - lead)):
             done = 0
             while done < length:
                 c = os.copy_file_range(i, o, length - done, s + a + done, d + a + done)
@@ -106,13 +107,13 @@ def main():
     subprocess.run(widen, check=True)
     s, d, n = longest_untouched_run(src, out + ".safetensors")
     os.unlink(out + ".safetensors")
-    aligned = s + ((d - s) + (2 << 20) - 1) // (2 << 20) * (2 << 20)
     me = [sys.executable, os.path.abspath(__file__), "--replay", src, out]
     commands = {
         "cp": ["cp", src, out],
         "widen apply --to 4": widen,
-        "replay: widen's offsets and steps": me + [str(s), str(d), str(n), str(STEP), str(BLOCK)],
-        "replay: congruent mod 2 MiB": me + [str(s), str(aligned), str(n), str(STEP), str(2 << 20)],
+        **({"widen apply --to 4 (WIDEN_BASE)": [BASE] + widen[1:]} if BASE else {}),
+        "replay: as widen copies": me + [str(s), str(d), str(n), str(STEP), "1"],
+        "replay: not split at 2 MiB (widen before)": me + [str(s), str(d), str(n), str(STEP), "0"],
         "replay: as cp (from the start, at the files' positions)": me + ["0", "0", str(n), "0", "0"],
     }
     results = {k: [] for k in commands}

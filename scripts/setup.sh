@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(gcc g++ make cmake ninja-build pkg-config
           libxxhash-dev xxhash libjansson-dev libdeflate-dev zlib1g-dev libsleef-dev libbenchmark-dev libxnnpack-dev libpthreadpool-dev
           python3 python3-numpy python3-xxhash python3-pytest python3-torch python3-torchvision time help2man man-db
-          python3-venv python3-pip python3-setuptools python3-wheel xfsprogs
+          python3-venv python3-pip python3-setuptools python3-wheel xfsprogs strace
           gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
           clang-14 libfuzzer-14-dev libclang-rt-14-dev)
 # arm64 libraries for the cross-built library and CLI (multiarch; they bring libc6:arm64, which qemu runs them on)
