@@ -174,18 +174,24 @@ def test_long_copies_start_on_the_outputs_2_mib_boundaries(tmp_path, ext, thread
     env = cli_env()
     if "ASAN_OPTIONS" in env:  # LeakSanitizer cannot run under ptrace; the other runs check leaks
         env["ASAN_OPTIONS"] = env["ASAN_OPTIONS"].replace("detect_leaks=1", "detect_leaks=0")
-    subprocess.run(["strace", "-f", "-qq", "-e", "trace=copy_file_range,ioctl", "-o", str(log), WIDEN, *args,
-                    "-o", str(out)], env=env, check=True, capture_output=True)
+    traced = subprocess.run(["strace", "-f", "-qq", "-e", "trace=copy_file_range,ioctl", "-o", str(log), WIDEN,
+                             *args, "-o", str(out)], env=env, capture_output=True, text=True)
+    if traced.returncode and "ptrace" in traced.stderr:
+        pytest.skip(f"strace cannot trace here: {traced.stderr.strip().splitlines()[0]}")
+    assert traced.returncode == 0, traced.stderr
     trace = log.read_text()
     if re.search(r"FICLONERANGE.*\) = 0$", trace, re.M):
         pytest.skip(f"the file system under {tmp_path} clones")
+    if not re.search(r"copy_file_range\(.*\) = [1-9]", trace):
+        pytest.skip(f"the kernel does not copy between files under {tmp_path}")
     calls = [(int(at), int(n)) for at, n in
              re.findall(r"copy_file_range\(\d+, \[\d+(?: => \d+)?\], \d+, \[(\d+)(?: => \d+)?\], (\d+), 0\) = \2",
                         trace)]
     long = [(at, n) for at, n in calls if n > 2 * MiB + 4096]
     assert sum(n for _, n in calls) >= BODY and long, trace[:2000]
     assert [at for at, _ in long if at % (2 * MiB)] == [], trace[:2000]
-    # each 64 MiB step copies at most one block and one 2 MiB stretch before its boundary
+    # the body is one run (safetensors) or two records (.pt) of at most 64 MiB, one step each: at most
+    # one partial block and one stretch up to a 2 MiB boundary in front of each
     assert sum(n for _, n in calls) - sum(n for _, n in long) <= 2 * (4096 + 2 * MiB)
     piped = subprocess.run([WIDEN, *args, "-o", "-"], env=cli_env(), check=True, capture_output=True).stdout
     assert out.read_bytes() == piped
