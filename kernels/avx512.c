@@ -149,7 +149,26 @@ __attribute__((target("avx512vbmi"))) static size_t rows_vbmi(const widen_remap_
     const unsigned char *s = job->src;
     unsigned char *d = job->dst;
     stream = stream && p.out_step == V && ((uintptr_t)d & (V - 1)) == 0;
-    for (size_t i = 0; i < p.steps; i++) {
+    size_t i = 0;
+    if (p.in_step == 48 && p.out_step == V) {
+        /* three input rows of vectors feed four output vectors: three loads per four steps, each a
+         * two-source permute (vpermt2b) of the pair that holds its 48 bytes */
+        __m512i i0 = vindex, i1 = _mm512_add_epi8(vindex, _mm512_set1_epi8(48));
+        __m512i i2 = _mm512_add_epi8(vindex, _mm512_set1_epi8(32)), i3 = _mm512_add_epi8(vindex, _mm512_set1_epi8(80));
+        for (; i + 4 <= p.steps; i += 4) {
+            const unsigned char *q = s + i * 48;
+            _mm_prefetch((const char *)q + PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)q + PREFETCH + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)q + PREFETCH + 128, _MM_HINT_T0);
+            __m512i a = _mm512_loadu_si512(q), b = _mm512_loadu_si512(q + 64), c = _mm512_loadu_si512(q + 128);
+            unsigned char *o = d + i * V;
+            store512(o, _mm512_or_si512(_mm512_maskz_permutex2var_epi8(keep, a, i0, b), vfill), stream);
+            store512(o + V, _mm512_or_si512(_mm512_maskz_permutex2var_epi8(keep, a, i1, b), vfill), stream);
+            store512(o + 2 * V, _mm512_or_si512(_mm512_maskz_permutex2var_epi8(keep, b, i2, c), vfill), stream);
+            store512(o + 3 * V, _mm512_or_si512(_mm512_maskz_permutex2var_epi8(keep, b, i3, c), vfill), stream);
+        }
+    }
+    for (; i < p.steps; i++) {
         _mm_prefetch((const char *)s + i * p.in_step + PREFETCH, _MM_HINT_T0);
         __m512i v = _mm512_maskz_permutexvar_epi8(keep, vindex, _mm512_loadu_si512(s + i * p.in_step));
         store512(d + i * p.out_step, _mm512_or_si512(v, vfill), stream);
