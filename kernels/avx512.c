@@ -145,16 +145,18 @@ __attribute__((target("avx512vbmi"))) static size_t rows_vbmi(const widen_remap_
     if (!widen_rows_plan_build(job, V, &p)) return 0;
     uint8_t index[V];
     __mmask64 keep = 0;
+    int16_t last = -1; /* the highest byte a step reads */
     for (int b = 0; b < V; b++) {
         index[b] = p.source[b] < 0 ? 0 : (uint8_t)p.source[b];
         if (p.source[b] >= 0) keep |= (__mmask64)1 << b;
+        if (p.source[b] > last) last = p.source[b];
     }
     __m512i vindex = _mm512_loadu_si512(index), vfill = _mm512_loadu_si512(p.fill);
     const unsigned char *s = job->src;
     unsigned char *d = job->dst;
     stream = stream && p.out_step == V && ((uintptr_t)d & (V - 1)) == 0;
     size_t i = 0;
-    if (p.in_step == 48 && p.out_step == V) {
+    if (p.in_step == 48 && p.out_step == V && last < 48) { /* no byte read from the next step's rows */
         /* three input rows of vectors feed four output vectors: three loads per four steps, each a
          * two-source permute (vpermt2b) of the pair that holds its 48 bytes */
         __m512i i0 = vindex, i1 = _mm512_add_epi8(vindex, _mm512_set1_epi8(48));

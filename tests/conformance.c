@@ -1,6 +1,7 @@
 /* conformance.c: every ISA's kernels against the scalar reference, byte for byte, on random jobs
  * around every vector width: C = 1, inner = 1, odd sizes, 0 rows, unaligned pointers, every store
- * hint, outputs pre-filled with garbage and guard bytes checked. Runs natively and under qemu.
+ * hint, views whose rows overlap or whose channels lie far apart, outputs pre-filled with garbage and
+ * guard bytes checked. Runs natively and under qemu.
  *
  * The same for XXH3-128 hashing fed in random pieces.
  *
@@ -96,14 +97,23 @@ static int run_case(widen_isa isa, int index, int verbose)
             map[k] = k < c ? (widen_map_entry){.kind = WIDEN_MAP_SOURCE, .channel = (uint32_t)k}
                            : (widen_map_entry){.kind = WIDEN_MAP_ZERO};
     size_t ss = widen_dtype_bits(pr.src) / 8, ds = widen_dtype_bits(pr.dst) / 8;
-    size_t in_bytes = rows * c * inner * ss, out_bytes = rows * n * inner * ds;
+    /* a view as strides allow it, one case in four: rows that overlap (the last channel of a row is
+     * the first of the next), or channels far apart (a row's map reads past the vector a short-row
+     * kernel loads) */
+    size_t row_stride = c * inner, chan_stride = inner;
+    if (next() % 4 == 0) {
+        if (next() % 2 && c > 1) row_stride = (c - 1) * inner;
+        else chan_stride = inner * (1 + next() % 8);
+    }
+    size_t in_elems = rows ? (rows - 1) * row_stride + (c - 1) * chan_stride + inner : 0;
+    size_t in_bytes = in_elems * ss, out_bytes = rows * n * inner * ds;
     size_t src_off = next() % 64, dst_off = next() % 64;
     unsigned char *src = malloc(in_bytes + 64), *want = malloc(out_bytes + 2 * GUARD + 64),
                   *got = malloc(out_bytes + 2 * GUARD + 64);
-    random_elements(src + src_off, rows * c * inner, pr.src);
+    random_elements(src + src_off, in_elems, pr.src);
     for (size_t i = 0; i < out_bytes + 2 * GUARD + 64; i++) want[i] = got[i] = (unsigned char)next();
     widen_remap_job job = {.src = src + src_off, .src_dtype = pr.src, .dst_dtype = pr.dst, .rows = rows,
-                           .channels = n, .inner = inner, .src_row_stride = c * inner, .src_chan_stride = inner,
+                           .channels = n, .inner = inner, .src_row_stride = row_stride, .src_chan_stride = chan_stride,
                            .dst_row_stride = n * inner, .dst_chan_stride = inner, .map = map,
                            .store = (widen_store)(next() % 3), .src_channels = c, .index = next() % 100000};
     widen_error err;
@@ -115,9 +125,10 @@ static int run_case(widen_isa isa, int index, int verbose)
     if (!ok && verbose) {
         size_t at = 0;
         while (at < out_bytes + 2 * GUARD + 64 && want[at] == got[at]) at++;
-        fprintf(stderr, "case %d (%s): %s -> %s rows=%zu c=%zu n=%zu inner=%zu src+%zu dst+%zu store=%d: "
-                "first difference at output byte %lld\n", index, widen_isa_name(isa), widen_dtype_name(pr.src),
-                widen_dtype_name(pr.dst), rows, c, n, inner, src_off, dst_off, (int)job.store,
+        fprintf(stderr, "case %d (%s): %s -> %s rows=%zu c=%zu n=%zu inner=%zu strides %zu,%zu src+%zu dst+%zu "
+                "store=%d: first difference at output byte %lld\n", index, widen_isa_name(isa),
+                widen_dtype_name(pr.src), widen_dtype_name(pr.dst), rows, c, n, inner, row_stride, chan_stride,
+                src_off, dst_off, (int)job.store,
                 (long long)at - GUARD - (long long)dst_off);
     }
     free(map);

@@ -185,6 +185,33 @@ def test_cast_between_f16_and_bf16_rounds_once(isa):
                               to_dtype_bits(from_dtype_bits(everything, "BF16"), "F16"))
 
 
+# Strides may make a row's map read past the row (an overlapping view: channel 3 of row r is channel 0
+# of row r + 1), and far past it. The short-row kernels load one vector per step (and AVX-512 three
+# per four steps): a byte outside what they load must send the job to the general path, not to a
+# wrong byte (row 3 of each four-step group, and every source past the vector, once were).
+@isa_params
+@pytest.mark.parametrize("dtype", ["F32", "F16", "U8"])
+@pytest.mark.parametrize("row_stride,chan_stride", [(3, 1), (3, 6), (4, 1), (3, 2)])
+@pytest.mark.parametrize("rows", [1, 17, 41, 1000])
+def test_rows_whose_map_reads_past_the_row_match_numpy(isa, dtype, row_stride, chan_stride, rows):
+    rng = np.random.default_rng(rows * 100 + row_stride * 10 + chan_stride)
+    channels = [0, 1, 2, 3]
+    flat = random_bits(rng, ((rows - 1) * row_stride + max(channels) * chan_stride + 1,), dtype)
+    src_buf = np.frombuffer(b"\x00" + flat.tobytes(), dtype=np.uint8).copy()
+    out_bytes = rows * len(channels) * SIZE[dtype]
+    dst_buf, start = guarded(out_bytes, rng)
+    before = dst_buf.copy()
+    cmap = (MapEntry * len(channels))(*[MapEntry(SOURCE, ch, 0.0, 0) for ch in channels])
+    job = RemapJob(src_buf.ctypes.data + 1, dst_buf.ctypes.data + start, DTYPES[dtype], DTYPES[dtype], rows,
+                   len(channels), 1, row_stride, chan_stride, len(channels), 1, cmap)
+    err = Error()
+    assert lib.widen_remap(ctypes.byref(job), isa, ctypes.byref(err)) == 0, err.message
+    want = flat[np.arange(rows)[:, None] * row_stride + np.array(channels)[None, :] * chan_stride]
+    assert dst_buf[start:start + out_bytes].tobytes() == want.tobytes()
+    assert np.array_equal(dst_buf[:start], before[:start]) and np.array_equal(dst_buf[start + out_bytes:],
+                                                                              before[start + out_bytes:])
+
+
 def test_remap_rejects_bad_jobs():
     rng = np.random.default_rng(0)
     err = Error()
