@@ -27,8 +27,8 @@ int widen_rows_plan_build(const widen_remap_job *j, size_t width, widen_rows_pla
         const widen_map_entry *e = &j->map[n];
         if (e->kind == WIDEN_MAP_SOURCE) {
             size_t in = (size_t)e->channel * j->src_chan_stride * s + at;
-            /* a map may read past its own row (strides that overlap rows): a byte outside the step's
-             * one vector load is not this kernel's */
+            /* a map may read past its own row (strides that overlap rows, or channels far apart): a
+             * byte outside the step's one vector load is not this kernel's */
             if (row * in_row + in >= width) return 0;
             if (in + 1 > last_read) last_read = in + 1;
             p->source[b] = (int16_t)(row * in_row + in);

@@ -74,8 +74,9 @@ typedef struct widen_file_output {
     uint64_t buffered_at; /* the output offset of buffer[0] */
     widen_copy_counts counts;
     pthread_mutex_t counts_lock; /* write_at and copy_at count from several threads */
-    /* copy_at's kernel copies, one at a time: copies into one file serialize on its inode lock in
-     * every file system (ext4, XFS, tmpfs), where a second copier spins on the lock; here it sleeps */
+    /* copy_at's kernel copies, one at a time: ext4, XFS and tmpfs serialize copies into one file on
+     * its inode lock, where a second copier spins; here it sleeps (NFS server-side copies may not
+     * serialize: not measured) */
     pthread_mutex_t copy_lock;
     int positional;              /* a file written at offsets: write and copy go to `position` too */
 } widen_file_output;
